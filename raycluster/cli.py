@@ -1,0 +1,31 @@
+"""What every job shares: logging set-up and one readable error line for bad input."""
+from __future__ import annotations
+
+import logging
+import sys
+
+from raycluster.config import ConfigError
+from raycluster.data.shards import ShardNotFoundError
+from raycluster.data.store import EmbeddingWidthError
+
+# Errors caused by the user's input or config: shown as one line, exit status 2. Anything else
+# is a bug and keeps its traceback.
+USER_ERRORS = (ConfigError, ShardNotFoundError, EmbeddingWidthError, FileNotFoundError, ValueError)
+
+
+def setup_logging() -> None:
+    logging.basicConfig(level=logging.INFO, format="[%(asctime)s %(name)s] %(message)s", datefmt="%H:%M:%S",
+                        force=True)
+    logging.getLogger("faiss.loader").setLevel(logging.WARNING)  # lists every CPU-feature build it tries
+
+
+def run_or_exit(fn, *args):
+    """Call fn(*args); on a user error print `error: ...` and exit 2 instead of a traceback."""
+    from raycluster.features.timm_model import CheckpointError
+
+    try:
+        return fn(*args)
+    except USER_ERRORS + (CheckpointError,) as err:
+        logging.getLogger("raycluster").error("%s: %s", type(err).__name__, err)
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)

@@ -1,0 +1,107 @@
+"""Typed schemas for the config groups; jobs turn Hydra's DictConfig into these.
+
+Nothing below `jobs/` reads a raw DictConfig: `RunConfig.from_hydra(cfg)` validates types and
+rejects unknown keys (a typo in a YAML file or an override is one clear error), and the
+library works on plain dataclasses. Objects with a `_target_` (extractors, methods) stay dicts
+and are built with `hydra.utils.instantiate` / `get_class` where they are used.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from omegaconf import DictConfig, OmegaConf
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot run; the message says which key and why."""
+
+
+@dataclass
+class SourceConfig:
+    """Where shards are built from when they do not exist yet (jobs/make_shards.py)."""
+
+    kind: str = "digits"          # digits | mnist | folder
+    path: Optional[str] = None    # MNIST IDX folder or image root (class sub-folders optional)
+    classes: Optional[int] = None  # folder: keep the first N class folders (sorted)
+    limit: Optional[int] = None   # keep at most this many samples (smoke tests)
+
+
+@dataclass
+class DataConfig:
+    name: str = "digits"
+    # A directory of *.tar, a brace pattern ("shards-{000000..000127}.tar"), or a list of paths;
+    # local paths or any fsspec URL.
+    shards: Any = "outputs/cache/shards/digits"
+    source: Optional[SourceConfig] = None   # null: the shards must already exist
+    samples_per_shard: int = 1000
+    num_clusters: int = 10
+
+
+@dataclass
+class BackboneConfig:
+    name: str = "pixels"
+    extractor: dict = field(default_factory=dict)  # {_target_: raycluster.features..., kwargs}
+    pca_dim: Optional[int] = None   # PCA on the embedding store before clustering
+    l2_normalize: bool = False      # unit-norm embeddings before clustering
+    dtype: str = "float32"          # stored embedding dtype: float32 | float16
+
+
+@dataclass
+class ExtractConfig:
+    batch_size: int = 64
+    concurrency: int = 1                       # extractor actors in the pool
+    num_cpus_per_actor: Optional[float] = None  # null: sized so read/decode tasks keep a CPU
+    num_gpus_per_actor: float = 0.0
+    preprocess_num_cpus: float = 1.0           # per decode/resize task
+    autocast: Optional[str] = None             # bfloat16 | float16 (GPU)
+    torch_threads: Optional[int] = None        # intra-op threads per actor; null: its CPU share
+
+
+@dataclass
+class TrainConfig:
+    num_workers: int = 1
+    cpus_per_worker: float = 1.0
+    gpus_per_worker: float = 0.0
+
+
+@dataclass
+class ClusterConfig:
+    address: Optional[str] = None   # null: start local Ray; "auto" / "ray://host:10001": connect
+    num_cpus: Optional[int] = None  # local Ray only; null: every core
+    use_gpu: bool = False
+    extract: ExtractConfig = field(default_factory=ExtractConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+@dataclass
+class RunConfig:
+    data: DataConfig = field(default_factory=DataConfig)
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    method: dict = field(default_factory=dict)    # {_target_: raycluster.methods..., kwargs}
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    seed: int = 0
+    output_dir: str = "outputs/runs/default"
+    cache_dir: str = "outputs/cache"
+    embeddings_dir: Optional[str] = None  # null: <cache_dir>/embeddings/<data>-<backbone>
+    report: bool = False
+
+    @property
+    def embeddings_path(self) -> str:
+        return self.embeddings_dir or f"{self.cache_dir}/embeddings/{self.data.name}-{self.backbone.name}"
+
+    @classmethod
+    def from_hydra(cls, cfg: DictConfig) -> "RunConfig":
+        """Validate a composed Hydra config against this schema (unknown keys are errors)."""
+        node = OmegaConf.to_container(cfg, resolve=True)
+        node.pop("hydra", None)
+        node.pop("experiment", None)
+        return typed(cls, node)
+
+
+def typed(schema: type, node: Any):
+    """Merge `node` onto `schema`'s structured config and return the dataclass instance."""
+    try:
+        return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(schema), node))
+    except Exception as err:  # omegaconf raises several types; one readable message for all
+        raise ConfigError(f"invalid config for {schema.__name__}: {err}") from None

@@ -1,0 +1,1 @@
+"""Data plane: sample sources, WebDataset shards, Ray Data readers, Parquet stores."""

@@ -1,0 +1,123 @@
+"""Parquet embedding store: one part file per input shard, keyed by the sample's `__key__`.
+
+    <root>/part-<shard stem>.parquet   columns: key (string), label (int64, -1 unknown),
+                                       embedding (fixed_size_list<float32|float16>[D])
+Part files carry their shard URL and sample/corrupt counts in the Parquet schema metadata, so
+a rerun skips finished shards (`done_shards`) and a summary can count corrupt samples without
+reading embeddings. Parts are written atomically (temp file + rename).
+"""
+from __future__ import annotations
+
+import io
+import json
+import os
+from dataclasses import dataclass
+from typing import Optional
+
+import fsspec
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from raycluster.io import atomic_write_bytes
+
+
+class EmbeddingWidthError(ValueError):
+    """Embeddings do not have the width a model or index expects."""
+
+
+@dataclass
+class Embeddings:
+    """An in-memory view of a store. keys (N,) object str; labels (N,) int64, -1 = unknown;
+    vectors (N, D) float32."""
+
+    keys: np.ndarray
+    labels: np.ndarray
+    vectors: np.ndarray
+
+    @property
+    def has_labels(self) -> bool:
+        return bool(len(self.labels)) and bool((self.labels >= 0).all())
+
+
+def part_name(shard_url: str) -> str:
+    stem = os.path.basename(shard_url.rstrip("/"))
+    return f"part-{stem[:-4] if stem.endswith('.tar') else stem}.parquet"
+
+
+def embedding_table(keys, labels, vectors: np.ndarray, dtype: str = "float32") -> pa.Table:
+    """(N,) keys, (N,) int64 labels, (N, D) floats -> Arrow table with a fixed-size-list column."""
+    vectors = np.ascontiguousarray(vectors, dtype=np.dtype(dtype))
+    flat = pa.array(vectors.reshape(-1))
+    return pa.table({
+        "key": pa.array(list(keys), pa.string()),
+        "label": pa.array(np.asarray(labels, dtype=np.int64)),
+        "embedding": pa.FixedSizeListArray.from_arrays(flat, vectors.shape[1] if vectors.ndim == 2 else 0),
+    })
+
+
+class EmbeddingStore:
+    def __init__(self, root: str):
+        self.root = root.rstrip("/")
+        self.fs, self.path = fsspec.core.url_to_fs(self.root)
+
+    def part_files(self) -> list[str]:
+        if not self.fs.isdir(self.path):
+            return []
+        return sorted(p for p in self.fs.ls(self.path, detail=False)
+                      if os.path.basename(p).startswith("part-") and p.endswith(".parquet"))
+
+    def part_metadata(self) -> list[dict]:
+        """Per part: {"shard", "samples", "corrupt", "dim"} from the Parquet footer only."""
+        rows = []
+        for path in self.part_files():
+            with self.fs.open(path, "rb") as handle:
+                meta = pq.read_schema(handle).metadata or {}
+            rows.append(json.loads(meta.get(b"raycluster", b"{}")))
+        return rows
+
+    def done_shards(self) -> set[str]:
+        """Part file names already written (compare with `part_name(shard_url)`)."""
+        return {os.path.basename(p) for p in self.part_files()}
+
+    def write_part(self, shard_url: str, keys, labels, vectors: np.ndarray, corrupt: int = 0,
+                   dtype: str = "float32") -> str:
+        """Write one shard's embeddings atomically; returns the part's path."""
+        table = embedding_table(keys, labels, vectors, dtype)
+        info = {"shard": shard_url, "samples": len(keys) + corrupt, "corrupt": corrupt,
+                "dim": int(vectors.shape[1]) if vectors.ndim == 2 else 0}
+        table = table.replace_schema_metadata({b"raycluster": json.dumps(info).encode()})
+        buffer = io.BytesIO()
+        pq.write_table(table, buffer)
+        target = f"{self.root}/{part_name(shard_url)}"
+        atomic_write_bytes(target, buffer.getvalue())
+        return target
+
+    def load(self, expected_dim: Optional[int] = None) -> Embeddings:
+        """Read every part into memory, sorted by key. Raises EmbeddingWidthError on a width
+        other than `expected_dim`, FileNotFoundError on an empty store."""
+        files = self.part_files()
+        if not files:
+            raise FileNotFoundError(f"embedding store {self.root!r} has no part files; run jobs/extract.py first")
+        tables = []
+        for path in files:
+            with self.fs.open(path, "rb") as handle:
+                tables.append(pq.read_table(handle, columns=["key", "label", "embedding"]))
+        table = pa.concat_tables(tables).sort_by("key")
+        column = table.column("embedding").combine_chunks()
+        dim = column.type.list_size
+        if expected_dim is not None and dim != expected_dim:
+            raise EmbeddingWidthError(f"embeddings in {self.root!r} have width {dim}, expected {expected_dim}")
+        vectors = column.flatten().to_numpy(zero_copy_only=False).reshape(len(table), dim).astype(np.float32)
+        return Embeddings(np.asarray(table.column("key").to_pylist(), dtype=object),
+                          table.column("label").to_numpy(), vectors)
+
+
+def write_assignments(path: str, keys, cluster: np.ndarray, confidence: np.ndarray) -> None:
+    """Assignments Parquet (key string, cluster int64, confidence float32), written atomically."""
+    table = pa.table({"key": pa.array(list(keys), pa.string()),
+                      "cluster": pa.array(np.asarray(cluster, dtype=np.int64)),
+                      "confidence": pa.array(np.asarray(confidence, dtype=np.float32))})
+    buffer = io.BytesIO()
+    pq.write_table(table, buffer)
+    atomic_write_bytes(path, buffer.getvalue())

@@ -1,0 +1,1 @@
+"""Clustering methods behind one interface (methods/base.py)."""

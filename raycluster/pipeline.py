@@ -1,0 +1,125 @@
+"""The main job as a library call: shards -> embeddings -> method -> assignments + metrics.
+
+Every stage is skipped when its output exists (shards with a manifest, embedding parts per
+shard), so a rerun after a crash redoes only what is missing.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from dataclasses import asdict
+
+import numpy as np
+
+from raycluster.config import RunConfig
+from raycluster.data.builtin import samples_from_source
+from raycluster.data.shards import ShardNotFoundError, read_manifest, resolve_shards, write_shards
+from raycluster.data.store import EmbeddingStore, Embeddings, write_assignments
+from raycluster.features.extract import run_extraction
+from raycluster.io import atomic_write_bytes
+from raycluster.metrics import label_free_metrics, supervised_metrics
+from raycluster.ray_utils import ensure_ray
+
+log = logging.getLogger(__name__)
+
+
+def ensure_shards(data) -> dict:
+    """Build the shards from `data.source` unless they exist; returns {"shards", "built"}."""
+    try:
+        return {"shards": len(resolve_shards(data.shards)), "built": False}
+    except ShardNotFoundError:
+        if data.source is None or not isinstance(data.shards, str) or "{" in data.shards:
+            raise
+    source = data.source
+    log.info("building shards for %s from %s into %s", data.name, source.kind, data.shards)
+    manifest = write_shards(samples_from_source(source.kind, source.path, source.classes, source.limit),
+                            data.shards, data.samples_per_shard, source=asdict(source))
+    return {"shards": len(manifest["shards"]), "built": True}
+
+
+def postprocess(vectors: np.ndarray, pca_dim, l2_normalize: bool, seed: int = 0) -> np.ndarray:
+    """Optional PCA to `pca_dim` (fit on all N), then optional L2 normalisation. (N, D) float32."""
+    if pca_dim:
+        from sklearn.decomposition import PCA
+
+        if pca_dim > min(vectors.shape):
+            raise ValueError(f"backbone.pca_dim={pca_dim} exceeds min(N, D) = {min(vectors.shape)}")
+        vectors = PCA(pca_dim, random_state=seed).fit_transform(vectors).astype(np.float32)
+    if l2_normalize:
+        vectors = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+    return np.ascontiguousarray(vectors, dtype=np.float32)
+
+
+def build_method(method_cfg: dict):
+    from hydra.utils import instantiate
+
+    if "_target_" not in method_cfg:
+        raise ValueError("method config has no _target_")
+    return instantiate(method_cfg, _convert_="all")
+
+
+def fit_predict(cfg: RunConfig, embeddings: Embeddings) -> dict:
+    """Fit the configured method on the store's vectors; returns assignments, metrics and timings."""
+    vectors = postprocess(embeddings.vectors, cfg.backbone.pca_dim, cfg.backbone.l2_normalize, cfg.seed)
+    method = build_method(cfg.method)
+    start = time.time()
+    method.fit(vectors)
+    fit_seconds = time.time() - start
+    cluster, confidence = method.predict(vectors)
+    metrics = {"fit_seconds": fit_seconds}
+    if embeddings.has_labels:
+        metrics.update(supervised_metrics(embeddings.labels, cluster))
+    metrics.update(label_free_metrics(vectors, cluster, method.n_clusters, cfg.seed))
+    metrics["mean_confidence"] = float(confidence.mean())
+    return {"method": method, "cluster": cluster, "confidence": confidence, "metrics": metrics}
+
+
+def run_train(cfg: RunConfig) -> dict:
+    """Run the whole pipeline for one config; returns the summary dict (also saved as JSON)."""
+    start = time.time()
+    os.makedirs(cfg.output_dir, exist_ok=True)
+    ensure_ray(cfg.cluster.address, cfg.cluster.num_cpus)
+    shards = ensure_shards(cfg.data)
+    extraction = run_extraction(cfg.data, cfg.backbone, cfg.cluster, cfg.embeddings_path)
+    embeddings = EmbeddingStore(cfg.embeddings_path).load()
+    result = fit_predict(cfg, embeddings)
+    assignments = os.path.join(cfg.output_dir, "assignments.parquet")
+    write_assignments(assignments, embeddings.keys, result["cluster"], result["confidence"])
+    corrupt_total = sum(part.get("corrupt", 0) for part in EmbeddingStore(cfg.embeddings_path).part_metadata())
+    summary = {
+        "data": cfg.data.name, "backbone": cfg.backbone.name, "method": result["method"].name,
+        "weights": extraction.weights, "samples": int(len(embeddings.keys)), "dim": int(embeddings.vectors.shape[1]),
+        "k": result["method"].n_clusters, "shards": shards["shards"], "shards_built": shards["built"],
+        "shards_embedded_now": extraction.shards_written, "shards_reused": extraction.shards_skipped,
+        "corrupt_skipped": corrupt_total, "extract_seconds": round(extraction.seconds, 2),
+        "metrics": result["metrics"], "total_seconds": round(time.time() - start, 2),
+        "outputs": {"assignments": assignments, "embeddings": cfg.embeddings_path,
+                    "summary": os.path.join(cfg.output_dir, "summary.json")},
+    }
+    atomic_write_bytes(summary["outputs"]["summary"], json.dumps(summary, indent=1, default=float).encode())
+    log.info("summary\n%s", format_summary(summary))
+    return summary
+
+
+def format_summary(summary: dict) -> str:
+    """Readable multi-line job summary."""
+    metrics = summary["metrics"]
+    lines = [
+        f"  data {summary['data']}  backbone {summary['backbone']}  method {summary['method']}  k={summary['k']}",
+        f"  weights: {summary['weights']}",
+        f"  samples {summary['samples']} x {summary['dim']}  shards {summary['shards']} "
+        f"(embedded now {summary['shards_embedded_now']}, reused {summary['shards_reused']})  "
+        f"corrupt skipped {summary['corrupt_skipped']}",
+    ]
+    if "acc" in metrics:
+        lines.append(f"  ACC {metrics['acc']:.4f}  NMI {metrics['nmi']:.4f}  ARI {metrics['ari']:.4f}")
+    silhouette = metrics.get("silhouette")
+    lines.append(f"  size entropy {metrics['size_entropy']:.3f}  clusters used {metrics['clusters_used']}  "
+                 f"silhouette {silhouette if silhouette is None else round(silhouette, 4)}  "
+                 f"mean confidence {metrics['mean_confidence']:.3f}")
+    lines.append(f"  time: extract {summary['extract_seconds']}s  fit {metrics['fit_seconds']:.2f}s  "
+                 f"total {summary['total_seconds']}s")
+    lines += [f"  {name}: {path}" for name, path in summary["outputs"].items()]
+    return "\n".join(lines)

@@ -1,0 +1,47 @@
+"""Connecting to Ray, and sizing actor pools so they cannot starve Ray Data's own tasks."""
+from __future__ import annotations
+
+import logging
+import os
+from typing import Optional
+
+log = logging.getLogger(__name__)
+
+
+def ensure_ray(address: Optional[str] = None, num_cpus: Optional[int] = None) -> None:
+    """Connect to `address` ("auto", "ray://host:10001"), or start a local Ray; no-op when
+    already connected (tests share one instance). Under `ray job submit`, RAY_ADDRESS is set
+    and wins over a null address."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    address = address or os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, log_to_driver=True)
+    else:
+        ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=True)
+    log.info("Ray resources: %s", ray.cluster_resources())
+
+
+def actor_cpus(total_cpus: float, concurrency: int, requested: Optional[float] = None,
+               use_gpu: bool = False, reserve: float = 1.0) -> float:
+    """CPUs per extractor actor such that `reserve` CPUs stay free for read/decode/write tasks.
+
+    Seen on Ray 2.60 with 2 CPUs: two 1-CPU actors took both CPUs, the read tasks were starved
+    (`backpressured:tasks(ResourceBudget)`) and the job hung. GPU actors get 1 CPU unless told
+    (their CPU only feeds the GPU). Raises ValueError when the pool cannot fit beside the reserve.
+    """
+    if concurrency < 1:
+        raise ValueError(f"extract concurrency must be >= 1, got {concurrency}")
+    if requested is not None:
+        cpus = float(requested)
+    elif use_gpu:
+        cpus = 1.0
+    else:
+        cpus = min(1.0, (total_cpus - reserve) / concurrency)
+    if cpus <= 0 or cpus * concurrency > total_cpus - reserve + 1e-9:
+        raise ValueError(
+            f"{concurrency} extractor actor(s) x {cpus:g} CPU do not fit in {total_cpus:g} CPUs while keeping "
+            f"{reserve:g} CPU for reading and decoding: lower cluster.extract.concurrency or num_cpus_per_actor")
+    return cpus
