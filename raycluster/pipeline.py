@@ -80,8 +80,8 @@ def run_train(cfg: RunConfig) -> dict:
     """Run the whole pipeline for one config; returns the summary dict (also saved as JSON)."""
     start = time.time()
     os.makedirs(cfg.output_dir, exist_ok=True)
+    shards = ensure_shards(cfg.data)  # before Ray starts: a bad data path fails in a second
     ensure_ray(cfg.cluster.address, cfg.cluster.num_cpus)
-    shards = ensure_shards(cfg.data)
     extraction = run_extraction(cfg.data, cfg.backbone, cfg.cluster, cfg.embeddings_path)
     embeddings = EmbeddingStore(cfg.embeddings_path).load()
     result = fit_predict(cfg, embeddings)

@@ -102,8 +102,16 @@ class EmbeddingStore:
         tables = []
         for path in files:
             with self.fs.open(path, "rb") as handle:
-                tables.append(pq.read_table(handle, columns=["key", "label", "embedding"]))
-        table = pa.concat_tables(tables).sort_by("key")
+                table = pq.read_table(handle, columns=["key", "label", "embedding"])
+            if table.schema.metadata:
+                table = table.replace_schema_metadata(None)
+            tables.append(table)
+        dims = {t.schema.field("embedding").type.list_size for t in tables}
+        if len(dims) > 1:
+            raise EmbeddingWidthError(f"parts in {self.root!r} disagree on embedding width: {sorted(dims)}")
+        float32 = pa.list_(pa.float32(), dims.pop())
+        table = pa.concat_tables([t.set_column(2, "embedding", t.column("embedding").cast(float32)) for t in tables])
+        table = table.sort_by("key")
         column = table.column("embedding").combine_chunks()
         dim = column.type.list_size
         if expected_dim is not None and dim != expected_dim:

@@ -71,7 +71,7 @@ def decode_image(data: bytes, spec: ImageSpec) -> np.ndarray:
         left = (image.size[0] - spec.size) // 2
         top = (image.size[1] - spec.size) // 2
         image = image.crop((left, top, left + spec.size, top + spec.size))
-    pixels = np.asarray(image, dtype=np.uint8)
+    pixels = np.array(image, dtype=np.uint8)  # a writable copy: torch.from_numpy needs one
     return pixels[None] if pixels.ndim == 2 else pixels.transpose(2, 0, 1)
 
 

@@ -77,7 +77,8 @@ class TimmExtractor(Extractor):
 
         with torch.device("meta"):
             model = create_timm_model(model_name, img_size=img_size)
-        return ImageSpec.from_timm(timm.data.resolve_model_data_config(model))
+        args = {"input_size": (3, img_size, img_size)} if img_size else {}
+        return ImageSpec.from_timm(timm.data.resolve_data_config(args, model=model))
 
     @classmethod
     def weights_note(cls, model_name: str, pretrained: bool = False, checkpoint: Optional[str] = None, **_) -> str:

@@ -1,0 +1,50 @@
+"""Shared fixtures: one local Ray per test session, real configs composed and shrunk."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("RAYCLUSTER_SHARED_DATA", REPO.parent / "shared" / "data"))
+
+
+@pytest.fixture
+def ray_local():
+    """Local Ray with 2 logical CPUs, the size of the machines this project is tested on.
+
+    Started once and shared (~3 s to start); function-scoped so that a test that must run
+    `ray stop` (job submission) can shut it down and later tests start it again.
+    """
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    return ray
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _shutdown_ray_at_exit():
+    yield
+    import ray
+
+    ray.shutdown()
+
+
+def compose(overrides: list[str], tmp_path: Path):
+    """The real config, composed as jobs/train.py would, with outputs under tmp_path."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    from raycluster.config import RunConfig
+
+    with initialize_config_dir(config_dir=str(REPO / "configs"), version_base="1.3"):
+        cfg = hydra_compose("config", overrides=[f"cache_dir={tmp_path}/cache", f"output_dir={tmp_path}/run",
+                                                 *overrides])
+    return RunConfig.from_hydra(cfg)
+
+
+@pytest.fixture
+def compose_config(tmp_path):
+    return lambda overrides=(): compose(list(overrides), tmp_path)

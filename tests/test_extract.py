@@ -1,0 +1,68 @@
+import numpy as np
+import pytest
+
+from raycluster.data.builtin import Sample, digits_samples
+from raycluster.data.shards import ShardNotFoundError, write_shards
+from raycluster.data.store import EmbeddingStore
+from raycluster.features.extract import run_extraction
+from raycluster.ray_utils import actor_cpus
+
+
+def test_actor_cpus_leaves_a_cpu_for_reads():
+    assert actor_cpus(2, 1) == 1.0
+    assert actor_cpus(2, 2) == 0.5            # the case that deadlocked with 1 CPU each
+    assert actor_cpus(16, 8, use_gpu=True) == 1.0
+    with pytest.raises(ValueError, match="do not fit"):
+        actor_cpus(2, 2, requested=1.0)
+    with pytest.raises(ValueError, match="do not fit"):
+        actor_cpus(1, 1)
+
+
+def _digit_shards(path, limit=200, corrupt_keys=()):
+    def samples():
+        for sample in digits_samples(limit):
+            if sample.key in corrupt_keys:
+                sample = Sample(sample.key, b"\x89PNG garbage", "png", sample.label, sample.meta)
+            yield sample
+    write_shards(samples(), str(path), samples_per_shard=50)
+
+
+@pytest.mark.timeout(300)
+def test_extraction_counts_corrupt_samples_and_resumes(tmp_path, ray_local, compose_config):
+    shards = tmp_path / "shards"
+    _digit_shards(shards, corrupt_keys={"digits_000007", "digits_000120"})
+    cfg = compose_config([f"data.shards={shards}", "data.source=null"])
+    store_dir = str(tmp_path / "store")
+
+    first = run_extraction(cfg.data, cfg.backbone, cfg.cluster, store_dir)
+    assert (first.shards_written, first.samples, first.corrupt) == (4, 198, 2)
+    assert sorted(first.corrupt_by_shard.values()) == [1, 1]
+    loaded = EmbeddingStore(store_dir).load(expected_dim=64)
+    assert len(loaded.keys) == 198 and "digits_000007" not in set(loaded.keys)
+
+    again = run_extraction(cfg.data, cfg.backbone, cfg.cluster, store_dir)
+    assert (again.shards_skipped, again.shards_written) == (4, 0)
+
+    part = sorted((tmp_path / "store").glob("part-*.parquet"))[2]
+    part.unlink()  # as if the job died before this shard was written
+    resumed = run_extraction(cfg.data, cfg.backbone, cfg.cluster, store_dir)
+    assert (resumed.shards_skipped, resumed.shards_written, resumed.samples, resumed.corrupt) == (3, 1, 49, 1)
+    assert len(EmbeddingStore(store_dir).load().keys) == 198
+
+
+@pytest.mark.timeout(300)
+def test_two_actors_on_two_cpus_do_not_starve_reads(tmp_path, ray_local, compose_config):
+    """Ray 2.60 hung here when each of two actors took a whole CPU (see NOTES-ray)."""
+    shards = tmp_path / "shards"
+    _digit_shards(shards, limit=600)
+    cfg = compose_config([f"data.shards={shards}", "data.source=null", "cluster.extract.concurrency=2",
+                          "cluster.extract.batch_size=32"])
+    summary = run_extraction(cfg.data, cfg.backbone, cfg.cluster, str(tmp_path / "store"))
+    assert summary.samples == 600
+
+
+def test_missing_shard_is_named(tmp_path, ray_local, compose_config):
+    _digit_shards(tmp_path / "shards", limit=100)
+    cfg = compose_config([f"data.shards='{tmp_path}/shards/shard-{{000000..000005}}.tar'", "data.source=null"])
+    with pytest.raises(ShardNotFoundError, match="4 shard\\(s\\) not found: .*shard-000002.tar"):
+        run_extraction(cfg.data, cfg.backbone, cfg.cluster, str(tmp_path / "store"))

@@ -1,0 +1,38 @@
+import json
+import os
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from raycluster.pipeline import postprocess, run_train
+
+
+@pytest.mark.timeout(300)
+def test_train_on_digits_end_to_end_and_rerun_reuses_everything(ray_local, compose_config, tmp_path):
+    cfg = compose_config()          # the embedded default: digits -> pixels -> k-means
+    summary = run_train(cfg)
+    assert summary["samples"] == 1797 and summary["k"] == 10
+    assert summary["metrics"]["acc"] >= 0.70, summary["metrics"]
+    assert summary["shards_built"] and summary["shards_embedded_now"] == summary["shards"]
+    table = pq.read_table(summary["outputs"]["assignments"])
+    assert table.num_rows == 1797 and set(table.column("cluster").to_pylist()) <= set(range(10))
+    assert json.load(open(summary["outputs"]["summary"]))["metrics"]["acc"] == summary["metrics"]["acc"]
+
+    again = run_train(cfg)
+    assert not again["shards_built"] and again["shards_embedded_now"] == 0
+    assert again["shards_reused"] == summary["shards"]
+
+
+def test_k_larger_than_n_is_a_clear_error(ray_local, compose_config, tmp_path):
+    cfg = compose_config(["data.source.limit=40", "data.num_clusters=50"])
+    with pytest.raises(ValueError, match="k=50 clusters is more than the 40 samples"):
+        run_train(cfg)
+
+
+def test_postprocess_pca_and_l2():
+    vectors = np.random.default_rng(0).normal(size=(50, 10)).astype(np.float32)
+    out = postprocess(vectors, pca_dim=4, l2_normalize=True)
+    assert out.shape == (50, 4) and np.allclose(np.linalg.norm(out, axis=1), 1.0, atol=1e-5)
+    with pytest.raises(ValueError, match="pca_dim=20"):
+        postprocess(vectors, pca_dim=20, l2_normalize=False)

@@ -1,0 +1,78 @@
+import io
+import json
+import tarfile
+
+import numpy as np
+import pytest
+
+from raycluster.data.builtin import Sample, digits_samples, encode_png, folder_samples
+from raycluster.data.shards import ShardNotFoundError, read_manifest, read_shards, resolve_shards, write_shards
+
+
+def _samples(n, labelled=True):
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        pixels = rng.integers(0, 255, (8, 8), dtype=np.uint8)
+        yield Sample(f"s{i:04d}", encode_png(pixels), "png", i % 3 if labelled else None, {"class_name": f"c{i % 3}"})
+
+
+def test_write_shards_splits_and_writes_manifest(tmp_path):
+    manifest = write_shards(_samples(25), str(tmp_path), samples_per_shard=10)
+    assert [s["count"] for s in manifest["shards"]] == [10, 10, 5]
+    assert read_manifest(str(tmp_path)) == manifest
+    assert manifest["classes"] == {"0": "c0", "1": "c1", "2": "c2"}
+    with tarfile.open(tmp_path / "shard-000000.tar") as tar:
+        names = tar.getnames()
+    assert names[:3] == ["s0000.png", "s0000.cls", "s0000.json"]
+    assert not list(tmp_path.glob("*.tmp-*")), "temp files must be renamed away"
+
+
+def test_write_shards_rejects_dotted_or_duplicate_keys(tmp_path):
+    bad = [Sample("a.b", b"x", "png")]
+    with pytest.raises(ValueError, match="dot"):
+        write_shards(bad, str(tmp_path))
+    with pytest.raises(ValueError, match="duplicated"):
+        write_shards([Sample("a", b"x", "png"), Sample("a", b"y", "png")], str(tmp_path))
+
+
+def test_resolve_shards_directory_brace_and_missing(tmp_path):
+    write_shards(_samples(25), str(tmp_path), samples_per_shard=10)
+    assert len(resolve_shards(str(tmp_path))) == 3
+    assert len(resolve_shards(str(tmp_path / "shard-{000000..000002}.tar"))) == 3
+    with pytest.raises(ShardNotFoundError, match="shard-000003.tar"):
+        resolve_shards(str(tmp_path / "shard-{000000..000003}.tar"))
+    with pytest.raises(ShardNotFoundError, match="not found"):
+        resolve_shards(str(tmp_path / "nope"))
+
+
+def test_round_trip_through_ray_data(tmp_path, ray_local):
+    originals = {s.key: s for s in _samples(23)}
+    write_shards(originals.values(), str(tmp_path), samples_per_shard=10)
+    rows = read_shards(resolve_shards(str(tmp_path))).take_all()
+    assert sorted(r["__key__"] for r in rows) == sorted(originals)
+    for row in rows:
+        original = originals[row["__key__"]]
+        assert row["image"] == original.image                  # bytes untouched
+        assert int(row["cls"]) == original.label
+        assert json.loads(row["json"])["class_name"] == original.meta["class_name"]
+        assert row["__url__"].endswith(".tar")
+
+
+def test_digits_source_has_all_samples_and_labels():
+    samples = list(digits_samples())
+    assert len(samples) == 1797
+    assert {s.label for s in samples} == set(range(10))
+
+
+def test_folder_source_labels_by_sorted_class_folder(tmp_path):
+    for name in ("zebra", "apple"):
+        (tmp_path / name).mkdir()
+        for i in range(2):
+            (tmp_path / name / f"img.{i}.png").write_bytes(encode_png(np.zeros((4, 4), np.uint8)))
+    (tmp_path / "apple" / "notes.txt").write_text("not an image")
+    samples = list(folder_samples(str(tmp_path)))
+    assert [(s.label, s.meta["class_id"]) for s in samples] == [(0, "apple")] * 2 + [(1, "zebra")] * 2
+    assert all("." not in s.key for s in samples)
+    assert len(list(folder_samples(str(tmp_path), classes=1))) == 2
+    with pytest.raises(ValueError, match="only 2 class folders"):
+        list(folder_samples(str(tmp_path), classes=3))
