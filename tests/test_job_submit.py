@@ -45,6 +45,6 @@ def test_ray_job_submit_runs_main_job_with_token_auth(tmp_path):
         no_token = {k: v for k, v in submit_env.items() if k != "RAY_AUTH_MODE"}
         no_token["RAY_AUTH_TOKEN_PATH"] = str(tmp_path / "missing-token")
         refused = ray_cli("job", "list", env={**no_token, "HOME": str(tmp_path)}, timeout=60)
-        assert refused.returncode != 0
+        assert refused.returncode != 0 and "authentication" in (refused.stdout + refused.stderr).lower()
     finally:
         ray_cli("stop", "--force", env=env)

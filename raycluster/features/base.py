@@ -33,6 +33,7 @@ class Extractor:
         self.autocast_dtype = getattr(torch, autocast) if autocast else None
         self.spec = self.image_spec(**config)
         self.model = self.build(**config).to(self.device).eval()
+        log.info("%s ready on %s (%d torch threads)", type(self).__name__, self.device, torch.get_num_threads())
 
     @classmethod
     def image_spec(cls, **config) -> ImageSpec:

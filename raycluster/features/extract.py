@@ -35,6 +35,7 @@ class ExtractionSummary:
     corrupt: int               # skipped in this run (undecodable)
     seconds: float
     weights: str
+    startup_seconds: float = 0.0   # from start until the first embedded batch arrived
     corrupt_by_shard: dict = field(default_factory=dict)
 
     @property
@@ -128,10 +129,12 @@ def run_extraction(data: DataConfig, backbone: BackboneConfig, cluster: ClusterC
     settings = cluster.extract
     spec = cls.image_spec(**config)
     use_gpu = settings.num_gpus_per_actor > 0
-    cpus = actor_cpus(ray.cluster_resources().get("CPU", 1.0), settings.concurrency,
-                      settings.num_cpus_per_actor, use_gpu)
-    runtime = {"autocast": settings.autocast, "device": "cuda" if use_gpu else "cpu",
-               "torch_threads": settings.torch_threads or max(1, int(cpus))}
+    total_cpus = ray.cluster_resources().get("CPU", 1.0)
+    cpus = actor_cpus(total_cpus, settings.concurrency, settings.num_cpus_per_actor, use_gpu)
+    # Threads are not the logical reservation: a CPU actor gets its share of the machine's
+    # cores (Ray Data fuses decoding into the actor, and read tasks are mostly I/O).
+    threads = settings.torch_threads or max(1, int(total_cpus // settings.concurrency) if not use_gpu else int(cpus))
+    runtime = {"autocast": settings.autocast, "device": "cuda" if use_gpu else "cpu", "torch_threads": threads}
     dataset = (read_shards(pending)
                .map_batches(decode_batch, fn_kwargs={"spec": spec}, batch_size=settings.batch_size,
                             num_cpus=settings.preprocess_num_cpus)
@@ -139,6 +142,8 @@ def run_extraction(data: DataConfig, backbone: BackboneConfig, cluster: ClusterC
                             concurrency=settings.concurrency, num_cpus=cpus, num_gpus=settings.num_gpus_per_actor))
     writer = ShardPartWriter(store, expected_counts(data.shards, pending), backbone.dtype)
     for batch in dataset.iter_batches(batch_size=None, batch_format="numpy"):
+        if not summary.startup_seconds:
+            summary.startup_seconds = time.time() - start
         writer.add(batch)
     writer.flush_all()
 
