@@ -8,9 +8,15 @@ and are built with `hydra.utils.instantiate` / `get_class` where they are used.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from pathlib import Path
+from typing import Any, Optional, Sequence
 
 from omegaconf import DictConfig, OmegaConf
+
+
+# `${ifnull:${data.source.classes},202}`: a config value that falls back when another is null.
+if not OmegaConf.has_resolver("ifnull"):
+    OmegaConf.register_new_resolver("ifnull", lambda value, default: default if value is None else value)
 
 
 class ConfigError(ValueError):
@@ -97,6 +103,19 @@ class RunConfig:
         node.pop("hydra", None)
         node.pop("experiment", None)
         return typed(cls, node)
+
+
+CONFIG_DIR = str(Path(__file__).resolve().parents[1] / "configs")
+
+
+def compose(overrides: Sequence[str] = ()) -> "RunConfig":
+    """The project's config composed as `jobs/train.py <overrides>` would see it (for benches,
+    notebooks and tests, which do not go through @hydra.main)."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        return RunConfig.from_hydra(hydra_compose("config", overrides=list(overrides)))
 
 
 def typed(schema: type, node: Any):

@@ -32,19 +32,9 @@ def _shutdown_ray_at_exit():
     ray.shutdown()
 
 
-def compose(overrides: list[str], tmp_path: Path):
-    """The real config, composed as jobs/train.py would, with outputs under tmp_path."""
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-
-    from raycluster.config import RunConfig
-
-    with initialize_config_dir(config_dir=str(REPO / "configs"), version_base="1.3"):
-        cfg = hydra_compose("config", overrides=[f"cache_dir={tmp_path}/cache", f"output_dir={tmp_path}/run",
-                                                 *overrides])
-    return RunConfig.from_hydra(cfg)
-
-
 @pytest.fixture
 def compose_config(tmp_path):
-    return lambda overrides=(): compose(list(overrides), tmp_path)
+    """The real config, composed as jobs/train.py would, with outputs under tmp_path."""
+    from raycluster.config import compose
+
+    return lambda overrides=(): compose([f"cache_dir={tmp_path}/cache", f"output_dir={tmp_path}/run", *overrides])

@@ -95,7 +95,7 @@ def folder_samples(root: str, classes: Optional[int] = None, limit: Optional[int
     (and counted) at extraction time, not lost silently while sharding.
     """
     if not os.path.isdir(root):
-        raise FileNotFoundError(f"image folder {root!r} does not exist")
+        raise FileNotFoundError(f"image folder {root!r} does not exist; point data.source.path at your images")
     folders = folder_classes(root, classes)
     groups = [(label, os.path.join(root, name), name) for label, name in enumerate(folders)]
     if not groups:

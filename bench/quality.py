@@ -1,0 +1,145 @@
+"""Clustering quality: methods x datasets, ACC / NMI / ARI (mean and std over seeds) and fit time.
+
+    python bench/quality.py                                   # every method on every dataset it applies to
+    python bench/quality.py --methods kmeans --datasets imagenet50-dino-vits16 --seeds 3 --json rows.jsonl
+    python bench/quality.py --datasets tinyimagenet-effnet-lite0 --tiny-classes 202   # all 202 classes
+
+Datasets (real data from ../shared/data, or $RAYCLUSTER_SHARED_DATA; digits ship with scikit-learn):
+  imagenet50-dino-vits16     2,500 x 384 DINO ViT-S/16 embeddings, K = 50 (used as given)
+  digits                     1,797 8x8 digits through the pipeline (shards -> pixels), K = 10
+  mnist-test                 10,000 MNIST test digits through the pipeline (pixels), K = 10
+  tinyimagenet-effnet-lite0  Tiny-ImageNet val photos -> shards -> pretrained EfficientNet-Lite0
+                             features (cached in --cache-dir between runs); first 20 classes by default
+A dataset whose files are absent is reported as skipped, with the reason, never silently.
+Rows (--json): {"bench", "dataset", "method", "seed", "acc", "nmi", "ari", "fit_seconds", ...}.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from raycluster.config import compose
+from raycluster.data.store import EmbeddingStore
+from raycluster.features.extract import run_extraction
+from raycluster.metrics import supervised_metrics
+from raycluster.pipeline import build_method, ensure_shards, postprocess
+from raycluster.ray_utils import ensure_ray
+
+SHARED = Path(os.environ.get("RAYCLUSTER_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
+METHODS = ["kmeans"]
+
+
+class Skip(Exception):
+    """A dataset that cannot run here (files absent); the reason is printed."""
+
+
+def pipeline_features(overrides: list[str], cache_dir: str):
+    """Shards -> embeddings through raycluster's own pipeline (cached) -> (vectors, labels, k, note)."""
+    cfg = compose([f"cache_dir={cache_dir}", *overrides])
+    if cfg.data.source and cfg.data.source.path and not os.path.exists(cfg.data.source.path):
+        raise Skip(f"{cfg.data.source.path} not found")
+    ensure_shards(cfg.data)
+    ensure_ray(None, None)
+    summary = run_extraction(cfg.data, cfg.backbone, cfg.cluster, cfg.embeddings_path)
+    embeddings = EmbeddingStore(cfg.embeddings_path).load()
+    vectors = postprocess(embeddings.vectors, cfg.backbone.pca_dim, cfg.backbone.l2_normalize)
+    return vectors, embeddings.labels, cfg.data.num_clusters, summary.weights
+
+
+def load_dataset(name: str, args):
+    if name == "imagenet50-dino-vits16":
+        import torch
+
+        folder = SHARED / "imagenet50-dino-vits16"
+        if not folder.exists():
+            raise Skip(f"{folder} not found")
+        vectors = torch.load(folder / "features_val.pth").float().numpy()
+        labels = torch.load(folder / "labels_val.pth").numpy()
+        return vectors, labels, 50, "DINO ViT-S/16 embeddings (given)"
+    if name == "digits":
+        return pipeline_features(["data=digits", "backbone=pixels"], args.cache_dir)
+    if name == "mnist-test":
+        return pipeline_features(["data=mnist", f"data.source.path={SHARED / 'mnist-test'}", "backbone=pixels"],
+                                 args.cache_dir)
+    if name == "tinyimagenet-effnet-lite0":
+        return pipeline_features(["data=tinyimagenet", f"data.source.path={SHARED / 'tinyimagenet-val' / 'images'}",
+                                  f"data.source.classes={args.tiny_classes}", "backbone=effnet_lite0"], args.cache_dir)
+    raise ValueError(f"unknown dataset {name!r}")
+
+
+DATASETS = ["imagenet50-dino-vits16", "digits", "mnist-test", "tinyimagenet-effnet-lite0"]
+
+
+def run_method(method: str, vectors: np.ndarray, labels: np.ndarray, k: int, seed: int, args) -> dict:
+    cfg = compose([f"method={method}", f"seed={seed}", f"data.num_clusters={k}", *args.method_overrides])
+    model = build_method(cfg.method)
+    start = time.time()
+    model.fit(vectors)
+    fit_seconds = time.time() - start
+    cluster, _ = model.predict(vectors)
+    return {**supervised_metrics(labels, cluster), "fit_seconds": round(fit_seconds, 3)}
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--methods", nargs="+", default=METHODS, choices=METHODS)
+    parser.add_argument("--datasets", nargs="+", default=DATASETS, choices=DATASETS)
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--tiny-classes", type=int, default=20, help="Tiny-ImageNet classes (202 = all)")
+    parser.add_argument("--cache-dir", default="outputs/cache", help="shards and embeddings, reused across runs")
+    parser.add_argument("--method-overrides", nargs="*", default=[], help="extra Hydra overrides, e.g. method.n_init=1")
+    parser.add_argument("--json", default=None, help="append one row per (dataset, method, seed) as JSON lines")
+    args = parser.parse_args(argv)
+
+    rows, skipped = [], {}
+    for dataset in args.datasets:
+        try:
+            vectors, labels, k, note = load_dataset(dataset, args)
+        except Skip as reason:
+            skipped[dataset] = str(reason)
+            print(f"SKIPPED {dataset}: {reason}", flush=True)
+            continue
+        label = dataset if dataset != "tinyimagenet-effnet-lite0" or args.tiny_classes == 20 else \
+            f"{dataset}-{args.tiny_classes}cls"
+        print(f"{label}: {vectors.shape[0]} x {vectors.shape[1]}, K={k}; features: {note}", flush=True)
+        for method in args.methods:
+            for seed in range(args.seeds):
+                result = run_method(method, vectors, labels, k, seed, args)
+                row = {"bench": "quality", "dataset": label, "method": method, "seed": seed, "n": int(len(labels)),
+                       "k": k, **{key: round(value, 4) if key != "fit_seconds" else value for key, value in result.items()}}
+                rows.append(row)
+                print(f"  {method} seed {seed}: ACC {row['acc']:.4f} NMI {row['nmi']:.4f} ARI {row['ari']:.4f} "
+                      f"fit {row['fit_seconds']:.2f}s", flush=True)
+    print_table(rows)
+    for dataset, reason in skipped.items():
+        print(f"skipped {dataset}: {reason}")
+    if args.json:
+        with open(args.json, "a") as handle:
+            for row in rows:
+                handle.write(json.dumps(row) + "\n")
+    return rows
+
+
+def print_table(rows: list[dict]) -> None:
+    print(f"\n{'dataset':<36}{'method':<10}{'ACC':>16}{'NMI':>16}{'ARI':>16}{'fit s':>9}")
+    groups = {}
+    for row in rows:
+        groups.setdefault((row["dataset"], row["method"]), []).append(row)
+    for (dataset, method), group in groups.items():
+        cells = []
+        for key in ("acc", "nmi", "ari"):
+            values = np.array([r[key] for r in group])
+            cells.append(f"{values.mean():.3f} ± {values.std():.3f}")
+        fit = np.mean([r["fit_seconds"] for r in group])
+        print(f"{dataset:<36}{method:<10}{cells[0]:>16}{cells[1]:>16}{cells[2]:>16}{fit:>9.2f}")
+
+
+if __name__ == "__main__":
+    main()
+    sys.exit(0)
