@@ -65,7 +65,7 @@ def fit_predict(cfg: RunConfig, embeddings: Embeddings) -> dict:
     vectors = postprocess(embeddings.vectors, cfg.backbone.pca_dim, cfg.backbone.l2_normalize, cfg.seed)
     method = build_method(cfg.method)
     start = time.time()
-    method.fit(vectors)
+    method.fit(vectors, embeddings.labels if embeddings.has_labels else None)  # labels: logged metrics only
     fit_seconds = time.time() - start
     cluster, confidence = method.predict(vectors)
     metrics = {"fit_seconds": fit_seconds}

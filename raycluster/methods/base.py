@@ -1,13 +1,16 @@
 """The interface every clustering method implements, so jobs and benchmarks treat them alike.
 
     method = hydra.utils.instantiate(cfg.method)   # constructor kwargs = the config
-    method.fit(vectors)                            # (N, D) float32; returns self
+    method.fit(vectors, labels=None)               # (N, D) float32; labels only for logged metrics
     cluster, confidence = method.predict(vectors)  # (N,) int64 in [0, K), (N,) float32 in [0, 1]
 
 Methods that train on Ray (Ray Train) do so inside `fit`; their constructor takes the resources
-they need from config. `fit` must not look at labels.
+they need from config. `fit` may log metrics against labels when given, but its result must
+not depend on them (no selection, no early stopping on labels).
 """
 from __future__ import annotations
+
+from typing import Optional
 
 import numpy as np
 
@@ -29,7 +32,7 @@ class ClusteringMethod:
             raise ValueError(f"{self.name}: k={self.n_clusters} clusters is more than the {len(vectors)} samples")
         return vectors
 
-    def fit(self, vectors: np.ndarray) -> "ClusteringMethod":
+    def fit(self, vectors: np.ndarray, labels: Optional[np.ndarray] = None) -> "ClusteringMethod":
         raise NotImplementedError
 
     def predict(self, vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -31,7 +31,7 @@ class KMeans(ClusteringMethod):
         self.centroids = None
         self.temperature = 1.0
 
-    def fit(self, vectors: np.ndarray) -> "KMeans":
+    def fit(self, vectors: np.ndarray, labels=None) -> "KMeans":
         import faiss
 
         vectors = self.check_input(vectors)

@@ -1,0 +1,325 @@
+"""CLUDI: clustering via self-supervised diffusion in cluster-assignment space.
+
+Uziel et al., "Clustering via Self-Supervised Diffusion", ICML 2025; public code
+BGU-CS-VIL/CLUDI (read at d89618d: cludi.py, diff_utils.py, loss_utils.py, models.py).
+Pure torch: no Ray here (raycluster/train/ runs `training_step` under Ray Train).
+
+Objects (B points, D noise draws per point, K clusters, d = embedding_dim, F = feature width):
+- assignment embedding  z0 = sqrt(d) * softmax(logits / 0.1) @ normalize(C)     (B, d)
+  with C the (K, d) cluster vectors (`return_embedding` in the code: no final normalise).
+- denoiser  f(z_t, x, t, z_self) -> z0_hat: per-point MLP conditioned on the frozen feature x
+  (projected once per batch, see `encode_features`), self-conditioning input concatenated
+  with z_t, sinusoidal time embedding; dropout 0.15 on the feature branch; head d -> K logits.
+- noise: z_t = sqrt(a_t) z0 + sqrt(1 - a_t) * rescale * eps, a_t the sqrt schedule
+  1 - sqrt(t/T + 1e-4) (Diffusion-LM), T = 1000, rescale = 49 in training and at the
+  sampling start; loss weight min(SNR_t, gamma=5) / rescale (min-SNR, as the code).
+- teacher: the batch repeated over D = 8 noise draws, DDIM (eta = 1, 25 steps, x0 clamped to
+  [-1, 1] as the code) from z_T = rescale * eps -> logits -> targets softmax(logits / 0.1)
+  -> teacher embedding z0_T.
+- student: feature noise of norm U(0.2, 1) and feature dropout p ~ U(0.05, 0.1); z_t from the
+  noised teacher embedding at a random t per draw; self-conditioning half the time; one-step
+  z0_hat -> logits_S -> z0_S = embedding(softmax(logits_S / 0.1)).
+- loss: min-SNR-weighted MSE(z0_S, z0_T) + 50 x symmetric self-classifier cross-entropy over
+  all pairs of draws (row softmax T 0.1 normalised over the batch x B/K; column softmax T 0.05
+  normalised over clusters): the B/K column prior is what prevents collapse.
+- inference: M draws x S DDIM steps, mean of logits over draws, argmax; confidence = mean over
+  draws of the winning cluster's probability.
+
+Choices where code and paper leave room (deliberate, documented):
+- Gradients flow through the teacher chain (`teacher_gradients=true`), as the public code
+  does (it is most of its step time, see shared NOTES-cludi). Tried here with a stop-gradient
+  teacher (the usual self-distillation reading): on ImageNet-50 features the teacher's
+  assignments drifted towards fewer clusters (size entropy 0.91 -> 0.70 over 30 epochs) and
+  ACC fell; through the chain the cross-entropy trains both views, as in Self-Classifier.
+  `teacher_gradients=false` keeps the cheaper variant available.
+- Teacher = the student in eval mode, as the code (its EMA copy is built but never used);
+  `ema_teacher=0.999` switches to an EMA teacher for those who want it.
+- Cluster vectors C are learned with lr / 10, as the code does (the paper calls them fixed
+  random vectors; learning them slowly never hurt in our runs and matches the code).
+- The feature projection is computed once per batch and reused across the DDIM steps (it
+  does not depend on z_t or t): same maths, fewer FLOPs.
+"""
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import asdict, dataclass
+from typing import Optional
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+@dataclass
+class CludiConfig:
+    n_clusters: int
+    feature_dim: int = 384
+    embedding_dim: int = 64
+    hidden_dim: int = 512
+    dropout: float = 0.15
+    timesteps: int = 1000
+    rescaling_factor: float = 49.0
+    min_snr_gamma: float = 5.0
+    teacher_draws: int = 8
+    teacher_steps: int = 25
+    ce_weight: float = 50.0
+    assignment_temperature: float = 0.1
+    row_temperature: float = 0.1
+    column_temperature: float = 0.05
+    feature_noise: tuple = (0.2, 1.0)
+    feature_dropout: tuple = (0.05, 0.1)
+    self_condition_prob: float = 0.5
+    eval_draws: int = 64
+    eval_steps: int = 50
+    ema_teacher: Optional[float] = None
+    teacher_gradients: bool = True
+
+
+def sqrt_schedule(timesteps: int, offset: float = 1e-4) -> torch.Tensor:
+    """(T,) float64 cumulative alphas a_t = 1 - sqrt(t / T + offset), t = 1..T (Diffusion-LM)."""
+    t = torch.arange(1, timesteps + 1, dtype=torch.float64) / timesteps
+    return (1 - torch.sqrt(t + offset)).clamp(min=1e-5)
+
+
+def timestep_embedding(timesteps: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
+    """(...) integer steps -> (..., dim) sinusoidal embedding (cos | sin)."""
+    half = dim // 2
+    frequencies = torch.exp(-math.log(max_period) * torch.arange(half, device=timesteps.device) / half)
+    angles = timesteps.float()[..., None] * frequencies
+    return torch.cat([torch.cos(angles), torch.sin(angles)], dim=-1)
+
+
+class AssignmentDenoiser(nn.Module):
+    """x0-predicting denoiser over assignment embeddings, conditioned on a frozen feature.
+
+    forward(z_t (N, d), context (N, F'), t (N,), self_cond (N, d)) -> z0_hat (N, d), where
+    context = encode_features(features (N, F)). logits(z (..., d)) -> (..., K).
+    """
+
+    def __init__(self, feature_dim: int, n_clusters: int, embedding_dim: int = 64, hidden_dim: int = 512,
+                 dropout: float = 0.15):
+        super().__init__()
+        self.embedding_dim = embedding_dim
+        self.feature_proj = nn.Sequential(
+            nn.Linear(feature_dim, feature_dim), nn.SiLU(), nn.Linear(feature_dim, feature_dim),
+            nn.LayerNorm(feature_dim, elementwise_affine=False, eps=1e-6), nn.Linear(feature_dim, feature_dim))
+        self.feature_dropout = nn.Dropout(dropout)
+        assignment_in = 2 * embedding_dim  # z_t concatenated with the self-conditioning estimate
+        self.time_embed = nn.Sequential(nn.Linear(assignment_in, 4 * assignment_in), nn.SiLU(),
+                                        nn.Linear(4 * assignment_in, assignment_in))
+        self.assignment_proj = nn.Sequential(
+            nn.Linear(2 * assignment_in, 2 * assignment_in), nn.SiLU(), nn.Linear(2 * assignment_in, 2 * assignment_in),
+            nn.LayerNorm(2 * assignment_in, eps=1e-6), nn.Linear(2 * assignment_in, 2 * assignment_in))
+        self.network = nn.Sequential(
+            nn.Linear(feature_dim + 2 * assignment_in, hidden_dim), nn.SiLU(), nn.Linear(hidden_dim, hidden_dim),
+            nn.SiLU(), nn.Linear(hidden_dim, embedding_dim))
+        self.head = nn.Linear(embedding_dim, n_clusters)
+        self.cluster_vectors = nn.Parameter(torch.randn(n_clusters, embedding_dim))
+
+    def encode_features(self, features: torch.Tensor) -> torch.Tensor:
+        """(N, F) features -> (N, F) context (L2-normalised input, projected, dropout in train mode)."""
+        return self.feature_dropout(self.feature_proj(F.normalize(features, dim=-1)))
+
+    def forward(self, z_t, context, t, self_cond):
+        assignment = torch.cat([self_cond, z_t], dim=-1)
+        time = self.time_embed(timestep_embedding(t, assignment.shape[-1]))
+        assignment = self.assignment_proj(torch.cat([assignment, time], dim=-1))
+        return self.network(torch.cat([context, assignment], dim=-1))
+
+    def logits(self, z: torch.Tensor) -> torch.Tensor:
+        return self.head(z)
+
+    def assignment_embedding(self, probabilities: torch.Tensor) -> torch.Tensor:
+        """(..., K) probabilities -> (..., d) = sqrt(d) * probabilities @ normalize(C)."""
+        return probabilities @ F.normalize(self.cluster_vectors, dim=-1) * math.sqrt(self.embedding_dim)
+
+
+def add_feature_noise(features: torch.Tensor, low: float, high: float) -> torch.Tensor:
+    """Add a random direction with norm ~ U(low, high) per point. (..., F) -> (..., F)."""
+    direction = F.normalize(torch.randn_like(features), dim=-1)
+    norm = torch.empty(features.shape[:-1] + (1,), device=features.device).uniform_(low, high)
+    return features + direction * norm
+
+
+def drop_features(features: torch.Tensor, low: float, high: float) -> torch.Tensor:
+    """Dropout with a rate drawn from U(low, high) per call (features are re-normalised later)."""
+    return F.dropout(features, p=float(np.random.uniform(low, high)), training=True)
+
+
+def self_classifier_loss(teacher_logits: torch.Tensor, student_logits: torch.Tensor,
+                         weights: Optional[torch.Tensor] = None, row_temperature: float = 0.1,
+                         column_temperature: float = 0.05) -> torch.Tensor:
+    """Symmetric cross-entropy over all pairs of draws, with a uniform cluster prior.
+
+    teacher_logits, student_logits: (D, B, K); weights: (D,) per-draw loss weights or None.
+    log-probabilities: row softmax (T_row), normalised over the batch, times B/K; targets:
+    column softmax over the batch (T_col), normalised over clusters. Follows
+    `extended_new_loss_newnew` of the public code (after Self-Classifier, Amrani et al.).
+    """
+    batch, clusters = teacher_logits.shape[1], teacher_logits.shape[2]
+
+    def log_probabilities(logits):
+        rows = F.normalize(F.softmax(logits / row_temperature, dim=-1), p=1, dim=1, eps=1e-8)
+        return torch.log(batch / clusters * rows + 1e-8)
+
+    def targets(logits):
+        return F.normalize(F.softmax(logits / column_temperature, dim=1), p=1, dim=2, eps=1e-8)
+
+    # (D, 1, B, K) x (1, D, B, K) -> (D, D): every teacher draw against every student draw
+    teacher_to_student = -(targets(teacher_logits)[:, None] * log_probabilities(student_logits)[None]).sum(-1).mean(-1)
+    student_to_teacher = -(targets(student_logits)[:, None] * log_probabilities(teacher_logits)[None]).sum(-1).mean(-1)
+    if weights is not None:
+        teacher_to_student = teacher_to_student * weights[:, None]
+        student_to_teacher = student_to_teacher * weights[None, :]
+    return (teacher_to_student.mean() + student_to_teacher.mean()) / 2
+
+
+def gather_batch(tensor: torch.Tensor, dim: int = 1) -> torch.Tensor:
+    """Concatenate `tensor` over data-parallel workers along `dim`, keeping gradients.
+
+    The self-classifier loss normalises over the batch (its B/K cluster prior), so with W
+    workers it must see the global batch, not W separate ones: then 1 and W workers optimise the
+    same objective. Backward reduce-scatters, and averaging gradients afterwards (train/run.py)
+    gives exactly the gradient of the global loss. Identity without torch.distributed.
+    """
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return tensor
+    from torch.distributed.nn.functional import all_gather
+
+    return torch.cat(all_gather(tensor.contiguous()), dim=dim)
+
+
+def same_on_all_workers(tensor: torch.Tensor) -> torch.Tensor:
+    """Rank 0's value on every worker (the per-draw timesteps must agree once draws are gathered)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        dist.broadcast(tensor, src=0)
+    return tensor
+
+
+class CludiModel(nn.Module):
+    """Denoiser + schedule + sampler + loss for one config; `training_step` is one CLUDI step."""
+
+    def __init__(self, config: CludiConfig):
+        super().__init__()
+        self.config = config
+        self.denoiser = AssignmentDenoiser(config.feature_dim, config.n_clusters, config.embedding_dim,
+                                           config.hidden_dim, config.dropout)
+        alphas = sqrt_schedule(config.timesteps)
+        snr = alphas / (1 - alphas)
+        self.register_buffer("alphas_cumprod", alphas.float(), persistent=False)
+        self.register_buffer("loss_weight", (snr.clamp(max=config.min_snr_gamma) / config.rescaling_factor).float(),
+                             persistent=False)
+        self.teacher = None
+        if config.ema_teacher:
+            self.teacher = copy.deepcopy(self.denoiser).requires_grad_(False)
+
+    def embedding_of(self, denoiser, logits):
+        return denoiser.assignment_embedding(F.softmax(logits / self.config.assignment_temperature, dim=-1))
+
+    def q_sample(self, z0, t, noise):
+        """z_t = sqrt(a_t) z0 + sqrt(1 - a_t) noise; z0, noise (..., d); t broadcastable (...)."""
+        alpha = self.alphas_cumprod[t][..., None]
+        return alpha.sqrt() * z0 + (1 - alpha).sqrt() * noise
+
+    def sample(self, denoiser, features: torch.Tensor, steps: int):
+        """DDIM (eta = 1) in assignment space, as `gen_loop` of the public code.
+
+        features: (D, B, F) (each draw its own chain). Returns (z0 (D, B, d), logits (D, B, K)).
+        Differentiable: callers choose no_grad (inference) or not (teacher_gradients).
+        """
+        cfg = self.config
+        context = denoiser.encode_features(features)
+        times = torch.linspace(-1, cfg.timesteps - 1, steps + 1).long().tolist()[::-1]
+        z_t = torch.randn(features.shape[:-1] + (cfg.embedding_dim,), device=features.device) * cfg.rescaling_factor
+        self_cond = torch.zeros_like(z_t)
+        for time, time_next in zip(times[:-1], times[1:]):
+            t = torch.full(features.shape[:-1], time, device=features.device, dtype=torch.long)
+            z_start = denoiser(z_t, context, t, self_cond).clamp(-1.0, 1.0)
+            if time_next < 0:
+                break
+            alpha, alpha_next = self.alphas_cumprod[time], self.alphas_cumprod[time_next]
+            predicted_noise = (z_t - alpha.sqrt() * z_start) / (1 - alpha).sqrt()
+            sigma = ((1 - alpha / alpha_next) * (1 - alpha_next) / (1 - alpha)).sqrt()
+            c = (1 - alpha_next - sigma ** 2).clamp(min=0).sqrt()
+            z_t = alpha_next.sqrt() * z_start + c * predicted_noise + sigma * torch.randn_like(z_t) * cfg.rescaling_factor
+            self_cond = z_start
+        logits = denoiser.logits(z_start)
+        return self.embedding_of(denoiser, logits), logits
+
+    def training_step(self, features: torch.Tensor) -> tuple[torch.Tensor, dict]:
+        """One CLUDI loss on a batch. features: (B, F) float. Returns (loss, terms) where terms
+        holds detached floats and `teacher_clusters` (B,) int64 from the first draw."""
+        cfg = self.config
+        draws = features[None].expand(cfg.teacher_draws, *features.shape)          # (D, B, F)
+        teacher = self.teacher or self.denoiser
+        was_training = teacher.training
+        teacher.eval()
+        with torch.set_grad_enabled(cfg.teacher_gradients and self.teacher is None and torch.is_grad_enabled()):
+            teacher_z0, teacher_logits = self.sample(teacher, draws, cfg.teacher_steps)
+        teacher.train(was_training)
+
+        student_features = drop_features(add_feature_noise(draws, *cfg.feature_noise), *cfg.feature_dropout)
+        context = self.denoiser.encode_features(student_features)
+        targets = F.softmax(teacher_logits / cfg.assignment_temperature, dim=-1)
+        z0 = self.denoiser.assignment_embedding(targets)                            # gradients reach C
+        t = same_on_all_workers(torch.randint(0, cfg.timesteps, (cfg.teacher_draws,), device=features.device))  # per draw
+        t_points = t[:, None].expand(draws.shape[:-1])
+        z_t = self.q_sample(z0, t_points, torch.randn_like(z0) * cfg.rescaling_factor)
+        self_cond = torch.zeros_like(z_t)
+        if np.random.random() < cfg.self_condition_prob:
+            with torch.no_grad():
+                self_cond = self.denoiser(z_t, context, t_points, self_cond).detach()
+        student_logits = self.denoiser.logits(self.denoiser(z_t, context, t_points, self_cond))
+        student_z0 = self.embedding_of(self.denoiser, student_logits)
+
+        weights = self.loss_weight[t]                                               # (D,)
+        mse = (F.mse_loss(student_z0, teacher_z0, reduction="none").mean(-1).mean(-1) * weights).mean()
+        cross_entropy = self_classifier_loss(gather_batch(teacher_logits), gather_batch(student_logits), weights,
+                                             cfg.row_temperature, cfg.column_temperature)
+        loss = mse + cfg.ce_weight * cross_entropy
+        terms = {"loss": loss.item(), "loss_mse": mse.item(), "loss_ce": cross_entropy.item(),
+                 "teacher_clusters": teacher_logits[0].argmax(-1).detach()}
+        return loss, terms
+
+    @torch.no_grad()
+    def update_teacher(self) -> None:
+        if self.teacher is not None:
+            for teacher_param, param in zip(self.teacher.parameters(), self.denoiser.parameters()):
+                teacher_param.lerp_(param, 1 - self.config.ema_teacher)
+
+    @torch.no_grad()
+    def predict(self, features: torch.Tensor, draws: Optional[int] = None, steps: Optional[int] = None,
+                batch_size: int = 4096) -> tuple[torch.Tensor, torch.Tensor]:
+        """(N, F) features -> (cluster (N,) int64, confidence (N,) float32)."""
+        draws, steps = draws or self.config.eval_draws, steps or self.config.eval_steps
+        denoiser = self.teacher or self.denoiser
+        was_training = denoiser.training
+        denoiser.eval()
+        clusters, confidences = [], []
+        per_chunk = max(1, batch_size // draws)
+        for chunk in features.split(per_chunk):
+            _, logits = self.sample(denoiser, chunk[None].expand(draws, *chunk.shape), steps)   # (M, b, K)
+            cluster = logits.mean(0).argmax(-1)
+            probabilities = F.softmax(logits / self.config.assignment_temperature, dim=-1).mean(0)
+            clusters.append(cluster)
+            confidences.append(probabilities.gather(1, cluster[:, None])[:, 0])
+        denoiser.train(was_training)
+        return torch.cat(clusters), torch.cat(confidences).float()
+
+    def parameter_groups(self, lr: float, weight_decay: float) -> list[dict]:
+        """AdamW groups: cluster vectors at lr / 10 (as the code), everything else at lr."""
+        vectors = [self.denoiser.cluster_vectors]
+        others = [p for name, p in self.denoiser.named_parameters() if name != "cluster_vectors"]
+        return [{"params": others, "lr": lr, "weight_decay": weight_decay, "lr_scale": 1.0},
+                {"params": vectors, "lr": lr / 10, "weight_decay": 0.0, "lr_scale": 0.1}]
+
+
+def build_cludi(model_config: dict) -> CludiModel:
+    """Model factory for Ray Train workers: plain dict -> CludiModel (diffusers-style from_config)."""
+    return CludiModel(CludiConfig(**model_config))

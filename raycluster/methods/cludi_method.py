@@ -1,0 +1,85 @@
+"""`method=cludi`: CLUDI behind the shared method interface, trained with Ray Train."""
+from __future__ import annotations
+
+import logging
+import os
+from typing import Optional
+
+import numpy as np
+
+from raycluster.config import TrainConfig
+from raycluster.data.store import EmbeddingWidthError
+from raycluster.methods.base import ClusteringMethod
+from raycluster.train.loop import OptimConfig
+
+log = logging.getLogger(__name__)
+
+
+class CLUDI(ClusteringMethod):
+    """fit: TorchTrainer over the embeddings (resumable per epoch); predict: DDIM draws in-process.
+
+    model: CludiConfig fields except n_clusters / feature_dim (taken from the data);
+    optim: OptimConfig fields; train: TrainConfig fields (workers and their resources).
+    """
+
+    name = "cludi"
+
+    def __init__(self, n_clusters: int, model: Optional[dict] = None, optim: Optional[dict] = None,
+                 train: Optional[dict] = None, use_gpu: bool = False, seed: int = 0,
+                 storage_path: str = "outputs/train", run_name: str = "cludi", max_failures: int = 0):
+        super().__init__(n_clusters)
+        self.model_overrides = dict(model or {})
+        self.optim = OptimConfig(**(optim or {}))
+        self.train = TrainConfig(**(train or {}))
+        self.use_gpu, self.seed, self.max_failures = use_gpu, seed, max_failures
+        self.storage_path, self.run_name = storage_path, run_name
+        self.model = None
+
+    def model_config(self, feature_dim: int) -> dict:
+        return {**self.model_overrides, "n_clusters": self.n_clusters, "feature_dim": feature_dim}
+
+    def fit(self, vectors: np.ndarray, labels: Optional[np.ndarray] = None) -> "CLUDI":
+        from raycluster.methods.cludi import build_cludi
+        from raycluster.train.run import fit_with_ray_train
+
+        vectors = self.check_input(vectors)
+        config = self.model_config(vectors.shape[1])
+        state = fit_with_ray_train(build_cludi, config, vectors, self.optim, self.train, self.use_gpu,
+                                   self.storage_path, self.run_name, self.seed, labels, self.max_failures)
+        self.model = build_cludi(state["model_config"])
+        self.model.load_state_dict(state["model"])
+        self.model.eval()
+        return self
+
+    def predict(self, vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        import torch
+
+        if self.model is None:
+            raise RuntimeError("cludi: call fit() or load() before predict()")
+        expected = self.model.config.feature_dim
+        if vectors.shape[1] != expected:
+            raise EmbeddingWidthError(f"cludi: embeddings have width {vectors.shape[1]}, the model expects {expected}")
+        torch.manual_seed(self.seed)
+        cluster, confidence = self.model.predict(torch.from_numpy(np.ascontiguousarray(vectors, np.float32)))
+        return cluster.numpy().astype(np.int64), confidence.numpy()
+
+    def save(self, path: str) -> None:
+        import torch
+
+        from raycluster.io import atomic_write_bytes
+        import io
+
+        buffer = io.BytesIO()
+        torch.save({"model": self.model.state_dict(), "model_config": self.model.config.__dict__}, buffer)
+        atomic_write_bytes(path, buffer.getvalue())
+
+    def load(self, path: str) -> "CLUDI":
+        import torch
+
+        from raycluster.methods.cludi import build_cludi
+
+        state = torch.load(path, map_location="cpu", weights_only=False)
+        self.model = build_cludi(state["model_config"])
+        self.model.load_state_dict(state["model"])
+        self.model.eval()
+        return self

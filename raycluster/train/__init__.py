@@ -1,0 +1,1 @@
+"""Training: a plain epoch loop (loop.py) and its Ray Train wiring (run.py)."""

@@ -1,0 +1,83 @@
+"""The training loop, readable top to bottom; Ray-free so it runs in tests and on one process.
+
+`train_epochs` drives any model that has `training_step(batch) -> (loss, terms)`,
+`parameter_groups(lr, weight_decay)` and optionally `update_teacher()`. Under Ray Train,
+`run.py` passes `average_gradients` (all-reduce over workers) and an `on_epoch_end` that
+reports metrics and checkpoints.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+import numpy as np
+import torch
+
+
+@dataclass
+class OptimConfig:
+    epochs: int = 200
+    batch_size: int = 256          # global batch; each of W workers takes batch_size / W
+    lr: float = 1e-4
+    min_lr: float = 1e-6
+    warmup_epochs: int = 1
+    weight_decay: float = 0.01
+    betas: tuple = (0.9, 0.98)
+    grad_clip: float = 4.0
+
+
+def learning_rate(step: int, total_steps: int, warmup_steps: int, lr: float, min_lr: float) -> float:
+    """Linear warm-up to `lr`, then cosine decay to `min_lr` at `total_steps`."""
+    if step < warmup_steps:
+        return lr * (step + 1) / warmup_steps
+    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+    return min_lr + 0.5 * (lr - min_lr) * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def make_optimizer(model, optim: OptimConfig) -> torch.optim.Optimizer:
+    return torch.optim.AdamW(model.parameter_groups(optim.lr, optim.weight_decay), lr=optim.lr, betas=optim.betas)
+
+
+def train_epochs(model, features: torch.Tensor, optim: OptimConfig, optimizer: torch.optim.Optimizer,
+                 steps_per_epoch: int, start_epoch: int = 0, seed: int = 0,
+                 average_gradients: Optional[Callable] = None, on_epoch_end: Optional[Callable] = None) -> None:
+    """Train from `start_epoch` to `optim.epochs` on this worker's `features` (N, F) float32.
+
+    Each epoch: a fresh permutation, `steps_per_epoch` batches (the same count on every worker,
+    so gradient all-reduces pair up), warm-up + cosine lr per step, clip, step, teacher update.
+    `on_epoch_end(epoch, terms, teacher_clusters, indices)` gets mean loss terms and the teacher's
+    first-draw clusters of the points seen (for label-free and, when possible, labelled metrics).
+    """
+    per_worker = min(len(features), max(1, optim.batch_size // (torch.distributed.get_world_size()
+                                                                if torch.distributed.is_initialized() else 1)))
+    total_steps = optim.epochs * steps_per_epoch
+    generator = torch.Generator().manual_seed(seed)
+    for epoch in range(start_epoch, optim.epochs):
+        generator.manual_seed(seed * 100_003 + epoch)  # a resumed epoch sees the same order
+        order = torch.randperm(len(features), generator=generator)
+        sums, clusters, seen, start = {}, [], [], time.time()
+        for step in range(steps_per_epoch):
+            indices = order[(step * per_worker) % len(features):][:per_worker]
+            lr = learning_rate(epoch * steps_per_epoch + step, total_steps, optim.warmup_epochs * steps_per_epoch,
+                               optim.lr, optim.min_lr)
+            for group in optimizer.param_groups:
+                group["lr"] = lr * group.get("lr_scale", 1.0)
+            loss, terms = model.training_step(features[indices])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if average_gradients is not None:
+                average_gradients(model)
+            torch.nn.utils.clip_grad_norm_(model.parameters(), optim.grad_clip)
+            optimizer.step()
+            if hasattr(model, "update_teacher"):
+                model.update_teacher()
+            clusters.append(terms.pop("teacher_clusters").cpu())
+            seen.append(indices)
+            for key, value in terms.items():
+                sums[key] = sums.get(key, 0.0) + value
+        means = {key: value / steps_per_epoch for key, value in sums.items()}
+        means.update(lr=lr, epoch_seconds=time.time() - start)
+        if on_epoch_end is not None:
+            on_epoch_end(epoch, means, torch.cat(clusters).numpy(), torch.cat(seen).numpy())

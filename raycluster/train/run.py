@@ -1,0 +1,160 @@
+"""Ray Train wiring: TorchTrainer over an embedding dataset, per-epoch report + checkpoint, resume.
+
+`fit_with_ray_train(...)` is what a method's `fit` calls. Each worker takes its shard of the
+dataset (`ray.train.get_dataset_shard`), keeps it in memory (embeddings are small next to the
+images they came from), builds the model from a plain config dict with the same seed on every
+worker, and runs `loop.train_epochs` with gradients all-reduced across workers after each
+backward (data parallel, as DDP; not the DDP wrapper itself, because a CLUDI step calls the
+denoiser through several entry points - encode_features, forward, logits - and DDP only
+hooks `forward`). Rank 0 writes a checkpoint every epoch; rerunning with the same
+`storage_path` and `run_name` resumes from the latest one (Ray Train V2).
+"""
+from __future__ import annotations
+
+import logging
+import math
+import os
+import tempfile
+from dataclasses import asdict
+from typing import Callable, Optional
+
+import numpy as np
+
+from raycluster.config import TrainConfig
+from raycluster.train.loop import OptimConfig
+
+log = logging.getLogger(__name__)
+
+STATE_FILE = "state.pt"
+
+
+def embedding_dataset(vectors: np.ndarray, labels: Optional[np.ndarray] = None):
+    """(N, F) float32 (+ (N,) labels, -1 unknown) -> ray.data.Dataset with columns
+    `features` (tensor), `label`, `index`. Labels only feed logged metrics, never the loss."""
+    import pyarrow as pa
+    import ray.data
+    from ray.data.extensions import ArrowTensorArray
+
+    labels = np.full(len(vectors), -1, np.int64) if labels is None else np.asarray(labels, np.int64)
+    return ray.data.from_arrow(pa.table({"features": ArrowTensorArray.from_numpy(np.ascontiguousarray(vectors, np.float32)),
+                                         "label": pa.array(labels), "index": pa.array(np.arange(len(vectors)))}))
+
+
+def average_gradients(model) -> None:
+    """All-reduce and average every gradient across the process group (data parallel)."""
+    import torch.distributed as dist
+
+    world = dist.get_world_size()
+    for parameter in model.parameters():
+        if parameter.grad is not None:
+            dist.all_reduce(parameter.grad)
+            parameter.grad /= world
+
+
+def _all_reduce_mean(values: dict) -> dict:
+    import torch
+    import torch.distributed as dist
+
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return values
+    keys = sorted(values)
+    tensor = torch.tensor([float(values[k]) for k in keys], dtype=torch.float64)
+    dist.all_reduce(tensor)
+    return {k: float(v) / dist.get_world_size() for k, v in zip(keys, tensor.tolist())}
+
+
+def train_loop_per_worker(config: dict) -> None:
+    """Runs on every Ray Train worker. config: model_factory, model_config, optim (dict), seed."""
+    import ray.train
+    import torch
+    import torch.distributed as dist
+
+    from raycluster.metrics import size_entropy, supervised_metrics
+    from raycluster.train.loop import make_optimizer, train_epochs
+
+    context = ray.train.get_context()
+    rank, world = context.get_world_rank(), context.get_world_size()
+    optim = OptimConfig(**config["optim"])
+    torch.manual_seed(config["seed"])          # identical initial weights on every worker
+    np.random.seed(config["seed"] * 1000 + rank)
+    model = config["model_factory"](config["model_config"])
+    device = ray.train.torch.get_device()
+    model.to(device)
+
+    rows = list(ray.train.get_dataset_shard("train").iter_batches(batch_size=65536, batch_format="numpy"))
+    features = torch.from_numpy(np.concatenate([r["features"] for r in rows])).float().to(device)
+    labels = np.concatenate([r["label"] for r in rows])
+    total = torch.tensor([len(features)])
+    if dist.is_initialized():
+        dist.all_reduce(total)
+    steps_per_epoch = max(1, math.ceil(int(total) / optim.batch_size))
+
+    optimizer = make_optimizer(model, optim)
+    start_epoch, resumed_from = 0, -1
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint:
+        with checkpoint.as_directory() as directory:
+            state = torch.load(os.path.join(directory, STATE_FILE), map_location=device, weights_only=False)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        start_epoch = resumed_from = state["epoch"] + 1
+        if rank == 0:
+            log.warning("resuming from the checkpoint of epoch %d", state["epoch"])
+
+    def on_epoch_end(epoch, terms, teacher_clusters, seen):
+        metrics = _all_reduce_mean(terms)
+        metrics["train/size_entropy"] = size_entropy(teacher_clusters, model.config.n_clusters)
+        known = labels[seen] >= 0
+        if known.all():
+            scores = supervised_metrics(labels[seen], teacher_clusters)
+            metrics.update({"train/teacher_acc": scores["acc"], "train/teacher_nmi": scores["nmi"]})
+        metrics = {("train/" + k if "/" not in k else k): v for k, v in metrics.items()}
+        metrics["epoch"] = epoch
+        metrics["resumed_from_epoch"] = resumed_from
+        if rank == 0:
+            log.warning("epoch %d/%d %s", epoch + 1, optim.epochs,
+                        "  ".join(f"{k.split('/')[-1]} {v:.4g}" for k, v in metrics.items() if "epoch" not in k))
+            with tempfile.TemporaryDirectory() as directory:
+                torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch,
+                            "model_config": config["model_config"]}, os.path.join(directory, STATE_FILE))
+                ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(directory))
+        else:
+            ray.train.report(metrics)
+
+    train_epochs(model, features, optim, optimizer, steps_per_epoch, start_epoch, config["seed"],
+                 average_gradients if world > 1 else None, on_epoch_end)
+
+
+def fit_with_ray_train(model_factory: Callable, model_config: dict, vectors: np.ndarray, optim: OptimConfig,
+                       resources: TrainConfig, use_gpu: bool, storage_path: str, run_name: str, seed: int = 0,
+                       labels: Optional[np.ndarray] = None, max_failures: int = 0) -> dict:
+    """Train with TorchTrainer; returns the final checkpoint's state (model, optimizer, epoch,
+    model_config) plus `metrics`, the last epoch's reported metrics.
+
+    Rerunning with the same storage_path/run_name resumes from the latest checkpoint.
+    """
+    import ray.train
+    import torch
+    from ray.train.torch import TorchTrainer
+
+    worker_resources = {"CPU": resources.cpus_per_worker}
+    if use_gpu:
+        worker_resources["GPU"] = resources.gpus_per_worker or 1
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={"model_factory": model_factory, "model_config": model_config, "optim": asdict(optim),
+                           "seed": seed},
+        scaling_config=ray.train.ScalingConfig(num_workers=resources.num_workers, use_gpu=use_gpu,
+                                               resources_per_worker=worker_resources),
+        run_config=ray.train.RunConfig(name=run_name, storage_path=os.path.abspath(storage_path),
+                                       checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
+                                       failure_config=ray.train.FailureConfig(max_failures=max_failures)),
+        datasets={"train": embedding_dataset(vectors, labels)},
+    )
+    result = trainer.fit()
+    if result.checkpoint is None:
+        raise RuntimeError(f"training run {run_name!r} ended without a checkpoint: {result.error}")
+    with result.checkpoint.as_directory() as directory:
+        state = torch.load(os.path.join(directory, STATE_FILE), map_location="cpu", weights_only=False)
+    state["metrics"] = dict(result.metrics or {})
+    return state

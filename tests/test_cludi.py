@@ -1,0 +1,130 @@
+"""CLUDI's pure torch pieces (no Ray) and its Ray Train run (2 workers on 2 CPUs)."""
+import numpy as np
+import pytest
+import torch
+
+from raycluster.methods.cludi import (AssignmentDenoiser, CludiConfig, CludiModel, self_classifier_loss,
+                                      sqrt_schedule)
+from raycluster.metrics import supervised_metrics
+from raycluster.train.loop import OptimConfig, learning_rate, make_optimizer, train_epochs
+
+
+def small_config(**overrides):
+    config = dict(n_clusters=4, feature_dim=128, embedding_dim=8, hidden_dim=64, teacher_draws=2, teacher_steps=3,
+                  eval_draws=4, eval_steps=3)
+    config.update(overrides)
+    return CludiConfig(**config)
+
+
+def mixture(n_per=60, k=4, dim=128, spread=0.3, seed=0):
+    """k Gaussian blobs in `dim` dimensions (feature noise of norm up to 1 needs room: in 16-d
+    it swamps the cluster identity of unit-norm features, in 128-d it does not)."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(k, dim))
+    labels = np.repeat(np.arange(k), n_per)
+    return (centres[labels] + spread * rng.normal(size=(len(labels), dim))).astype(np.float32), labels
+
+
+def test_sqrt_schedule_endpoints_and_monotone():
+    alphas = sqrt_schedule(1000)
+    assert alphas.shape == (1000,)
+    assert alphas[0] == pytest.approx(1 - np.sqrt(1 / 1000 + 1e-4), rel=1e-6)   # ~0.967: t=1 is already noisy
+    assert alphas[-1] == pytest.approx(1e-5)                                     # clamped: pure noise at T
+    assert torch.all(alphas[1:] <= alphas[:-1])
+
+
+def test_denoiser_and_sampler_shapes():
+    model = CludiModel(small_config())
+    features = torch.randn(3, 5, 128)                      # (D, B, F)
+    z0, logits = model.sample(model.denoiser, features, steps=3)
+    assert z0.shape == (3, 5, 8) and logits.shape == (3, 5, 4)
+    embedding = model.denoiser.assignment_embedding(torch.eye(4))
+    assert torch.allclose(embedding.norm(dim=-1), torch.full((4,), np.sqrt(8.0)), atol=1e-5)  # one-hot -> sqrt(d)
+    cluster, confidence = model.predict(torch.randn(7, 128))
+    assert cluster.shape == (7,) and cluster.dtype == torch.int64
+    assert torch.all((confidence > 0) & (confidence <= 1))
+
+
+def test_loss_is_minimised_by_the_teacher_target():
+    torch.manual_seed(0)
+    teacher = torch.randn(2, 32, 4) * 5
+    agreeing = self_classifier_loss(teacher, teacher.clone())
+    random_student = self_classifier_loss(teacher, torch.randn(2, 32, 4) * 5)
+    assert agreeing < random_student
+
+
+def test_uniform_prior_prevents_collapse():
+    """All points in one cluster scores worse than a balanced assignment of equal confidence."""
+    one_hot = lambda clusters: torch.nn.functional.one_hot(clusters, 4).float()[None] * 10
+    collapsed = one_hot(torch.zeros(32, dtype=torch.long))
+    balanced = one_hot(torch.arange(32) % 4)
+    assert self_classifier_loss(collapsed, collapsed) > self_classifier_loss(balanced, balanced) + 1.0
+
+
+def test_training_step_gives_gradients_everywhere():
+    model = CludiModel(small_config())
+    loss, terms = model.training_step(torch.randn(32, 128))
+    loss.backward()
+    assert {"loss", "loss_mse", "loss_ce"} <= set(terms) and terms["teacher_clusters"].shape == (32,)
+    assert model.denoiser.cluster_vectors.grad is not None
+    assert model.denoiser.feature_proj[0].weight.grad.abs().sum() > 0
+
+
+def test_learning_rate_warmup_then_cosine():
+    assert learning_rate(0, 100, 10, 1e-3, 1e-6) == pytest.approx(1e-4)
+    assert learning_rate(9, 100, 10, 1e-3, 1e-6) == pytest.approx(1e-3)
+    assert learning_rate(100, 100, 10, 1e-3, 1e-6) == pytest.approx(1e-6)
+
+
+def test_plain_loop_recovers_a_mixture_without_ray():
+    torch.manual_seed(0)
+    np.random.seed(0)
+    vectors, labels = mixture()
+    model = CludiModel(small_config())
+    optim = OptimConfig(epochs=25, batch_size=120, lr=1e-3)
+    train_epochs(model, torch.from_numpy(vectors), optim, make_optimizer(model, optim), steps_per_epoch=3)
+    cluster, _ = model.predict(torch.from_numpy(vectors))
+    assert supervised_metrics(labels, cluster.numpy())["acc"] >= 0.9
+
+
+def cludi_method(tmp_path, workers, epochs, run_name="run"):
+    from raycluster.methods.cludi_method import CLUDI
+
+    model = {k: v for k, v in small_config().__dict__.items() if k not in ("n_clusters", "feature_dim")}
+    return CLUDI(4, model=model, optim={"epochs": epochs, "batch_size": 240, "lr": 1e-3},
+                 train={"num_workers": workers, "cpus_per_worker": 0.5}, storage_path=str(tmp_path / "train"),
+                 run_name=run_name)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_ray_train_two_workers_recover_mixture(tmp_path, ray_local):
+    """Two data-parallel workers (120 points each per step, gradients all-reduced)."""
+    vectors, labels = mixture()
+    method = cludi_method(tmp_path, 2, epochs=60).fit(vectors, labels)
+    cluster, confidence = method.predict(vectors)
+    assert supervised_metrics(labels, cluster)["acc"] >= 0.9
+    assert confidence.shape == (240,) and confidence.min() > 0
+    with pytest.raises(Exception, match="width 64, the model expects 128"):
+        method.predict(vectors[:, :64])
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_checkpoint_resume_continues_from_last_epoch(tmp_path, ray_local):
+    import torch
+
+    from raycluster.train.run import fit_with_ray_train
+    from raycluster.methods.cludi import build_cludi
+    from raycluster.config import TrainConfig
+
+    vectors, _ = mixture(n_per=30)
+    config = {**small_config().__dict__}
+    first = fit_with_ray_train(build_cludi, config, vectors, OptimConfig(epochs=2, batch_size=60), TrainConfig(1, 0.5),
+                               False, str(tmp_path), "resume")
+    assert first["epoch"] == 1 and first["metrics"]["resumed_from_epoch"] == -1
+    # "Interrupted" after 2 of 4 epochs: the same run name picks up at epoch 2, weights and optimizer restored.
+    second = fit_with_ray_train(build_cludi, config, vectors, OptimConfig(epochs=4, batch_size=60), TrainConfig(1, 0.5),
+                                False, str(tmp_path), "resume")
+    assert second["epoch"] == 3 and second["metrics"]["resumed_from_epoch"] == 2
+    assert second["optimizer"]["state"][0]["step"] > first["optimizer"]["state"][0]["step"]
