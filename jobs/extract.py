@@ -3,19 +3,15 @@
     python jobs/extract.py data=mnist backbone=pixels
     python jobs/extract.py data=shards data.shards='s3://b/shards-{000000..000127}.tar' backbone=vit_small cluster=gpu_node
 """
-import hydra
-from omegaconf import DictConfig
-
-from raycluster.cli import run_or_exit, setup_logging
-from raycluster.config import RunConfig
+from raycluster.cli import hydra_job
 from raycluster.features.extract import run_extraction
 from raycluster.pipeline import ensure_shards
 from raycluster.ray_utils import ensure_ray
 
 
-def extract(cfg: RunConfig):
-    ensure_ray(cfg.cluster.address, cfg.cluster.num_cpus)
+def extract(cfg):
     ensure_shards(cfg.data)
+    ensure_ray(cfg.cluster.address, cfg.cluster.num_cpus)
     summary = run_extraction(cfg.data, cfg.backbone, cfg.cluster, cfg.embeddings_path)
     print(f"embedded {summary.samples} samples ({summary.corrupt} corrupt skipped) from "
           f"{summary.shards_written} shards ({summary.shards_skipped} reused) in {summary.seconds:.1f}s "
@@ -23,11 +19,7 @@ def extract(cfg: RunConfig):
     return summary
 
 
-@hydra.main(version_base="1.3", config_path="../configs", config_name="config")
-def main(cfg: DictConfig):
-    setup_logging()
-    return run_or_exit(lambda: extract(run_or_exit(RunConfig.from_hydra, cfg)))
-
+main = hydra_job(extract)
 
 if __name__ == "__main__":
     main()

@@ -19,6 +19,22 @@ def setup_logging() -> None:
     logging.getLogger("faiss.loader").setLevel(logging.WARNING)  # lists every CPU-feature build it tries
 
 
+def hydra_job(run):
+    """Turn `run(cfg: RunConfig)` into a job's main(): Hydra composes configs/ (command-line
+    overrides, a saved resolved config in output_dir/.hydra), logging is set up, the config is
+    validated, and user errors become one line and exit status 2."""
+    import hydra
+
+    from raycluster.config import CONFIG_DIR, RunConfig
+
+    @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="config")
+    def main(cfg):
+        setup_logging()
+        return run_or_exit(lambda: run(run_or_exit(RunConfig.from_hydra, cfg)))
+
+    return main
+
+
 def run_or_exit(fn, *args):
     """Call fn(*args); on a user error print `error: ...` and exit 2 instead of a traceback."""
     from raycluster.features.timm_model import CheckpointError

@@ -56,7 +56,9 @@ class BackboneConfig:
 @dataclass
 class ExtractConfig:
     batch_size: int = 64
-    concurrency: int = 1                       # extractor actors in the pool
+    concurrency: int = 1                       # extractor actors in the pool (the maximum if autoscaling)
+    min_concurrency: Optional[int] = None      # set: an autoscaling pool of min..concurrency actors,
+                                               # which also shrinks instead of waiting when a node is lost
     num_cpus_per_actor: Optional[float] = None  # null: sized so read/decode tasks keep a CPU
     num_gpus_per_actor: float = 0.0
     preprocess_num_cpus: float = 1.0           # per decode/resize task

@@ -26,9 +26,12 @@ log = logging.getLogger(__name__)
 
 
 def ensure_shards(data) -> dict:
-    """Build the shards from `data.source` unless they exist; returns {"shards", "built"}."""
+    """Build the shards from `data.source` unless they exist; returns {"shards", "samples", "built"}
+    (samples: from the manifest, None for shards written elsewhere without one)."""
     try:
-        return {"shards": len(resolve_shards(data.shards)), "built": False}
+        shards = resolve_shards(data.shards)
+        manifest = read_manifest(os.path.dirname(shards[0])) if shards else None
+        return {"shards": len(shards), "samples": (manifest or {}).get("num_samples"), "built": False}
     except ShardNotFoundError:
         if data.source is None or not isinstance(data.shards, str) or "{" in data.shards:
             raise
@@ -36,7 +39,7 @@ def ensure_shards(data) -> dict:
     log.info("building shards for %s from %s into %s", data.name, source.kind, data.shards)
     manifest = write_shards(samples_from_source(source.kind, source.path, source.classes, source.limit),
                             data.shards, data.samples_per_shard, source=asdict(source))
-    return {"shards": len(manifest["shards"]), "built": True}
+    return {"shards": len(manifest["shards"]), "samples": manifest["num_samples"], "built": True}
 
 
 def postprocess(vectors: np.ndarray, pca_dim, l2_normalize: bool, seed: int = 0) -> np.ndarray:

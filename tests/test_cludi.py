@@ -91,7 +91,7 @@ def cludi_method(tmp_path, workers, epochs, run_name="run"):
     from raycluster.methods.cludi_method import CLUDI
 
     model = {k: v for k, v in small_config().__dict__.items() if k not in ("n_clusters", "feature_dim")}
-    return CLUDI(4, model=model, optim={"epochs": epochs, "batch_size": 240, "lr": 1e-3},
+    return CLUDI(4, model=model, optim={"epochs": epochs, "batch_size": 120, "lr": 1e-3},
                  train={"num_workers": workers, "cpus_per_worker": 0.5}, storage_path=str(tmp_path / "train"),
                  run_name=run_name)
 
@@ -99,9 +99,9 @@ def cludi_method(tmp_path, workers, epochs, run_name="run"):
 @pytest.mark.slow
 @pytest.mark.timeout(600)
 def test_ray_train_two_workers_recover_mixture(tmp_path, ray_local):
-    """Two data-parallel workers (120 points each per step, gradients all-reduced)."""
+    """Two data-parallel workers (60 points each per step, loss over the gathered 120)."""
     vectors, labels = mixture()
-    method = cludi_method(tmp_path, 2, epochs=60).fit(vectors, labels)
+    method = cludi_method(tmp_path, 2, epochs=30).fit(vectors, labels)
     cluster, confidence = method.predict(vectors)
     assert supervised_metrics(labels, cluster)["acc"] >= 0.9
     assert confidence.shape == (240,) and confidence.min() > 0

@@ -37,6 +37,8 @@ def test_make_shards_then_extract_cli(tmp_path):
     made = run_job("make_shards.py", "data.samples_per_shard=600", tmp_path=tmp_path, timeout=60)
     assert made.returncode == 0, made.stderr
     assert "wrote 1797 samples in 3 shards" in made.stdout
+    again = run_job("make_shards.py", "data.samples_per_shard=600", tmp_path=tmp_path, timeout=60)
+    assert "found existing 1797 samples in 3 shards" in again.stdout  # never rewritten
     extracted = run_job("extract.py", tmp_path=tmp_path)
     assert extracted.returncode == 0, extracted.stderr[-2000:]
     assert "embedded 1797 samples (0 corrupt skipped) from 3 shards" in extracted.stdout

@@ -70,7 +70,7 @@ def test_two_nodes_share_work_and_a_lost_node_leaves_resumable_state(tmp_path):
         job_env = {**env, "RAY_ADDRESS": f"127.0.0.1:{PORT}"}
         args = [sys.executable, str(REPO / "jobs" / "extract.py"), f"cache_dir={tmp_path}/cache",
                 f"output_dir={tmp_path}/run", "data.samples_per_shard=60", "cluster.extract.concurrency=2",
-                "cluster.extract.batch_size=16", "cluster.extract.num_cpus_per_actor=1"]
+                "cluster.extract.batch_size=16", "cluster.extract.min_concurrency=1"]
         subprocess.run([sys.executable, str(REPO / "jobs" / "make_shards.py"), *args[2:5]], env=job_env,
                        check=True, capture_output=True, timeout=120)
         store = tmp_path / "cache" / "embeddings" / "digits-pixels"

@@ -108,6 +108,15 @@ class ShardPartWriter:
             self.flush(shard)
 
 
+def pool_size(settings):
+    """`concurrency` for map_batches: a fixed pool, or (min, max) for an autoscaling one."""
+    if settings.min_concurrency is None:
+        return settings.concurrency
+    if not 1 <= settings.min_concurrency <= settings.concurrency:
+        raise ValueError(f"cluster.extract.min_concurrency={settings.min_concurrency} must be in 1..concurrency")
+    return (settings.min_concurrency, settings.concurrency)
+
+
 def run_extraction(data: DataConfig, backbone: BackboneConfig, cluster: ClusterConfig,
                    store_dir: str) -> ExtractionSummary:
     """Embed every shard of `data` not yet in the store at `store_dir`; Ray must be running."""
@@ -139,7 +148,7 @@ def run_extraction(data: DataConfig, backbone: BackboneConfig, cluster: ClusterC
                .map_batches(decode_batch, fn_kwargs={"spec": spec}, batch_size=settings.batch_size,
                             num_cpus=settings.preprocess_num_cpus)
                .map_batches(cls, fn_constructor_kwargs={**config, **runtime}, batch_size=settings.batch_size,
-                            concurrency=settings.concurrency, num_cpus=cpus, num_gpus=settings.num_gpus_per_actor))
+                            concurrency=pool_size(settings), num_cpus=cpus, num_gpus=settings.num_gpus_per_actor))
     writer = ShardPartWriter(store, expected_counts(data.shards, pending), backbone.dtype)
     for batch in dataset.iter_batches(batch_size=None, batch_format="numpy"):
         if not summary.startup_seconds:
