@@ -76,3 +76,18 @@ def test_folder_source_labels_by_sorted_class_folder(tmp_path):
     assert len(list(folder_samples(str(tmp_path), classes=1))) == 2
     with pytest.raises(ValueError, match="only 2 class folders"):
         list(folder_samples(str(tmp_path), classes=3))
+
+
+def test_shards_to_an_fsspec_url_and_back():
+    """Object-store style URL (fsspec's in-memory filesystem stands in for s3:// / gs://)."""
+    import fsspec
+
+    url = "memory://raycluster-test/shards"
+    manifest = write_shards(_samples(12), url, samples_per_shard=5)
+    paths = resolve_shards(url)
+    assert [p.rsplit("/", 1)[-1] for p in paths] == ["shard-000000.tar", "shard-000001.tar", "shard-000002.tar"]
+    assert all(p.startswith("memory://") for p in paths)
+    assert read_manifest(url)["num_samples"] == 12 == manifest["num_samples"]
+    fs = fsspec.filesystem("memory")
+    assert not [p for p in fs.find("/raycluster-test") if ".tmp-" in p]
+    fs.rm("/raycluster-test", recursive=True)
