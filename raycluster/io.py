@@ -26,7 +26,8 @@ def atomic_write_bytes(url: str, data: bytes) -> None:
     temp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
     with fs.open(temp, "wb") as handle:
         handle.write(data)
-    if fs.protocol in ("file", "local") or "file" in (fs.protocol if isinstance(fs.protocol, tuple) else ()):
+    protocols = fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)
+    if "file" in protocols or "local" in protocols:
         os.replace(temp, path)
     else:
         fs.mv(temp, path)

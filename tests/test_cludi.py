@@ -128,3 +128,14 @@ def test_checkpoint_resume_continues_from_last_epoch(tmp_path, ray_local):
                                 False, str(tmp_path), "resume")
     assert second["epoch"] == 3 and second["metrics"]["resumed_from_epoch"] == 2
     assert second["optimizer"]["state"][0]["step"] > first["optimizer"]["state"][0]["step"]
+
+
+def test_save_and_load_give_the_same_predictions(tmp_path):
+    from raycluster.methods.cludi_method import CLUDI
+
+    trained = CLUDI(4, seed=3)
+    trained.model = CludiModel(small_config()).eval()
+    trained.save(str(tmp_path / "cludi.pt"))
+    restored = CLUDI(4, seed=3).load(str(tmp_path / "cludi.pt"))
+    vectors, _ = mixture(n_per=10)
+    np.testing.assert_array_equal(trained.predict(vectors)[0], restored.predict(vectors)[0])

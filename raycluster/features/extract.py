@@ -54,7 +54,7 @@ def extractor_class(backbone: BackboneConfig):
     return get_class(target), config
 
 
-def expected_counts(shard_spec, shards: list[str]) -> dict:
+def expected_counts(shards: list[str]) -> dict:
     """Samples per shard URL from the manifest next to the shards, where there is one."""
     counts = {}
     for directory in {os.path.dirname(url) for url in shards}:
@@ -149,7 +149,7 @@ def run_extraction(data: DataConfig, backbone: BackboneConfig, cluster: ClusterC
                             num_cpus=settings.preprocess_num_cpus)
                .map_batches(cls, fn_constructor_kwargs={**config, **runtime}, batch_size=settings.batch_size,
                             concurrency=pool_size(settings), num_cpus=cpus, num_gpus=settings.num_gpus_per_actor))
-    writer = ShardPartWriter(store, expected_counts(data.shards, pending), backbone.dtype)
+    writer = ShardPartWriter(store, expected_counts(pending), backbone.dtype)
     for batch in dataset.iter_batches(batch_size=None, batch_format="numpy"):
         if not summary.startup_seconds:
             summary.startup_seconds = time.time() - start

@@ -64,10 +64,12 @@ class CLUDI(ClusteringMethod):
         return cluster.numpy().astype(np.int64), confidence.numpy()
 
     def save(self, path: str) -> None:
+        """Weights + model config, written atomically; `load` restores a predictor."""
+        import io
+
         import torch
 
         from raycluster.io import atomic_write_bytes
-        import io
 
         buffer = io.BytesIO()
         torch.save({"model": self.model.state_dict(), "model_config": self.model.config.__dict__}, buffer)
