@@ -16,6 +16,19 @@ def ray_cli(*args, env=None, timeout=180):
     return subprocess.run([str(BIN / "ray"), *args], capture_output=True, text=True, timeout=timeout, env=env, cwd=REPO)
 
 
+def wait_for_job_api(env, timeout=90):
+    """`ray start` returns before the dashboard agent accepts jobs ("No available agent to submit
+    job, please try again later", seen in CI): poll the job API until it answers."""
+    deadline = time.time() + timeout
+    while True:
+        listed = ray_cli("job", "list", env=env, timeout=60)
+        if listed.returncode == 0:
+            return
+        if time.time() > deadline:
+            raise AssertionError(f"job API not ready after {timeout}s: {listed.stderr[-1000:]}")
+        time.sleep(2)
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(600)
 def test_ray_job_submit_runs_main_job_with_token_auth(tmp_path):
@@ -29,6 +42,7 @@ def test_ray_job_submit_runs_main_job_with_token_auth(tmp_path):
     assert started.returncode == 0, started.stderr[-2000:]
     try:
         submit_env = {**env, "RAY_ADDRESS": "http://127.0.0.1:8291"}
+        wait_for_job_api(submit_env)
         submitted = ray_cli("job", "submit", "--working-dir", ".", "--runtime-env", "infra/runtime_env.yaml",
                             "--submission-id", f"raycluster-test-{int(time.time())}", "--",
                             "python", "jobs/train.py", f"cache_dir={tmp_path}/cache", f"output_dir={tmp_path}/run",
