@@ -16,17 +16,16 @@ def ray_cli(*args, env=None, timeout=180):
     return subprocess.run([str(BIN / "ray"), *args], capture_output=True, text=True, timeout=timeout, env=env, cwd=REPO)
 
 
-def wait_for_job_api(env, timeout=90):
-    """`ray start` returns before the dashboard agent accepts jobs ("No available agent to submit
-    job, please try again later", seen in CI): poll the job API until it answers."""
+def submit_when_ready(args, env, timeout=90):
+    """`ray start` returns before the dashboard agent takes jobs ("No available agent to submit
+    job, please try again later", seen in CI): retry only that answer, for up to `timeout` s."""
     deadline = time.time() + timeout
     while True:
-        listed = ray_cli("job", "list", env=env, timeout=60)
-        if listed.returncode == 0:
-            return
-        if time.time() > deadline:
-            raise AssertionError(f"job API not ready after {timeout}s: {listed.stderr[-1000:]}")
-        time.sleep(2)
+        submitted = ray_cli("job", "submit", "--submission-id", f"raycluster-test-{time.time_ns()}", *args,
+                            env=env, timeout=400)
+        if "No available agent" not in submitted.stdout + submitted.stderr or time.time() > deadline:
+            return submitted
+        time.sleep(3)
 
 
 @pytest.mark.slow
@@ -42,11 +41,9 @@ def test_ray_job_submit_runs_main_job_with_token_auth(tmp_path):
     assert started.returncode == 0, started.stderr[-2000:]
     try:
         submit_env = {**env, "RAY_ADDRESS": "http://127.0.0.1:8291"}
-        wait_for_job_api(submit_env)
-        submitted = ray_cli("job", "submit", "--working-dir", ".", "--runtime-env", "infra/runtime_env.yaml",
-                            "--submission-id", f"raycluster-test-{int(time.time())}", "--",
-                            "python", "jobs/train.py", f"cache_dir={tmp_path}/cache", f"output_dir={tmp_path}/run",
-                            "data.source.limit=600", env=submit_env, timeout=400)
+        submitted = submit_when_ready(["--working-dir", ".", "--runtime-env", "infra/runtime_env.yaml", "--",
+                                       "python", "jobs/train.py", f"cache_dir={tmp_path}/cache",
+                                       f"output_dir={tmp_path}/run", "data.source.limit=600"], submit_env)
         assert submitted.returncode == 0, (submitted.stdout + submitted.stderr)[-3000:]
         assert "succeeded" in submitted.stdout + submitted.stderr
         job_id = next(line.split("'")[1] for line in (submitted.stdout + submitted.stderr).splitlines()
