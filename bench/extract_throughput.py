@@ -13,7 +13,6 @@ Same model, same images, same run:
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import os
 import sys

@@ -3,8 +3,7 @@ import numpy as np
 import pytest
 import torch
 
-from raycluster.methods.cludi import (AssignmentDenoiser, CludiConfig, CludiModel, self_classifier_loss,
-                                      sqrt_schedule)
+from raycluster.methods.cludi import CludiConfig, CludiModel, self_classifier_loss, sqrt_schedule
 from raycluster.metrics import supervised_metrics
 from raycluster.train.loop import OptimConfig, learning_rate, make_optimizer, train_epochs
 
@@ -112,8 +111,6 @@ def test_ray_train_two_workers_recover_mixture(tmp_path, ray_local):
 @pytest.mark.slow
 @pytest.mark.timeout(600)
 def test_checkpoint_resume_continues_from_last_epoch(tmp_path, ray_local):
-    import torch
-
     from raycluster.train.run import fit_with_ray_train
     from raycluster.methods.cludi import build_cludi
     from raycluster.config import TrainConfig

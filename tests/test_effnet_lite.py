@@ -1,6 +1,5 @@
 import os
 from collections import OrderedDict
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -61,8 +60,6 @@ def test_packaged_weights_map_onto_timm(variant):
 def test_pretrained_lite0_recognises_real_photos():
     """The mapped weights are ImageNet's: many Tiny-ImageNet photos land in their own 1k class."""
     import timm
-    from PIL import Image
-
     from raycluster.data.transforms import decode_image, normalize
 
     wnids = timm.data.ImageNetInfo().label_names()

@@ -1,6 +1,5 @@
 """`ray start --head` on loopback with token auth, `ray job submit` of the main job, `ray stop`."""
 import os
-import shutil
 import subprocess
 import sys
 import time

@@ -1,5 +1,4 @@
 """The jobs as a user runs them: command lines, exit codes, one readable error line."""
-import os
 import subprocess
 import sys
 from pathlib import Path

@@ -1,6 +1,4 @@
 """Real photos through the whole pipeline: pretrained features must cluster clearly better."""
-import os
-
 import pytest
 
 from raycluster.pipeline import run_train

@@ -12,7 +12,6 @@ import os
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
-from typing import Optional
 
 import numpy as np
 
