@@ -26,9 +26,8 @@ import numpy as np
 
 from raycluster.config import compose
 from raycluster.data.store import EmbeddingStore
-from raycluster.features.extract import run_extraction
 from raycluster.metrics import supervised_metrics
-from raycluster.pipeline import build_method, ensure_shards, postprocess
+from raycluster.pipeline import build_method, ensure_embeddings, postprocess
 from raycluster.ray_utils import ensure_ray
 
 SHARED = Path(os.environ.get("RAYCLUSTER_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
@@ -46,9 +45,7 @@ def pipeline_features(overrides: list[str], cache_dir: str):
     cfg = compose([f"cache_dir={cache_dir}", *overrides])
     if cfg.data.source and cfg.data.source.path and not os.path.exists(cfg.data.source.path):
         raise Skip(f"{cfg.data.source.path} not found")
-    ensure_shards(cfg.data)
-    ensure_ray(None, None)
-    summary = run_extraction(cfg.data, cfg.backbone, cfg.cluster, cfg.embeddings_path)
+    _, summary = ensure_embeddings(cfg)
     embeddings = EmbeddingStore(cfg.embeddings_path).load()
     vectors = postprocess(embeddings.vectors, cfg.backbone.pca_dim, cfg.backbone.l2_normalize)
     return vectors, embeddings.labels, cfg.data.num_clusters, summary.weights

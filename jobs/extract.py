@@ -4,15 +4,11 @@
     python jobs/extract.py data=shards data.shards='s3://b/shards-{000000..000127}.tar' backbone=vit_small cluster=gpu_node
 """
 from raycluster.cli import hydra_job
-from raycluster.features.extract import run_extraction
-from raycluster.pipeline import ensure_shards
-from raycluster.ray_utils import ensure_ray
+from raycluster.pipeline import ensure_embeddings
 
 
 def extract(cfg):
-    ensure_shards(cfg.data)
-    ensure_ray(cfg.cluster.address, cfg.cluster.num_cpus)
-    summary = run_extraction(cfg.data, cfg.backbone, cfg.cluster, cfg.embeddings_path)
+    _, summary = ensure_embeddings(cfg)
     print(f"embedded {summary.samples} samples ({summary.corrupt} corrupt skipped) from "
           f"{summary.shards_written} shards ({summary.shards_skipped} reused) in {summary.seconds:.1f}s "
           f"-> {summary.store}\nweights: {summary.weights}")

@@ -42,6 +42,17 @@ def ensure_shards(data) -> dict:
     return {"shards": len(manifest["shards"]), "samples": manifest["num_samples"], "built": True}
 
 
+def ensure_embeddings(cfg: RunConfig):
+    """Shards (built if missing) -> Ray -> embeddings for every shard not yet in the store.
+
+    Returns (shards info from `ensure_shards`, `ExtractionSummary`). Shards come first, before
+    Ray starts, so a bad data path fails in a second.
+    """
+    shards = ensure_shards(cfg.data)
+    ensure_ray(cfg.cluster.address, cfg.cluster.num_cpus)
+    return shards, run_extraction(cfg.data, cfg.backbone, cfg.cluster, cfg.embeddings_path)
+
+
 def postprocess(vectors: np.ndarray, pca_dim, l2_normalize: bool, seed: int = 0) -> np.ndarray:
     """Optional PCA to `pca_dim` (fit on all N), then optional L2 normalisation. (N, D) float32."""
     if pca_dim:
@@ -83,14 +94,13 @@ def run_train(cfg: RunConfig) -> dict:
     """Run the whole pipeline for one config; returns the summary dict (also saved as JSON)."""
     start = time.time()
     os.makedirs(cfg.output_dir, exist_ok=True)
-    shards = ensure_shards(cfg.data)  # before Ray starts: a bad data path fails in a second
-    ensure_ray(cfg.cluster.address, cfg.cluster.num_cpus)
-    extraction = run_extraction(cfg.data, cfg.backbone, cfg.cluster, cfg.embeddings_path)
-    embeddings = EmbeddingStore(cfg.embeddings_path).load()
+    shards, extraction = ensure_embeddings(cfg)
+    store = EmbeddingStore(cfg.embeddings_path)
+    embeddings = store.load()
     result = fit_predict(cfg, embeddings)
     assignments = os.path.join(cfg.output_dir, "assignments.parquet")
     write_assignments(assignments, embeddings.keys, result["cluster"], result["confidence"])
-    corrupt_total = sum(part.get("corrupt", 0) for part in EmbeddingStore(cfg.embeddings_path).part_metadata())
+    corrupt_total = sum(part.get("corrupt", 0) for part in store.part_metadata())
     summary = {
         "data": cfg.data.name, "backbone": cfg.backbone.name, "method": result["method"].name,
         "weights": extraction.weights, "samples": int(len(embeddings.keys)), "dim": int(embeddings.vectors.shape[1]),

@@ -45,6 +45,12 @@ class CLUDI(ClusteringMethod):
         config = self.model_config(vectors.shape[1])
         state = fit_with_ray_train(build_cludi, config, vectors, self.optim, self.train, self.use_gpu,
                                    self.storage_path, self.run_name, self.seed, labels, self.max_failures)
+        return self._restore(state)
+
+    def _restore(self, state: dict) -> "CLUDI":
+        """Rebuild the model from a {"model_config", "model"} state (a checkpoint or a saved file)."""
+        from raycluster.methods.cludi import build_cludi
+
         self.model = build_cludi(state["model_config"])
         self.model.load_state_dict(state["model"])
         self.model.eval()
@@ -77,10 +83,4 @@ class CLUDI(ClusteringMethod):
     def load(self, path: str) -> "CLUDI":
         import torch
 
-        from raycluster.methods.cludi import build_cludi
-
-        state = torch.load(path, map_location="cpu", weights_only=False)
-        self.model = build_cludi(state["model_config"])
-        self.model.load_state_dict(state["model"])
-        self.model.eval()
-        return self
+        return self._restore(torch.load(path, map_location="cpu", weights_only=False))
