@@ -13,6 +13,8 @@ from typing import Any, Optional, Sequence
 
 from omegaconf import DictConfig, OmegaConf
 
+from raycluster.neighbors.index import IndexSpec
+
 
 # `${ifnull:${data.source.classes},202}`: a config value that falls back when another is null.
 if not OmegaConf.has_resolver("ifnull"):
@@ -83,16 +85,34 @@ class ClusterConfig:
 
 
 @dataclass
+class NeighborsConfig:
+    """k-NN graph (jobs/neighbors.py) and neighbour-based methods: a sharded FAISS index."""
+
+    name: str = "ivf_flat"
+    index: IndexSpec = field(default_factory=IndexSpec)
+    shards: int = 1                    # index shards, one Ray actor each
+    k: int = 10                        # neighbours per point in the graph
+    normalize: bool = True             # unit-norm vectors and queries (cosine with metric=ip)
+    query_batch: int = 4096            # rows per Ray Data search batch
+    searchers: int = 1                 # Ray Data searcher actors (they call the shards)
+    cpus_per_shard: Optional[float] = None   # null: what fits beside one read task and the searchers
+    gpus_per_shard: float = 0.0
+    index_dir: Optional[str] = None    # null: <output_dir>/index; an index already there is reused
+    graph_dir: Optional[str] = None    # null: <output_dir>/knn_graph
+
+
+@dataclass
 class RunConfig:
     data: DataConfig = field(default_factory=DataConfig)
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
     method: dict = field(default_factory=dict)    # {_target_: raycluster.methods..., kwargs}
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    neighbors: NeighborsConfig = field(default_factory=NeighborsConfig)
     seed: int = 0
     output_dir: str = "outputs/runs/default"
     cache_dir: str = "outputs/cache"
     embeddings_dir: Optional[str] = None  # null: <cache_dir>/embeddings/<data>-<backbone>
-    report: bool = False
+    report: bool = True   # write <output_dir>/report/ (raycluster.report)
 
     @property
     def embeddings_path(self) -> str:

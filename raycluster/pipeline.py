@@ -87,7 +87,7 @@ def fit_predict(cfg: RunConfig, embeddings: Embeddings) -> dict:
         metrics.update(supervised_metrics(embeddings.labels, cluster))
     metrics.update(label_free_metrics(vectors, cluster, method.n_clusters, cfg.seed))
     metrics["mean_confidence"] = float(confidence.mean())
-    return {"method": method, "cluster": cluster, "confidence": confidence, "metrics": metrics}
+    return {"method": method, "vectors": vectors, "cluster": cluster, "confidence": confidence, "metrics": metrics}
 
 
 def run_train(cfg: RunConfig) -> dict:
@@ -102,7 +102,7 @@ def run_train(cfg: RunConfig) -> dict:
     write_assignments(assignments, embeddings.keys, result["cluster"], result["confidence"])
     corrupt_total = sum(part.get("corrupt", 0) for part in store.part_metadata())
     summary = {
-        "data": cfg.data.name, "backbone": cfg.backbone.name, "method": result["method"].name,
+        "data": cfg.data.name, "backbone": cfg.backbone.name, "method": result["method"].name, "seed": cfg.seed,
         "weights": extraction.weights, "samples": int(len(embeddings.keys)), "dim": int(embeddings.vectors.shape[1]),
         "k": result["method"].n_clusters, "shards": shards["shards"], "shards_built": shards["built"],
         "shards_embedded_now": extraction.shards_written, "shards_reused": extraction.shards_skipped,
@@ -110,7 +110,19 @@ def run_train(cfg: RunConfig) -> dict:
         "metrics": result["metrics"], "total_seconds": round(time.time() - start, 2),
         "outputs": {"assignments": assignments, "embeddings": cfg.embeddings_path,
                     "summary": os.path.join(cfg.output_dir, "summary.json")},
+        "postprocess": {"pca_dim": cfg.backbone.pca_dim, "l2_normalize": cfg.backbone.l2_normalize},
+        "config": {"method": cfg.method, "backbone": cfg.backbone.extractor, "data.shards": cfg.data.shards,
+                   "cluster.address": cfg.cluster.address},
     }
+    if cfg.report:
+        from raycluster.report import write_report
+
+        report = write_report(os.path.join(cfg.output_dir, "report"), summary, embeddings.keys, result["vectors"],
+                              result["cluster"], result["confidence"],
+                              embeddings.labels if embeddings.has_labels else None, store)
+        summary["outputs"]["report"] = report["path"]
+        summary["report_seconds"] = report["seconds"]
+        summary["total_seconds"] = round(time.time() - start, 2)
     atomic_write_bytes(summary["outputs"]["summary"], json.dumps(summary, indent=1, default=float).encode())
     log.info("summary\n%s", format_summary(summary))
     return summary
@@ -132,7 +144,8 @@ def format_summary(summary: dict) -> str:
     lines.append(f"  size entropy {metrics['size_entropy']:.3f}  clusters used {metrics['clusters_used']}  "
                  f"silhouette {silhouette if silhouette is None else round(silhouette, 4)}  "
                  f"mean confidence {metrics['mean_confidence']:.3f}")
-    lines.append(f"  time: extract {summary['extract_seconds']}s  fit {metrics['fit_seconds']:.2f}s  "
+    report = f"  report {summary['report_seconds']}s" if "report_seconds" in summary else ""
+    lines.append(f"  time: extract {summary['extract_seconds']}s  fit {metrics['fit_seconds']:.2f}s{report}  "
                  f"total {summary['total_seconds']}s")
     lines += [f"  {name}: {path}" for name, path in summary["outputs"].items()]
     return "\n".join(lines)

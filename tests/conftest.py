@@ -34,7 +34,9 @@ def _shutdown_ray_at_exit():
 
 @pytest.fixture
 def compose_config(tmp_path):
-    """The real config, composed as jobs/train.py would, with outputs under tmp_path."""
+    """The real config, composed as jobs/train.py would, with outputs under tmp_path (no report
+    unless a test asks for `report=true`: tests/test_report.py covers it)."""
     from raycluster.config import compose
 
-    return lambda overrides=(): compose([f"cache_dir={tmp_path}/cache", f"output_dir={tmp_path}/run", *overrides])
+    return lambda overrides=(): compose([f"cache_dir={tmp_path}/cache", f"output_dir={tmp_path}/run", "report=false",
+                                         *overrides])

@@ -50,6 +50,7 @@ def test_ray_job_submit_runs_main_job_with_token_auth(tmp_path):
         logs = ray_cli("job", "logs", job_id, env=submit_env)
         assert logs.returncode == 0 and "ACC" in logs.stdout and "assignments:" in logs.stdout
         assert (tmp_path / "run" / "assignments.parquet").exists()
+        assert (tmp_path / "run" / "report" / "index.html").exists()  # report=true is the default
 
         # Without the token the job API refuses: auth is on, not decorative.
         no_token = {k: v for k, v in submit_env.items() if k != "RAY_AUTH_MODE"}

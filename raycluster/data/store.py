@@ -81,10 +81,12 @@ class EmbeddingStore:
         return {os.path.basename(p) for p in self.part_files()}
 
     def write_part(self, shard_url: str, keys, labels, vectors: np.ndarray, corrupt: int = 0,
-                   dtype: str = "float32") -> str:
-        """Write one shard's embeddings atomically; returns the part's path."""
+                   dtype: str = "float32", from_shard: bool = True) -> str:
+        """Write one shard's embeddings atomically; returns the part's path. from_shard=False: the
+        vectors came from elsewhere (imported features); `shard_url` only names the part and no
+        shard is recorded (so no images can be read back for these keys)."""
         table = embedding_table(keys, labels, vectors, dtype)
-        info = {"shard": shard_url, "samples": len(keys) + corrupt, "corrupt": corrupt,
+        info = {"shard": shard_url if from_shard else None, "samples": len(keys) + corrupt, "corrupt": corrupt,
                 "dim": int(vectors.shape[1]) if vectors.ndim == 2 else 0}
         table = table.replace_schema_metadata({b"raycluster": json.dumps(info).encode()})
         buffer = io.BytesIO()

@@ -1,0 +1,112 @@
+"""The cluster report: bounded choices, embedding-only reports, and the page in a real browser."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from raycluster.report import ReportOptions, write_report
+from raycluster.report.select import bounded_sample, representative_members
+
+from conftest import REPO, SHARED_DATA
+
+def test_bounded_sample_caps_and_keeps_small_sets_whole():
+    assert bounded_sample(10, 50).tolist() == list(range(10))
+    picked = bounded_sample(1_000_000, 5000, seed=1)
+    assert len(picked) == 5000 == len(np.unique(picked))
+    assert picked.min() >= 0 and picked.max() < 1_000_000 and (np.diff(picked) > 0).all()
+    assert not np.array_equal(picked, bounded_sample(1_000_000, 5000, seed=2))
+    with pytest.raises(ValueError):
+        bounded_sample(10, 0)
+
+
+def test_representative_members_are_central_and_least_confident():
+    rng = np.random.default_rng(0)
+    centres = np.array([[10.0, 0.0], [0.0, 10.0]])
+    cluster = np.repeat([0, 1], 100)
+    vectors = (centres[cluster] + rng.normal(size=(200, 2))).astype(np.float32)
+    confidence = rng.uniform(size=200).astype(np.float32)
+    members = representative_members(vectors, cluster, confidence, n_clusters=3, central=5, uncertain=3)
+    assert set(members) == {0, 1, 2}
+    assert len(members[2]["central"]) == len(members[2]["uncertain"]) == 0  # an empty cluster
+    for cid in (0, 1):
+        central, uncertain = members[cid]["central"], members[cid]["uncertain"]
+        assert len(central) == 5 and len(uncertain) == 3 and (cluster[central] == cid).all()
+        assert not set(central) & set(uncertain)
+        unit = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+        direction = unit[cluster == cid].mean(0)
+        similarity = unit @ (direction / np.linalg.norm(direction))
+        own = np.flatnonzero(cluster == cid)
+        assert set(central) == set(own[np.argsort(-similarity[own])[:5]])
+        rest = np.setdiff1d(own, central)
+        assert set(uncertain) == set(rest[np.argsort(confidence[rest])[:3]])
+
+
+def test_embedding_only_report_has_everything_but_thumbnails(tmp_path):
+    """The ImageNet-50 DINO features have no images: metrics, map and cards, no thumbnails;
+    the output stays small whatever N is (map sampled)."""
+    torch = pytest.importorskip("torch")
+    folder = SHARED_DATA / "imagenet50-dino-vits16"
+    if not folder.exists():
+        pytest.skip(f"{folder} not found (see ../shared/data/README)")
+    from sklearn.cluster import KMeans
+
+    vectors = torch.load(folder / "features_val.pth").float().numpy()
+    labels = torch.load(folder / "labels_val.pth").numpy()
+    kmeans = KMeans(50, n_init=1, random_state=0).fit(vectors)
+    keys = np.array([f"{i:05d}" for i in range(len(vectors))], dtype=object)
+    summary = {"data": "imagenet50-dino-vits16", "backbone": "dino_vits16", "method": "kmeans", "k": 50,
+               "dim": 384, "metrics": {"acc": 0.5, "nmi": 0.6, "ari": 0.4}}
+    report_dir = tmp_path / "report"
+    info = write_report(str(report_dir), summary, keys, vectors, kmeans.labels_, np.ones(len(vectors)), labels,
+                        store=None, options=ReportOptions(map_points=700, map_method="pca"))
+    page = (report_dir / "index.html").read_text()
+    assert info["thumbnails"] == 0 and not (report_dir / "thumbs").exists()
+    assert page.count("data-cluster=") == 50 and "No thumbnails" in page and "<img src=\"thumbs" not in page
+    assert info["map_points"] == 700 and "PCA of 700 sampled points" in page  # the page states the sample
+    assert all((report_dir / "assets" / f"{name}.png").stat().st_size > 1000
+               for name in ("map", "sizes", "confidence", "contingency"))
+    assert "majority class" in page and "0.5000" in page
+    # a second build replaces the first atomically: no temp or old folders left behind
+    write_report(str(report_dir), summary, keys, vectors, kmeans.labels_, np.ones(len(vectors)), None,
+                 options=ReportOptions(map_points=700, map_method="pca"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["report"]
+    assert "majority class" not in (report_dir / "index.html").read_text()  # no labels, no class rows
+
+
+@pytest.mark.slow
+def test_report_of_main_job_renders_in_chromium(tmp_path, compose_config, ray_local):
+    """Main job on digits with report=true, opened in Debian's Chromium (headless)."""
+    from raycluster.pipeline import run_train
+    from raycluster.report.browser import inspect_page
+
+    summary = run_train(compose_config(["report=true"]))
+    page_path = summary["outputs"]["report"]
+    assert os.path.exists(page_path) and summary["report_seconds"] > 0
+
+    page = inspect_page(page_path, screenshot=str(tmp_path / "report.png"))
+    errors, cards, images = page["errors"], page["cards"], page["images"]
+    assert errors == []
+    assert cards == summary["k"] == 10
+    assert len(images) > 10 * 8 and all(ok for _, ok in images), [src for src, ok in images if not ok]
+    rendered = {name for name, ok in images if ok}
+    assert {"map", "sizes", "confidence", "contingency"} <= rendered
+    thumbs = [name for name in rendered if name.startswith("thumbs/")]
+    assert len(thumbs) == 10 * (8 + 4)
+    assert (tmp_path / "report.png").stat().st_size > 50_000
+
+    # jobs/report.py rebuilds the same run's report from its folder
+    rebuilt = subprocess.run([sys.executable, "jobs/report.py", f"run_dir={os.path.dirname(os.path.dirname(page_path))}",
+                              "map_method=pca", "central=2", "uncertain=1"], cwd=REPO, capture_output=True, text=True,
+                             timeout=300)
+    assert rebuilt.returncode == 0, rebuilt.stderr[-2000:]
+    assert "report written" in rebuilt.stderr and "30 thumbnails" in rebuilt.stderr
+
+
+def test_report_job_errors_on_a_folder_that_is_not_a_run(tmp_path):
+    result = subprocess.run([sys.executable, "jobs/report.py", f"run_dir={tmp_path}"], cwd=REPO,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and "summary.json not found" in result.stderr
