@@ -31,7 +31,7 @@ from raycluster.pipeline import build_method, ensure_embeddings, postprocess
 from raycluster.ray_utils import ensure_ray
 
 SHARED = Path(os.environ.get("RAYCLUSTER_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
-METHODS = ["kmeans", "cludi", "cludi_paper"]
+METHODS = ["kmeans", "temi", "cludi", "cludi_paper"]
 # Recipes too slow for a CPU: skipped (and said so) unless a GPU is present.
 GPU_ONLY = {"cludi_paper": "paper recipe (8 x 25 teacher chain, 200 epochs, 64 x 50 inference): hours on CPU"}
 

@@ -64,6 +64,22 @@ class NeighborSearcher:
         })
 
 
+def knn_table(index: ShardedIndex, vectors: np.ndarray, k: int, batch_size: int = 4096) -> np.ndarray:
+    """(N, k) int64 global ids of each row's k nearest neighbours, itself excluded, for an index
+    built over these same rows (`ShardedIndex.from_vectors`); in-memory, for training sets."""
+    if k >= index.ntotal:
+        raise ValueError(f"k={k} neighbours need at least k + 1 = {k + 1} indexed vectors, the index has "
+                         f"{index.ntotal}")
+    table = np.empty((len(vectors), k), dtype=np.int64)
+    for start in range(0, len(vectors), batch_size):
+        _, ids = index.search(vectors[start:start + batch_size], k + 1)
+        own = np.arange(start, start + len(ids))[:, None]
+        not_self = ids != own
+        keep = np.where(not_self.all(axis=1, keepdims=True), np.arange(k + 1) < k, not_self)
+        table[start:start + len(ids)] = ids[keep].reshape(len(ids), k)
+    return table
+
+
 def graph_part_name(part_path: str) -> str:
     return os.path.basename(part_path)
 

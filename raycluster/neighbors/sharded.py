@@ -99,6 +99,17 @@ class IndexShard:
         self.ids, self.keys = np.concatenate(ids), np.concatenate(all_keys)
         return int(self.index.ntotal)
 
+    def add_array(self, vectors: np.ndarray, first_id: int, batch: int = 65536) -> int:
+        """Add in-memory rows (already normalised if wanted) with global ids first_id...; keys are
+        the ids as strings. Returns ntotal."""
+        check_width(vectors, self.index.d, "vectors")
+        for start in range(0, len(vectors), batch):
+            self.index.add(np.ascontiguousarray(vectors[start:start + batch], dtype=np.float32))
+        ids = np.arange(first_id, first_id + len(vectors), dtype=np.int64)
+        self.ids = np.concatenate([self.ids, ids])
+        self.keys = np.concatenate([self.keys, np.asarray([str(i) for i in ids], dtype=object)])
+        return int(self.index.ntotal)
+
     def search(self, queries: np.ndarray, k: int, with_keys: bool = False):
         """(nq, D) float32 -> (nq, min(k, ntotal)) scores float32, global ids int64 (and keys,
         an object array, when `with_keys`)."""
@@ -184,6 +195,31 @@ class ShardedIndex:
         log.info("built %s x %d shard(s): %d vectors (train %.1fs, total %.1fs)", spec.kind, num_shards, sum(counts),
                  train_seconds, time.time() - start)
         return cls(spec, actors, dims[0], normalize, counts)
+
+    @classmethod
+    def from_vectors(cls, vectors: np.ndarray, spec: IndexSpec, num_shards: int = 1, normalize: bool = True,
+                     cpus_per_shard: Optional[float] = None, gpus_per_shard: float = 0.0,
+                     seed: int = 0) -> "ShardedIndex":
+        """Like `build`, from an in-memory (N, D) array (a method's training set): contiguous row
+        ranges go to the shards through the object store; global ids are row numbers."""
+        import ray
+
+        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        if normalize:
+            vectors = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+        if not 1 <= num_shards <= len(vectors):
+            raise ValueError(f"{num_shards} index shards for {len(vectors)} vectors")
+        sample = None
+        if spec.needs_training:
+            rng = np.random.default_rng(seed)
+            sample = vectors[rng.choice(len(vectors), size=min(spec.train_size, len(vectors)), replace=False)]
+        trained = serialize(build_index(spec, vectors.shape[1], len(vectors), sample))
+        actors = cls._actors(spec, num_shards, cpus_per_shard, gpus_per_shard)
+        ray.get([actor.set_index.remote(trained) for actor in actors])
+        ranges = np.array_split(np.arange(len(vectors)), num_shards)
+        counts = ray.get([actor.add_array.remote(ray.put(vectors[rows]), int(rows[0]))
+                          for actor, rows in zip(actors, ranges)])
+        return cls(spec, actors, vectors.shape[1], normalize, counts)
 
     def search(self, queries: np.ndarray, k: int, with_keys: bool = False):
         """(nq, D) float32 -> (nq, k) scores float32 and global ids int64 (and keys, an object

@@ -41,13 +41,16 @@ def make_optimizer(model, optim: OptimConfig) -> torch.optim.Optimizer:
 
 def train_epochs(model, features: torch.Tensor, optim: OptimConfig, optimizer: torch.optim.Optimizer,
                  steps_per_epoch: int, start_epoch: int = 0, seed: int = 0,
-                 average_gradients: Optional[Callable] = None, on_epoch_end: Optional[Callable] = None) -> None:
+                 average_gradients: Optional[Callable] = None, on_epoch_end: Optional[Callable] = None,
+                 row_ids: Optional[torch.Tensor] = None) -> None:
     """Train from `start_epoch` to `optim.epochs` on this worker's `features` (N, F) float32.
 
     Each epoch: a fresh permutation, `steps_per_epoch` batches (the same count on every worker,
     so gradient all-reduces pair up), warm-up + cosine lr per step, clip, step, teacher update.
     `on_epoch_end(epoch, terms, teacher_clusters, indices)` gets mean loss terms and the teacher's
     first-draw clusters of the points seen (for label-free and, when possible, labelled metrics).
+    `row_ids` (N,) int64: the dataset-wide ids of this worker's rows, passed to
+    `training_step(batch, row_ids)` for models that look up other rows (TEMI's neighbours).
     """
     per_worker = min(len(features), max(1, optim.batch_size // (torch.distributed.get_world_size()
                                                                 if torch.distributed.is_initialized() else 1)))
@@ -63,7 +66,8 @@ def train_epochs(model, features: torch.Tensor, optim: OptimConfig, optimizer: t
                                optim.lr, optim.min_lr)
             for group in optimizer.param_groups:
                 group["lr"] = lr * group.get("lr_scale", 1.0)
-            loss, terms = model.training_step(features[indices])
+            batch = features[indices]
+            loss, terms = model.training_step(batch) if row_ids is None else model.training_step(batch, row_ids[indices])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if average_gradients is not None:

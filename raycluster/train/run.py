@@ -80,10 +80,14 @@ def train_loop_per_worker(config: dict) -> None:
     model = config["model_factory"](config["model_config"])
     device = ray.train.torch.get_device()
     model.to(device)
+    context = config.get("context")
+    if context:  # dataset-wide arrays a model needs beside its shard (TEMI: all embeddings + k-NN table)
+        model.attach_context(**{name: ray.get(ref) for name, ref in context.items()})
 
     rows = list(ray.train.get_dataset_shard("train").iter_batches(batch_size=65536, batch_format="numpy"))
     features = torch.from_numpy(np.concatenate([r["features"] for r in rows])).float().to(device)
     labels = np.concatenate([r["label"] for r in rows])
+    row_ids = torch.from_numpy(np.concatenate([r["index"] for r in rows])) if context else None
     total = torch.tensor([len(features)])
     if dist.is_initialized():
         dist.all_reduce(total)
@@ -122,14 +126,18 @@ def train_loop_per_worker(config: dict) -> None:
             ray.train.report(metrics)
 
     train_epochs(model, features, optim, optimizer, steps_per_epoch, start_epoch, config["seed"],
-                 average_gradients if world > 1 else None, on_epoch_end)
+                 average_gradients if world > 1 else None, on_epoch_end, row_ids)
 
 
 def fit_with_ray_train(model_factory: Callable, model_config: dict, vectors: np.ndarray, optim: OptimConfig,
                        resources: TrainConfig, use_gpu: bool, storage_path: str, run_name: str, seed: int = 0,
-                       labels: Optional[np.ndarray] = None, max_failures: int = 0) -> dict:
+                       labels: Optional[np.ndarray] = None, max_failures: int = 0,
+                       context: Optional[dict] = None) -> dict:
     """Train with TorchTrainer; returns the final checkpoint's state (model, optimizer, epoch,
     model_config) plus `metrics`, the last epoch's reported metrics.
+
+    context: {name: numpy array} every worker needs whole (put in the object store once, shared
+    by the workers of a node), given to `model.attach_context(**context)`; never checkpointed.
 
     Rerunning with the same storage_path/run_name resumes from the latest checkpoint.
     """
@@ -143,7 +151,7 @@ def fit_with_ray_train(model_factory: Callable, model_config: dict, vectors: np.
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"model_factory": model_factory, "model_config": model_config, "optim": asdict(optim),
-                           "seed": seed},
+                           "seed": seed, "context": {name: ray.put(value) for name, value in (context or {}).items()}},
         scaling_config=ray.train.ScalingConfig(num_workers=resources.num_workers, use_gpu=use_gpu,
                                                resources_per_worker=worker_resources),
         run_config=ray.train.RunConfig(name=run_name, storage_path=os.path.abspath(storage_path),

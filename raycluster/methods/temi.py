@@ -1,0 +1,156 @@
+"""TEMI (Adaloglou et al., BMVC 2023, "Exploring the limits of deep image clustering using
+pretrained models"), pure torch: clustering heads trained on pairs of k-nearest neighbours in a
+frozen embedding space. Ray-free; `temi_method.py` puts it behind the method interface.
+
+Recipe (paper and HHU-MMBS/TEMI-official-BMVC2023), with the choices made here:
+- Pairs: each anchor x is paired with one of its k = 50 nearest neighbours x' (cosine), drawn
+  uniformly every time the anchor is seen. The neighbour table comes from raycluster.neighbors.
+- Heads: H = 16 independent heads, each a DINO-style head: MLP D -> 512 -> 512 -> 256 (GELU),
+  L2-normalised, then a weight-normalised linear layer 256 -> K. The public code's head width is
+  not restated in the paper; 512 hidden units matches its measured cost here (NOTES-cludi).
+- Teacher: an EMA copy of all heads (momentum 0.996), no gradients.
+- Loss per head: beta-PMI  -log sum_c (q_s(c|x) q_t(c|x'))^beta / pk(c), symmetrised over
+  (x, x') <-> (x', x), beta = 0.6; pk is an EMA (0.9) of the teacher's mean batch probabilities,
+  the cluster prior that keeps every cluster in use. Temperatures: student 0.1, teacher 0.1.
+- Instance weighting: each pair is weighted by the teacher's agreement on it,
+  sum_c q_t(c|x) q_t(c|x'), averaged over heads (detached): pairs the teacher believes are
+  in different clusters (neighbours across a boundary) count less.
+- Prediction: the head with the lowest loss over the data (label-free selection, as the public
+  code), argmax of its teacher probabilities; confidence is that probability.
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import asdict, dataclass
+from typing import Optional
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+@dataclass
+class TemiConfig:
+    n_clusters: int = 10
+    feature_dim: int = 384
+    heads: int = 16
+    hidden_dim: int = 512
+    bottleneck_dim: int = 256
+    beta: float = 0.6
+    student_temperature: float = 0.1
+    teacher_temperature: float = 0.1
+    teacher_momentum: float = 0.996
+    prior_momentum: float = 0.9
+    knn: int = 50                      # neighbours a partner is drawn from
+
+
+class ClusterHead(nn.Module):
+    """(B, D) -> (B, K) logits: MLP -> unit bottleneck -> weight-normalised linear (DINO head)."""
+
+    def __init__(self, in_dim: int, n_clusters: int, hidden_dim: int, bottleneck_dim: int):
+        super().__init__()
+        self.mlp = nn.Sequential(nn.Linear(in_dim, hidden_dim), nn.GELU(), nn.Linear(hidden_dim, hidden_dim),
+                                 nn.GELU(), nn.Linear(hidden_dim, bottleneck_dim))
+        self.last = nn.utils.parametrizations.weight_norm(nn.Linear(bottleneck_dim, n_clusters, bias=False))
+        # DINO fixes the norm of the last layer (g = 1): logits are cosine similarities
+        self.last.parametrizations.weight.original0.data.fill_(1.0)
+        self.last.parametrizations.weight.original0.requires_grad = False
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.last(F.normalize(self.mlp(features), dim=-1))
+
+
+def beta_pmi(student: torch.Tensor, teacher: torch.Tensor, prior: torch.Tensor, beta: float) -> torch.Tensor:
+    """(B, K) student probs of x, (B, K) teacher probs of x', (K,) prior -> (B,) beta-PMI loss
+    -log sum_c (q_s q_t)^beta / prior. Lowest when both put their mass on the same rare-enough cluster."""
+    return -torch.log(((student * teacher).clamp_min(1e-12) ** beta / prior).sum(-1))
+
+
+class TemiModel(nn.Module):
+    """H student heads, their EMA teachers, one prior per head, and the neighbour table."""
+
+    def __init__(self, config: TemiConfig):
+        super().__init__()
+        self.config = config
+        self.students = nn.ModuleList(ClusterHead(config.feature_dim, config.n_clusters, config.hidden_dim,
+                                                  config.bottleneck_dim) for _ in range(config.heads))
+        self.teachers = copy.deepcopy(self.students).requires_grad_(False)
+        self.register_buffer("priors", torch.full((config.heads, config.n_clusters), 1.0 / config.n_clusters))
+        self.register_buffer("head_losses", torch.zeros(config.heads))   # EMA of each head's loss
+        # set by attach_context (not saved: rebuilt from the data on every worker)
+        self.bank: Optional[torch.Tensor] = None        # (N, D) all embeddings
+        self.neighbors: Optional[torch.Tensor] = None   # (N, knn) int64 global row ids
+
+    def attach_context(self, bank, neighbors) -> None:
+        """All embeddings (N, D) and their k-NN table (N, knn) (numpy or torch), for partner lookup."""
+        self.bank = torch.as_tensor(bank, dtype=torch.float32)
+        self.neighbors = torch.as_tensor(neighbors, dtype=torch.int64)
+
+    def partners(self, row_ids: torch.Tensor) -> torch.Tensor:
+        """(B,) global row ids -> (B, D) embeddings of one uniformly drawn neighbour each."""
+        if self.neighbors is None:
+            raise RuntimeError("TEMI needs attach_context(bank, neighbors) before training")
+        table = self.neighbors[row_ids.cpu()]
+        pick = torch.randint(0, table.shape[1], (len(row_ids), 1))
+        return self.bank[table.gather(1, pick)[:, 0]].to(row_ids.device if row_ids.is_cuda else "cpu")
+
+    def head_probabilities(self, heads: nn.ModuleList, features: torch.Tensor, temperature: float) -> torch.Tensor:
+        """(B, D) -> (H, B, K) softmax probabilities of every head."""
+        return torch.stack([F.softmax(head(features) / temperature, dim=-1) for head in heads])
+
+    def loss(self, anchor: torch.Tensor, partner: torch.Tensor, update_prior: bool = True):
+        """(B, D) anchors and partners -> (scalar loss, (H,) per-head losses, (H, B, K) teacher probs of anchors)."""
+        cfg = self.config
+        pair = torch.cat([anchor, partner])
+        student = self.head_probabilities(self.students, pair, cfg.student_temperature)
+        with torch.no_grad():
+            teacher = self.head_probabilities(self.teachers, pair, cfg.teacher_temperature)
+        s_anchor, s_partner = student.chunk(2, dim=1)
+        t_anchor, t_partner = teacher.chunk(2, dim=1)
+        weight = (t_anchor * t_partner).sum(-1).mean(0)                       # (B,) teacher agreement
+        prior = self.priors[:, None, :].clone()   # updated in place below, before backward
+        per_pair = 0.5 * (beta_pmi(s_anchor, t_partner, prior, cfg.beta) + beta_pmi(s_partner, t_anchor, prior, cfg.beta))
+        per_head = (weight[None] * per_pair).mean(-1)                         # (H,)
+        if update_prior and self.training:
+            with torch.no_grad():
+                self.priors.mul_(cfg.prior_momentum).add_(teacher.mean(1), alpha=1 - cfg.prior_momentum)
+                self.priors.div_(self.priors.sum(-1, keepdim=True))
+                self.head_losses.mul_(0.9).add_(per_head.detach(), alpha=0.1)
+        return per_head.sum(), per_head, t_anchor
+
+    def training_step(self, features: torch.Tensor, row_ids: torch.Tensor) -> tuple[torch.Tensor, dict]:
+        """One step on (B, D) anchors with global `row_ids` (B,): (loss, terms); terms hold floats
+        and `teacher_clusters` (B,) from the currently best head."""
+        loss, per_head, teacher = self.loss(features, self.partners(row_ids))
+        best = int(self.head_losses.argmin())
+        return loss, {"loss": float(loss.detach()) / self.config.heads, "best_head_loss": float(per_head[best].detach()),
+                      "teacher_clusters": teacher[best].argmax(-1).detach()}
+
+    @torch.no_grad()
+    def update_teacher(self) -> None:
+        for teacher, student in zip(self.teachers.parameters(), self.students.parameters()):
+            teacher.lerp_(student, 1 - self.config.teacher_momentum)
+
+    @torch.no_grad()
+    def predict(self, features: torch.Tensor, head: Optional[int] = None,
+                batch_size: int = 8192) -> tuple[torch.Tensor, torch.Tensor]:
+        """(N, D) -> (cluster (N,) int64, confidence (N,) float32) from one teacher head (default:
+        the lowest-loss head)."""
+        head = int(self.head_losses.argmin()) if head is None else head
+        probabilities = torch.cat([F.softmax(self.teachers[head](chunk) / self.config.teacher_temperature, -1)
+                                   for chunk in features.split(batch_size)])
+        confidence, cluster = probabilities.max(-1)
+        return cluster, confidence.float()
+
+    def parameter_groups(self, lr: float, weight_decay: float) -> list[dict]:
+        return [{"params": [p for p in self.students.parameters() if p.requires_grad], "lr": lr,
+                 "weight_decay": weight_decay, "lr_scale": 1.0}]
+
+
+def build_temi(model_config: dict) -> TemiModel:
+    """Model factory for Ray Train workers: plain dict -> TemiModel."""
+    return TemiModel(TemiConfig(**model_config))
+
+
+def config_dict(config: TemiConfig) -> dict:
+    return asdict(config)

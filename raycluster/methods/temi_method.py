@@ -1,0 +1,98 @@
+"""`method=temi`: TEMI behind the shared method interface; k-NN pairs from raycluster.neighbors,
+heads trained with Ray Train (same wiring as CLUDI)."""
+from __future__ import annotations
+
+import logging
+import time
+from typing import Optional
+
+import numpy as np
+
+from raycluster.config import TrainConfig
+from raycluster.data.store import EmbeddingWidthError
+from raycluster.methods.base import ClusteringMethod
+from raycluster.neighbors.index import IndexSpec
+from raycluster.train.loop import OptimConfig
+
+log = logging.getLogger(__name__)
+
+
+class TEMI(ClusteringMethod):
+    """fit: k-NN table (sharded FAISS index over the training vectors), then TorchTrainer
+    (resumable per epoch); predict: the lowest-loss teacher head, in-process.
+
+    model: TemiConfig fields except n_clusters / feature_dim; optim: OptimConfig fields;
+    train: TrainConfig fields; index: IndexSpec fields for the neighbour search;
+    index_shards: shards of that index.
+    """
+
+    name = "temi"
+
+    def __init__(self, n_clusters: int, model: Optional[dict] = None, optim: Optional[dict] = None,
+                 train: Optional[dict] = None, index: Optional[dict] = None, index_shards: int = 1,
+                 use_gpu: bool = False, seed: int = 0, storage_path: str = "outputs/train", run_name: str = "temi",
+                 max_failures: int = 0):
+        super().__init__(n_clusters)
+        self.model_overrides = dict(model or {})
+        self.optim = OptimConfig(**(optim or {}))
+        self.train = TrainConfig(**(train or {}))
+        self.index_spec = IndexSpec(**(index or {"kind": "flat"}))
+        self.index_shards = index_shards
+        self.use_gpu, self.seed, self.max_failures = use_gpu, seed, max_failures
+        self.storage_path, self.run_name = storage_path, run_name
+        self.model = None
+        self.knn_seconds = 0.0
+
+    def model_config(self, feature_dim: int) -> dict:
+        return {**self.model_overrides, "n_clusters": self.n_clusters, "feature_dim": feature_dim}
+
+    def neighbor_table(self, vectors: np.ndarray, k: int) -> np.ndarray:
+        """(N, k) int64 neighbour row ids (cosine), self excluded."""
+        from raycluster.neighbors.graph import knn_table
+        from raycluster.neighbors.sharded import ShardedIndex
+        from raycluster.ray_utils import ensure_ray
+
+        if k >= len(vectors):
+            raise ValueError(f"temi: knn={k} neighbours need more than {len(vectors)} samples")
+        ensure_ray(None, None)
+        start = time.time()
+        index = ShardedIndex.from_vectors(vectors, self.index_spec, self.index_shards, normalize=True, seed=self.seed)
+        try:
+            table = knn_table(index, vectors, k)
+        finally:
+            index.shutdown()
+        self.knn_seconds = time.time() - start
+        log.info("temi: %d-NN table of %d points in %.1fs (%s, %d shard(s))", k, len(vectors), self.knn_seconds,
+                 self.index_spec.kind, self.index_shards)
+        return table
+
+    def fit(self, vectors: np.ndarray, labels: Optional[np.ndarray] = None) -> "TEMI":
+        from raycluster.methods.temi import build_temi
+        from raycluster.train.run import fit_with_ray_train
+
+        vectors = self.check_input(vectors)
+        config = self.model_config(vectors.shape[1])
+        table = self.neighbor_table(vectors, config.get("knn", 50))
+        state = fit_with_ray_train(build_temi, config, vectors, self.optim, self.train, self.use_gpu,
+                                   self.storage_path, self.run_name, self.seed, labels, self.max_failures,
+                                   context={"bank": vectors, "neighbors": table})
+        return self._restore(state)
+
+    def _restore(self, state: dict) -> "TEMI":
+        from raycluster.methods.temi import build_temi
+
+        self.model = build_temi(state["model_config"])
+        self.model.load_state_dict(state["model"])
+        self.model.eval()
+        return self
+
+    def predict(self, vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        import torch
+
+        if self.model is None:
+            raise RuntimeError("temi: call fit() before predict()")
+        expected = self.model.config.feature_dim
+        if vectors.shape[1] != expected:
+            raise EmbeddingWidthError(f"temi: embeddings have width {vectors.shape[1]}, the model expects {expected}")
+        cluster, confidence = self.model.predict(torch.from_numpy(np.ascontiguousarray(vectors, np.float32)))
+        return cluster.numpy().astype(np.int64), confidence.numpy()
