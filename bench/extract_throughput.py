@@ -13,7 +13,6 @@ Same model, same images, same run:
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import tarfile
@@ -29,6 +28,7 @@ from raycluster.data.shards import resolve_shards, write_shards
 from raycluster.data.transforms import decode_image, normalize
 from raycluster.features.extract import extractor_class, run_extraction
 from raycluster.ray_utils import ensure_ray
+from common import append_json_rows
 
 
 class TarImages(torch.utils.data.IterableDataset):
@@ -147,10 +147,7 @@ def main(argv=None):
         print(f"{row['method']:<18}{row['images_per_s']:>12.1f}{row['ratio_vs_loop']:>10.2f}{row['ratio_vs_model']:>10.2f}")
     print(f"ray_pipeline: whole run incl. {summary.startup_seconds:.1f}s start-up (actor, imports, model load) "
           "and Parquet writes; ray_pipeline_steady: after the first batch. Target on 2 CPUs: >= 0.8x the loop.")
-    if args.json:
-        with open(args.json, "a") as handle:
-            for row in rows:
-                handle.write(json.dumps(row) + "\n")
+    append_json_rows(args.json, rows)
     return rows
 
 

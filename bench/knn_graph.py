@@ -4,7 +4,7 @@
     python bench/knn_graph.py --n 100000 --methods exact ivf_flat --shards 1 --json rows.jsonl
     python bench/knn_graph.py --d 384                 # the 1M x 384 variant
 
-For every index (exact Flat, IVF-Flat, IVF-PQ, HNSW; configs/neighbors/*.yaml settings) and shard
+For every index (exact Flat, IVF-Flat at nprobe 16, 8 and 4, IVF-PQ, HNSW; configs/neighbors/*.yaml) and shard
 count: build seconds (training + adding, through `ShardedIndex.build`), recall@10 of the sharded
 search on --queries sampled points against exact ground truth (self excluded), and the time of
 the whole k-NN-10 graph of all N points through the real graph job (`build_knn_graph`: Ray Data
@@ -33,8 +33,18 @@ from raycluster.data.store import EmbeddingStore
 from raycluster.neighbors.graph import build_knn_graph
 from raycluster.neighbors.sharded import ShardedIndex, part_rows, read_vectors
 from raycluster.ray_utils import ensure_ray
+from common import append_json_rows
 
-METHODS = ["exact", "ivf_flat", "ivf_pq", "hnsw"]
+# bench method -> (configs/neighbors option, extra overrides)
+VARIANTS = {
+    "exact": ("exact", []),
+    "ivf_flat": ("ivf_flat", []),                                      # nprobe 16 (the config's default)
+    "ivf_flat_nprobe8": ("ivf_flat", ["neighbors.index.nprobe=8"]),   # fewer lists visited: faster, lower recall
+    "ivf_flat_nprobe4": ("ivf_flat", ["neighbors.index.nprobe=4"]),
+    "ivf_pq": ("ivf_pq", []),
+    "hnsw": ("hnsw", []),
+}
+METHODS = list(VARIANTS)
 
 
 def mixture_store(root: Path, n: int, d: int, centres: int, part_rows_: int = 50_000, seed: int = 0) -> EmbeddingStore:
@@ -155,7 +165,8 @@ def main(argv=None):
 
     rows, exact_graph = [], {}
     for method in args.methods:
-        settings = compose([f"neighbors={'exact' if method == 'exact' else method}", *args.overrides]).neighbors
+        option, extra = VARIANTS[method]
+        settings = compose([f"neighbors={option}", *extra, *args.overrides]).neighbors
         for shards in args.shards:
             graph_dir = work / "graphs" / f"{method}-{shards}"
             shutil.rmtree(graph_dir, ignore_errors=True)
@@ -188,18 +199,15 @@ def main(argv=None):
             rows.append(row)
             print(json.dumps(row), flush=True)
 
-    print(f"\n{'method':<10}{'factory':<18}{'shards':>7}{'recall@10':>11}{'build s':>9}{'graph s':>10}"
+    print(f"\n{'method':<18}{'factory':<18}{'shards':>7}{'recall@10':>11}{'build s':>9}{'graph s':>10}"
           f"{'vs exact':>10}{'peak GiB':>10}")
     for row in rows:
         graph = f"{row['graph_seconds']:.0f}{'*' if row['graph_extrapolated'] else ''}"
         speedup = f"{row['speedup_vs_exact']:.1f}x" if row["speedup_vs_exact"] else "n/a"
-        print(f"{row['method']:<10}{row['factory']:<18}{row['shards']:>7}{row['recall_at_10']:>11.4f}"
+        print(f"{row['method']:<18}{row['factory']:<18}{row['shards']:>7}{row['recall_at_10']:>11.4f}"
               f"{row['build_seconds']:>9.1f}{graph:>10}{speedup:>10}{row['peak_rss_gib']:>10.2f}")
     print("* extrapolated from the timed search of the query sample (N / queries x its seconds)")
-    if args.json:
-        with open(args.json, "a") as handle:
-            for row in rows:
-                handle.write(json.dumps(row) + "\n")
+    append_json_rows(args.json, rows)
     return rows
 
 

@@ -16,11 +16,9 @@ Rows (--json): {"bench", "dataset", "method", "seed", "acc", "nmi", "ari", "fit_
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 
@@ -29,8 +27,8 @@ from raycluster.data.store import EmbeddingStore
 from raycluster.metrics import supervised_metrics
 from raycluster.pipeline import build_method, ensure_embeddings, postprocess
 from raycluster.ray_utils import ensure_ray
+from common import SHARED, append_json_rows
 
-SHARED = Path(os.environ.get("RAYCLUSTER_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 METHODS = ["kmeans", "temi", "cludi", "cludi_paper"]
 # Recipes too slow for a CPU: skipped (and said so) unless a GPU is present.
 GPU_ONLY = {"cludi_paper": "paper recipe (8 x 25 teacher chain, 200 epochs, 64 x 50 inference): hours on CPU"}
@@ -133,10 +131,7 @@ def main(argv=None):
     for name, reason in skipped.items():
         print(f"skipped {name}: {reason}")
     print("cludi rows: the CPU recipe (configs/method/cludi.yaml); cludi_paper: the public code's recipe")
-    if args.json:
-        with open(args.json, "a") as handle:
-            for row in rows:
-                handle.write(json.dumps(row) + "\n")
+    append_json_rows(args.json, rows)
     return rows
 
 

@@ -27,8 +27,8 @@ import numpy as np
 
 from raycluster.data.store import EmbeddingStore, write_assignments
 from raycluster.report import ReportOptions, report_run
+from common import SHARED, append_json_rows
 
-SHARED = Path(os.environ.get("RAYCLUSTER_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 
 
 def tinyimagenet_run(work: Path, cache_dir: str) -> tuple[str, str]:
@@ -109,10 +109,7 @@ def main(argv=None):
     if len(rows) == 2:
         print(f"N ratio {rows[1]['n'] / rows[0]['n']:.0f}x -> report time ratio "
               f"{rows[1]['seconds'] / rows[0]['seconds']:.2f}x, size ratio {rows[1]['mbytes'] / rows[0]['mbytes']:.2f}x")
-    if args.json:
-        with open(args.json, "a") as handle:
-            for row in rows:
-                handle.write(json.dumps(row) + "\n")
+    append_json_rows(args.json, rows)
     return rows
 
 

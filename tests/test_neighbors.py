@@ -128,3 +128,18 @@ def test_knn_graph_job_writes_parts_excludes_self_and_resumes(tmp_path, ray_loca
     with pytest.raises(ValueError, match="k=2000"):
         build_knn_graph(store, index, str(tmp_path / "g2"), k=2000)
     index.shutdown()
+
+
+@pytest.mark.slow
+def test_neighbors_job_builds_then_reuses_the_index(compose_config, ray_local):
+    """jobs/neighbors.py's library call on the embedded default (digits -> shards -> pixels)."""
+    from raycluster.neighbors.run import run_neighbors
+
+    cfg = compose_config(["neighbors=hnsw", "neighbors.shards=2", "neighbors.k=5"])
+    first = run_neighbors(cfg)
+    assert first["index_built"] and first["vectors"] == 1797 and sum(first["shards"]) == 1797
+    assert first["graph_rows"] == 1797 and first["graph_parts_written"] == 6
+    again = run_neighbors(cfg)
+    assert not again["index_built"] and again["graph_parts_reused"] == 6 and again["graph_rows"] == 0
+    with pytest.raises(ValueError, match="every shard needs at least one part"):
+        run_neighbors(compose_config(["neighbors.shards=7", "output_dir=" + cfg.output_dir + "-b"]))

@@ -37,3 +37,36 @@ class ClusteringMethod:
 
     def predict(self, vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         raise NotImplementedError
+
+
+class TorchMethod(ClusteringMethod):
+    """A method whose model is a torch module, built from a plain config dict by the function
+    named in `model_factory` (so Ray Train workers and checkpoints rebuild it the same way).
+    The module has `config.feature_dim` and `predict(features) -> (cluster, confidence)`."""
+
+    model_factory: str = ""   # "package.module.function"
+    model = None
+
+    def _restore(self, state: dict) -> "TorchMethod":
+        """Rebuild the model from a {"model_config", "model"} state (a checkpoint or a saved file)."""
+        from hydra.utils import get_method
+
+        self.model = get_method(self.model_factory)(state["model_config"])
+        self.model.load_state_dict(state["model"])
+        self.model.eval()
+        return self
+
+    def _predict_with_model(self, vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(N, D) -> the model's (cluster int64, confidence float32), after checking the width."""
+        import torch
+
+        from raycluster.data.store import EmbeddingWidthError
+
+        if self.model is None:
+            raise RuntimeError(f"{self.name}: call fit() (or load()) before predict()")
+        expected = self.model.config.feature_dim
+        if vectors.shape[1] != expected:
+            raise EmbeddingWidthError(f"{self.name}: embeddings have width {vectors.shape[1]}, the model expects "
+                                      f"{expected}")
+        cluster, confidence = self.model.predict(torch.from_numpy(np.ascontiguousarray(vectors, np.float32)))
+        return cluster.numpy().astype(np.int64), confidence.numpy()

@@ -7,14 +7,13 @@ from typing import Optional
 import numpy as np
 
 from raycluster.config import TrainConfig
-from raycluster.data.store import EmbeddingWidthError
-from raycluster.methods.base import ClusteringMethod
+from raycluster.methods.base import TorchMethod
 from raycluster.train.loop import OptimConfig
 
 log = logging.getLogger(__name__)
 
 
-class CLUDI(ClusteringMethod):
+class CLUDI(TorchMethod):
     """fit: TorchTrainer over the embeddings (resumable per epoch); predict: DDIM draws in-process.
 
     model: CludiConfig fields except n_clusters / feature_dim (taken from the data);
@@ -22,6 +21,7 @@ class CLUDI(ClusteringMethod):
     """
 
     name = "cludi"
+    model_factory = "raycluster.methods.cludi.build_cludi"
 
     def __init__(self, n_clusters: int, model: Optional[dict] = None, optim: Optional[dict] = None,
                  train: Optional[dict] = None, use_gpu: bool = False, seed: int = 0,
@@ -47,26 +47,11 @@ class CLUDI(ClusteringMethod):
                                    self.storage_path, self.run_name, self.seed, labels, self.max_failures)
         return self._restore(state)
 
-    def _restore(self, state: dict) -> "CLUDI":
-        """Rebuild the model from a {"model_config", "model"} state (a checkpoint or a saved file)."""
-        from raycluster.methods.cludi import build_cludi
-
-        self.model = build_cludi(state["model_config"])
-        self.model.load_state_dict(state["model"])
-        self.model.eval()
-        return self
-
     def predict(self, vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         import torch
 
-        if self.model is None:
-            raise RuntimeError("cludi: call fit() or load() before predict()")
-        expected = self.model.config.feature_dim
-        if vectors.shape[1] != expected:
-            raise EmbeddingWidthError(f"cludi: embeddings have width {vectors.shape[1]}, the model expects {expected}")
-        torch.manual_seed(self.seed)
-        cluster, confidence = self.model.predict(torch.from_numpy(np.ascontiguousarray(vectors, np.float32)))
-        return cluster.numpy().astype(np.int64), confidence.numpy()
+        torch.manual_seed(self.seed)   # the DDIM draws are random: same seed, same assignments
+        return self._predict_with_model(vectors)
 
     def save(self, path: str) -> None:
         """Weights + model config, written atomically; `load` restores a predictor."""

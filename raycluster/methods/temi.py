@@ -15,8 +15,14 @@ Recipe (paper and HHU-MMBS/TEMI-official-BMVC2023), with the choices made here:
 - Instance weighting: each pair is weighted by the teacher's agreement on it,
   sum_c q_t(c|x) q_t(c|x'), averaged over heads (detached): pairs the teacher believes are
   in different clusters (neighbours across a boundary) count less.
-- Prediction: the head with the lowest loss over the data (label-free selection, as the public
-  code), argmax of its teacher probabilities; confidence is that probability.
+- Prediction: the head with the lowest loss (an EMA of its training loss; label-free selection,
+  as the public code), argmax of its teacher probabilities; confidence is that probability.
+- Optimiser (configs/method/temi.yaml): AdamW, lr 1e-4 scaled by batch / 256 (DINO's rule) =
+  4e-4 at batch 1024, 20 warm-up epochs, cosine, weight decay 1e-4, 200 epochs.
+- Distributed: Ray Train workers each take a shard of the anchors; every worker holds all
+  embeddings and the k-NN table (object store, `attach_context`) to look partners up.
+  Gradients are averaged; the prior and head-loss buffers are per worker and rank 0's are
+  checkpointed (they are running statistics, close across workers).
 """
 from __future__ import annotations
 

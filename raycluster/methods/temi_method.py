@@ -9,15 +9,14 @@ from typing import Optional
 import numpy as np
 
 from raycluster.config import TrainConfig
-from raycluster.data.store import EmbeddingWidthError
-from raycluster.methods.base import ClusteringMethod
+from raycluster.methods.base import TorchMethod
 from raycluster.neighbors.index import IndexSpec
 from raycluster.train.loop import OptimConfig
 
 log = logging.getLogger(__name__)
 
 
-class TEMI(ClusteringMethod):
+class TEMI(TorchMethod):
     """fit: k-NN table (sharded FAISS index over the training vectors), then TorchTrainer
     (resumable per epoch); predict: the lowest-loss teacher head, in-process.
 
@@ -27,6 +26,7 @@ class TEMI(ClusteringMethod):
     """
 
     name = "temi"
+    model_factory = "raycluster.methods.temi.build_temi"
 
     def __init__(self, n_clusters: int, model: Optional[dict] = None, optim: Optional[dict] = None,
                  train: Optional[dict] = None, index: Optional[dict] = None, index_shards: int = 1,
@@ -78,21 +78,5 @@ class TEMI(ClusteringMethod):
                                    context={"bank": vectors, "neighbors": table})
         return self._restore(state)
 
-    def _restore(self, state: dict) -> "TEMI":
-        from raycluster.methods.temi import build_temi
-
-        self.model = build_temi(state["model_config"])
-        self.model.load_state_dict(state["model"])
-        self.model.eval()
-        return self
-
     def predict(self, vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        import torch
-
-        if self.model is None:
-            raise RuntimeError("temi: call fit() before predict()")
-        expected = self.model.config.feature_dim
-        if vectors.shape[1] != expected:
-            raise EmbeddingWidthError(f"temi: embeddings have width {vectors.shape[1]}, the model expects {expected}")
-        cluster, confidence = self.model.predict(torch.from_numpy(np.ascontiguousarray(vectors, np.float32)))
-        return cluster.numpy().astype(np.int64), confidence.numpy()
+        return self._predict_with_model(vectors)

@@ -51,9 +51,7 @@ class NeighborSearcher:
         queries = column.flatten().to_numpy(zero_copy_only=False).reshape(len(batch), column.type.list_size)
         keys = np.asarray(batch.column("key").to_pylist(), dtype=object)
         scores, _, neighbor_keys = self.index.search(queries.astype(np.float32), self.k + 1, with_keys=True)
-        # drop the query itself (or, for exact duplicates ranked after it, the last neighbour)
-        not_self = neighbor_keys != keys[:, None]
-        keep = np.where(not_self.all(axis=1, keepdims=True), np.arange(self.k + 1) < self.k, not_self)
+        keep = without_self(neighbor_keys, keys)
         neighbors = neighbor_keys[keep].reshape(len(keys), self.k)
         similarities = scores[keep].reshape(len(keys), self.k)
         return pa.table({
@@ -67,17 +65,27 @@ class NeighborSearcher:
 def knn_table(index: ShardedIndex, vectors: np.ndarray, k: int, batch_size: int = 4096) -> np.ndarray:
     """(N, k) int64 global ids of each row's k nearest neighbours, itself excluded, for an index
     built over these same rows (`ShardedIndex.from_vectors`); in-memory, for training sets."""
-    if k >= index.ntotal:
-        raise ValueError(f"k={k} neighbours need at least k + 1 = {k + 1} indexed vectors, the index has "
-                         f"{index.ntotal}")
+    check_k(k, index.ntotal)
     table = np.empty((len(vectors), k), dtype=np.int64)
     for start in range(0, len(vectors), batch_size):
         _, ids = index.search(vectors[start:start + batch_size], k + 1)
-        own = np.arange(start, start + len(ids))[:, None]
-        not_self = ids != own
-        keep = np.where(not_self.all(axis=1, keepdims=True), np.arange(k + 1) < k, not_self)
+        keep = without_self(ids, np.arange(start, start + len(ids)))
         table[start:start + len(ids)] = ids[keep].reshape(len(ids), k)
     return table
+
+
+def without_self(found: np.ndarray, own: np.ndarray) -> np.ndarray:
+    """(n, k + 1) neighbour ids or keys of n queries and (n,) the queries' own -> (n, k + 1) bool
+    mask keeping k per row: the query itself is dropped, or the last neighbour when the query is
+    not in its list (exact duplicates can outrank it)."""
+    not_self = found != np.asarray(own)[:, None]
+    last_dropped = np.arange(found.shape[1]) < found.shape[1] - 1
+    return np.where(not_self.all(axis=1, keepdims=True), last_dropped, not_self)
+
+
+def check_k(k: int, ntotal: int) -> None:
+    if k >= ntotal:
+        raise ValueError(f"k={k} neighbours need at least k + 1 = {k + 1} indexed vectors, the index has {ntotal}")
 
 
 def graph_part_name(part_path: str) -> str:
@@ -89,9 +97,7 @@ def build_knn_graph(store: EmbeddingStore, index: ShardedIndex, out_dir: str, k:
     """Write the k-NN graph of every store row not yet in `out_dir`; Ray must be running."""
     import ray.data
 
-    if k >= index.ntotal:
-        raise ValueError(f"k={k} neighbours need at least k + 1 = {k + 1} indexed vectors, the index has "
-                         f"{index.ntotal}")
+    check_k(k, index.ntotal)
     start = time.time()
     parts = part_rows(store)
     out_fs, out_path = fsspec.core.url_to_fs(out_dir)
