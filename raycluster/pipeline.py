@@ -19,6 +19,7 @@ from raycluster.data.shards import ShardNotFoundError, read_manifest, resolve_sh
 from raycluster.data.store import EmbeddingStore, Embeddings, write_assignments
 from raycluster.features.extract import run_extraction
 from raycluster.io import atomic_write_bytes
+from raycluster.methods.base import save_fitted
 from raycluster.metrics import label_free_metrics, supervised_metrics
 from raycluster.ray_utils import ensure_ray
 
@@ -100,6 +101,7 @@ def run_train(cfg: RunConfig) -> dict:
     result = fit_predict(cfg, embeddings)
     assignments = os.path.join(cfg.output_dir, "assignments.parquet")
     write_assignments(assignments, embeddings.keys, result["cluster"], result["confidence"])
+    save_fitted(result["method"], os.path.join(cfg.output_dir, "method.pkl"))   # for jobs/predict.py
     corrupt_total = sum(part.get("corrupt", 0) for part in store.part_metadata())
     summary = {
         "data": cfg.data.name, "backbone": cfg.backbone.name, "method": result["method"].name, "seed": cfg.seed,
@@ -109,6 +111,7 @@ def run_train(cfg: RunConfig) -> dict:
         "corrupt_skipped": corrupt_total, "extract_seconds": round(extraction.seconds, 2),
         "metrics": result["metrics"], "total_seconds": round(time.time() - start, 2),
         "outputs": {"assignments": assignments, "embeddings": cfg.embeddings_path,
+                    "method": os.path.join(cfg.output_dir, "method.pkl"),
                     "summary": os.path.join(cfg.output_dir, "summary.json")},
         "postprocess": {"pca_dim": cfg.backbone.pca_dim, "l2_normalize": cfg.backbone.l2_normalize},
         "config": {"method": cfg.method, "backbone": cfg.backbone.extractor, "data.shards": cfg.data.shards,

@@ -70,3 +70,25 @@ class TorchMethod(ClusteringMethod):
                                       f"{expected}")
         cluster, confidence = self.model.predict(torch.from_numpy(np.ascontiguousarray(vectors, np.float32)))
         return cluster.numpy().astype(np.int64), confidence.numpy()
+
+
+def save_fitted(method: ClusteringMethod, path: str) -> None:
+    """A fitted method, pickled whole (constructor settings + learnt state), written atomically;
+    `load_fitted` returns a predictor. Read it back with the same raycluster version."""
+    import pickle
+
+    from raycluster.io import atomic_write_bytes
+
+    atomic_write_bytes(path, pickle.dumps(method))
+
+
+def load_fitted(path: str) -> ClusteringMethod:
+    import pickle
+
+    import fsspec
+
+    with fsspec.open(path, "rb") as handle:
+        method = pickle.load(handle)
+    if not isinstance(method, ClusteringMethod):
+        raise ValueError(f"{path} does not hold a fitted raycluster method")
+    return method
