@@ -99,11 +99,14 @@ def test_report_of_main_job_renders_in_chromium(tmp_path, compose_config, ray_lo
     assert (tmp_path / "report.png").stat().st_size > 50_000
 
     # jobs/report.py rebuilds the same run's report from its folder
-    rebuilt = subprocess.run([sys.executable, "jobs/report.py", f"run_dir={os.path.dirname(os.path.dirname(page_path))}",
-                              "map_method=pca", "central=2", "uncertain=1"], cwd=REPO, capture_output=True, text=True,
-                             timeout=300)
+    run_dir = os.path.abspath(os.path.dirname(os.path.dirname(page_path)))
+    elsewhere = tmp_path / "cwd"
+    elsewhere.mkdir()
+    rebuilt = subprocess.run([sys.executable, str(REPO / "jobs" / "report.py"), f"run_dir={run_dir}", "map_method=pca",
+                              "central=2", "uncertain=1"], cwd=elsewhere, capture_output=True, text=True, timeout=300)
     assert rebuilt.returncode == 0, rebuilt.stderr[-2000:]
     assert "report written" in rebuilt.stderr and "30 thumbnails" in rebuilt.stderr
+    assert list(elsewhere.iterdir()) == []   # nothing (no Hydra <job>.log) left in the caller's folder
 
 
 def test_report_job_errors_on_a_folder_that_is_not_a_run(tmp_path):
