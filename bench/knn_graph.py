@@ -31,7 +31,8 @@ import numpy as np
 from raycluster.config import compose
 from raycluster.data.store import EmbeddingStore
 from raycluster.neighbors.graph import build_knn_graph
-from raycluster.neighbors.sharded import ShardedIndex, part_rows, read_vectors
+from raycluster.neighbors.index import merge_topk
+from raycluster.neighbors.sharded import ShardedIndex, part_rows, read_vectors, sample_rows
 from raycluster.ray_utils import ensure_ray
 from common import append_json_rows
 
@@ -64,20 +65,6 @@ def mixture_store(root: Path, n: int, d: int, centres: int, part_rows_: int = 50
     return store
 
 
-def sample_queries(store: EmbeddingStore, count: int, seed: int = 1) -> tuple[np.ndarray, np.ndarray]:
-    """(count,) global row ids and their unit-norm (count, d) vectors."""
-    parts = part_rows(store)
-    total = sum(c for _, c in parts)
-    ids = np.sort(np.random.default_rng(seed).choice(total, size=count, replace=False))
-    vectors, offset = [], 0
-    for path, rows in parts:
-        local = ids[(ids >= offset) & (ids < offset + rows)] - offset
-        if len(local):
-            vectors.append(read_vectors(store, path, normalize=True)[1][local])
-        offset += rows
-    return ids, np.concatenate(vectors)
-
-
 def exact_ground_truth(store: EmbeddingStore, queries: np.ndarray, k: int) -> np.ndarray:
     """(nq, k) global ids of the exact top-k (inner product on unit vectors), part by part."""
     import faiss
@@ -88,10 +75,7 @@ def exact_ground_truth(store: EmbeddingStore, queries: np.ndarray, k: int) -> np
     for path, rows in part_rows(store):
         vectors = read_vectors(store, path, normalize=True)[1]
         scores, local = faiss.knn(queries, vectors, k, metric=faiss.METRIC_INNER_PRODUCT)
-        merged_scores = np.concatenate([best_scores, scores], axis=1)
-        merged_ids = np.concatenate([best_ids, local + offset], axis=1)
-        order = np.argsort(-merged_scores, axis=1, kind="stable")[:, :k]
-        best_scores, best_ids = np.take_along_axis(merged_scores, order, 1), np.take_along_axis(merged_ids, order, 1)
+        best_scores, best_ids = merge_topk([best_scores, scores], [best_ids, local + offset], k, larger_is_closer=True)
         offset += rows
     return best_ids
 
@@ -157,7 +141,7 @@ def main(argv=None):
     started = time.time()
     store = mixture_store(work / dataset, args.n, args.d, args.centres)
     print(f"{dataset}: store ready ({time.time() - started:.0f}s)", flush=True)
-    query_ids, queries = sample_queries(store, args.queries)
+    query_ids, queries = sample_rows(store, part_rows(store), args.queries, normalize=True, seed=1)
     started = time.time()
     truth = exact_ground_truth(store, queries, args.k + 1)
     print(f"ground truth for {len(queries)} queries: {time.time() - started:.1f}s (in-process faiss.knn)", flush=True)

@@ -12,6 +12,12 @@ def url_exists(url: str) -> bool:
     return fs.exists(path)
 
 
+def is_local(fs) -> bool:
+    """Whether an fsspec filesystem is the local disk."""
+    protocols = fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)
+    return "file" in protocols or "local" in protocols
+
+
 def atomic_write_bytes(url: str, data: bytes) -> None:
     """Write `data` to `url` via a temporary sibling and a rename.
 
@@ -26,8 +32,7 @@ def atomic_write_bytes(url: str, data: bytes) -> None:
     temp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
     with fs.open(temp, "wb") as handle:
         handle.write(data)
-    protocols = fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)
-    if "file" in protocols or "local" in protocols:
+    if is_local(fs):
         os.replace(temp, path)
     else:
         fs.mv(temp, path)

@@ -16,7 +16,7 @@ import numpy as np
 from raycluster.config import RunConfig
 from raycluster.data.builtin import samples_from_source
 from raycluster.data.shards import ShardNotFoundError, read_manifest, resolve_shards, write_shards
-from raycluster.data.store import EmbeddingStore, Embeddings, write_assignments
+from raycluster.data.store import EmbeddingStore, Embeddings, unit_rows, write_assignments
 from raycluster.features.extract import run_extraction
 from raycluster.io import atomic_write_bytes
 from raycluster.methods.base import save_fitted
@@ -63,7 +63,7 @@ def postprocess(vectors: np.ndarray, pca_dim, l2_normalize: bool, seed: int = 0)
             raise ValueError(f"backbone.pca_dim={pca_dim} exceeds min(N, D) = {min(vectors.shape)}")
         vectors = PCA(pca_dim, random_state=seed).fit_transform(vectors).astype(np.float32)
     if l2_normalize:
-        vectors = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+        vectors = unit_rows(vectors)
     return np.ascontiguousarray(vectors, dtype=np.float32)
 
 
@@ -129,6 +129,15 @@ def run_train(cfg: RunConfig) -> dict:
     atomic_write_bytes(summary["outputs"]["summary"], json.dumps(summary, indent=1, default=float).encode())
     log.info("summary\n%s", format_summary(summary))
     return summary
+
+
+def load_run_summary(run_dir: str) -> dict:
+    """The summary.json of a finished `run_train` output_dir; one clear error when there is none."""
+    path = os.path.join(run_dir, "summary.json")
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{path} not found: run_dir must be a finished jobs/train.py output_dir")
+    with open(path) as handle:
+        return json.load(handle)
 
 
 def format_summary(summary: dict) -> str:

@@ -7,7 +7,6 @@ holds the assignment columns, not the vectors.
 """
 from __future__ import annotations
 
-import json
 import logging
 import os
 import time
@@ -16,8 +15,9 @@ from typing import Optional
 import numpy as np
 import pyarrow as pa
 
-from raycluster.data.store import EmbeddingStore, EmbeddingWidthError, write_assignments
+from raycluster.data.store import EmbeddingStore, EmbeddingWidthError, embedding_matrix, write_assignments
 from raycluster.methods.base import load_fitted
+from raycluster.pipeline import load_run_summary, postprocess
 
 log = logging.getLogger(__name__)
 
@@ -29,11 +29,7 @@ class Predictor:
         self.method, self.l2_normalize = load_fitted(method_path), l2_normalize
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        column = batch.column("embedding").combine_chunks()
-        vectors = column.flatten().to_numpy(zero_copy_only=False).reshape(len(batch), column.type.list_size)
-        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
-        if self.l2_normalize:
-            vectors = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+        vectors = postprocess(embedding_matrix(batch.column("embedding")), None, self.l2_normalize)
         cluster, confidence = self.method.predict(vectors)
         return pa.table({"key": batch.column("key"), "cluster": pa.array(cluster, pa.int64()),
                          "confidence": pa.array(confidence, pa.float32())})
@@ -43,16 +39,10 @@ def run_predict(run_dir: str, embeddings_dir: Optional[str] = None, output: Opti
                 batch_size: int = 8192, concurrency: int = 1) -> dict:
     """Predict every row of `embeddings_dir` (default: the run's own store) with the run's fitted
     method; writes `output` (default run_dir/predictions.parquet) atomically; returns a summary."""
-    import ray.data
-
     from raycluster.ray_utils import ensure_ray
 
     start = time.time()
-    summary_path = os.path.join(run_dir, "summary.json")
-    if not os.path.exists(summary_path):
-        raise FileNotFoundError(f"{summary_path} not found: run_dir must be a finished jobs/train.py output_dir")
-    with open(summary_path) as handle:
-        summary = json.load(handle)
+    summary = load_run_summary(run_dir)
     method_path = summary["outputs"].get("method")
     if not method_path or not os.path.exists(method_path):
         raise FileNotFoundError(f"{run_dir} has no saved method (method.pkl); rerun jobs/train.py to create one")
@@ -68,9 +58,7 @@ def run_predict(run_dir: str, embeddings_dir: Optional[str] = None, output: Opti
         raise EmbeddingWidthError(f"embeddings in {store.root!r} have width {width}; the run's method was trained "
                                   f"on width {summary['dim']}")
     ensure_ray(None, None)
-    local = "file" in (store.fs.protocol if isinstance(store.fs.protocol, tuple) else (store.fs.protocol,))
-    dataset = (ray.data.read_parquet([os.path.abspath(p) if local else p for p in parts], columns=["key", "embedding"],
-                                     filesystem=None if local else store.fs)
+    dataset = (store.ray_dataset(parts, ["key", "embedding"])
                .map_batches(Predictor, fn_constructor_args=(os.path.abspath(method_path), post.get("l2_normalize", False)),
                             batch_size=batch_size, batch_format="pyarrow", concurrency=concurrency, num_cpus=1))
     keys, clusters, confidences = [], [], []

@@ -19,7 +19,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from raycluster.io import atomic_write_bytes
+from raycluster.io import atomic_write_bytes, is_local
 
 
 class EmbeddingWidthError(ValueError):
@@ -38,6 +38,21 @@ class Embeddings:
     @property
     def has_labels(self) -> bool:
         return bool(len(self.labels)) and bool((self.labels >= 0).all())
+
+
+def embedding_matrix(column) -> np.ndarray:
+    """A fixed_size_list<float> Arrow column (N rows, Array or ChunkedArray) -> (N, D) float32
+    (a read-only view of the Arrow buffer when it is float32 already)."""
+    if isinstance(column, pa.ChunkedArray):
+        column = column.combine_chunks()
+    flat = column.flatten().to_numpy(zero_copy_only=False)
+    return np.ascontiguousarray(flat.reshape(len(column), column.type.list_size), dtype=np.float32)
+
+
+def unit_rows(vectors: np.ndarray) -> np.ndarray:
+    """(N, D) -> (N, D) float32, each row divided by its L2 norm (all-zero rows stay zero)."""
+    vectors = np.asarray(vectors, dtype=np.float32)
+    return np.ascontiguousarray(vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12))
 
 
 def part_name(shard_url: str) -> str:
@@ -95,6 +110,15 @@ class EmbeddingStore:
         atomic_write_bytes(target, buffer.getvalue())
         return target
 
+    def ray_dataset(self, parts: list[str], columns: list[str], include_paths: bool = False):
+        """ray.data.Dataset over some of this store's part files (local paths made absolute, so
+        workers anywhere read the same files)."""
+        import ray.data
+
+        local = is_local(self.fs)
+        return ray.data.read_parquet([os.path.abspath(p) if local else p for p in parts], columns=columns,
+                                     include_paths=include_paths, filesystem=None if local else self.fs)
+
     def load(self, expected_dim: Optional[int] = None) -> Embeddings:
         """Read every part into memory, sorted by key. Raises EmbeddingWidthError on a width
         other than `expected_dim`, FileNotFoundError on an empty store."""
@@ -114,11 +138,10 @@ class EmbeddingStore:
         float32 = pa.list_(pa.float32(), dims.pop())
         table = pa.concat_tables([t.set_column(2, "embedding", t.column("embedding").cast(float32)) for t in tables])
         table = table.sort_by("key")
-        column = table.column("embedding").combine_chunks()
-        dim = column.type.list_size
+        dim = table.schema.field("embedding").type.list_size
         if expected_dim is not None and dim != expected_dim:
             raise EmbeddingWidthError(f"embeddings in {self.root!r} have width {dim}, expected {expected_dim}")
-        vectors = column.flatten().to_numpy(zero_copy_only=False).reshape(len(table), dim).astype(np.float32)
+        vectors = embedding_matrix(table.column("embedding")).copy()   # writable, owned by numpy
         return Embeddings(np.asarray(table.column("key").to_pylist(), dtype=object),
                           table.column("label").to_numpy(), vectors)
 

@@ -27,7 +27,7 @@ Recipe (paper and HHU-MMBS/TEMI-official-BMVC2023), with the choices made here:
 from __future__ import annotations
 
 import copy
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Optional
 
 import torch
@@ -156,7 +156,3 @@ class TemiModel(nn.Module):
 def build_temi(model_config: dict) -> TemiModel:
     """Model factory for Ray Train workers: plain dict -> TemiModel."""
     return TemiModel(TemiConfig(**model_config))
-
-
-def config_dict(config: TemiConfig) -> dict:
-    return asdict(config)

@@ -22,7 +22,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from raycluster.data.store import EmbeddingStore
+from raycluster.data.store import EmbeddingStore, embedding_matrix
 from raycluster.io import atomic_write_bytes
 from raycluster.neighbors.sharded import SEARCHER_CPUS, ShardedIndex, part_rows
 
@@ -47,10 +47,9 @@ class NeighborSearcher:
         self.index, self.k = index, k
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        column = batch.column("embedding").combine_chunks()
-        queries = column.flatten().to_numpy(zero_copy_only=False).reshape(len(batch), column.type.list_size)
         keys = np.asarray(batch.column("key").to_pylist(), dtype=object)
-        scores, _, neighbor_keys = self.index.search(queries.astype(np.float32), self.k + 1, with_keys=True)
+        scores, _, neighbor_keys = self.index.search(embedding_matrix(batch.column("embedding")), self.k + 1,
+                                                     with_keys=True)
         keep = without_self(neighbor_keys, keys)
         neighbors = neighbor_keys[keep].reshape(len(keys), self.k)
         similarities = scores[keep].reshape(len(keys), self.k)
@@ -95,8 +94,6 @@ def graph_part_name(part_path: str) -> str:
 def build_knn_graph(store: EmbeddingStore, index: ShardedIndex, out_dir: str, k: int = 10,
                     batch_size: int = 4096, concurrency: int = 1) -> GraphSummary:
     """Write the k-NN graph of every store row not yet in `out_dir`; Ray must be running."""
-    import ray.data
-
     check_k(k, index.ntotal)
     start = time.time()
     parts = part_rows(store)
@@ -110,10 +107,7 @@ def build_knn_graph(store: EmbeddingStore, index: ShardedIndex, out_dir: str, k:
     log.info("k-NN graph: %d of %d parts to query (k=%d, %d shard(s))", len(pending), len(parts), k,
              len(index.shards))
     expected = {os.path.basename(path): count for path, count in pending}
-    local = "file" in (store.fs.protocol if isinstance(store.fs.protocol, tuple) else (store.fs.protocol,))
-    paths = [os.path.abspath(path) if local else path for path, _ in pending]
-    dataset = (ray.data.read_parquet(paths, columns=["key", "embedding"], include_paths=True,
-                                     filesystem=None if local else store.fs)
+    dataset = (store.ray_dataset([path for path, _ in pending], ["key", "embedding"], include_paths=True)
                .map_batches(NeighborSearcher, fn_constructor_args=(index, k), batch_size=batch_size,
                             batch_format="pyarrow", concurrency=concurrency, num_cpus=SEARCHER_CPUS))
     buffers = defaultdict(list)

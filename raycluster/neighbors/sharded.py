@@ -21,7 +21,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from raycluster.data.store import EmbeddingStore
+from raycluster.data.store import EmbeddingStore, embedding_matrix, unit_rows
 from raycluster.io import atomic_write_bytes
 from raycluster.neighbors.index import (IndexSpec, build_index, check_width, deserialize, merge_topk, serialize,
                                         set_search_params, to_device)
@@ -45,27 +45,23 @@ def read_vectors(store: EmbeddingStore, path: str, normalize: bool) -> tuple[lis
     """One part -> (keys, (n, D) float32 vectors), unit-norm if `normalize`."""
     with store.fs.open(path, "rb") as handle:
         table = pq.read_table(handle, columns=["key", "embedding"])
-    column = table.column("embedding").combine_chunks()
-    vectors = column.flatten().to_numpy(zero_copy_only=False).reshape(len(table), column.type.list_size)
-    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
-    if normalize:
-        vectors = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
-    return table.column("key").to_pylist(), vectors
+    vectors = embedding_matrix(table.column("embedding"))
+    return table.column("key").to_pylist(), unit_rows(vectors) if normalize else vectors
 
 
-def sample_vectors(store: EmbeddingStore, parts: list[tuple[str, int]], size: int, normalize: bool,
-                   seed: int = 0) -> np.ndarray:
-    """(min(size, N), D) float32 rows sampled uniformly, reading one part at a time."""
+def sample_rows(store: EmbeddingStore, parts: list[tuple[str, int]], size: int, normalize: bool,
+                seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """min(size, N) rows drawn uniformly, reading one part at a time: (sorted global row ids
+    int64, (n, D) float32 vectors). Global ids number rows in part order, as in `ShardedIndex`."""
     total = sum(count for _, count in parts)
-    rng = np.random.default_rng(seed)
-    chosen = np.sort(rng.choice(total, size=min(size, total), replace=False))
+    chosen = np.sort(np.random.default_rng(seed).choice(total, size=min(size, total), replace=False))
     picked, offset = [], 0
     for path, count in parts:
         local = chosen[(chosen >= offset) & (chosen < offset + count)] - offset
         if len(local):
             picked.append(read_vectors(store, path, normalize)[1][local])
         offset += count
-    return np.concatenate(picked)
+    return chosen.astype(np.int64), np.concatenate(picked)
 
 
 class IndexShard:
@@ -180,7 +176,7 @@ class ShardedIndex:
                              f"least one part (use 1..{len(parts)} shards)")
         total = sum(count for _, count in parts)
         start = time.time()
-        sample = sample_vectors(store, parts, spec.train_size, normalize, seed) if spec.needs_training else \
+        sample = sample_rows(store, parts, spec.train_size, normalize, seed)[1] if spec.needs_training else \
             read_vectors(store, parts[0][0], normalize)[1][:1]
         trained = serialize(build_index(spec, sample.shape[1], total, sample if spec.needs_training else None))
         train_seconds = time.time() - start
@@ -204,9 +200,7 @@ class ShardedIndex:
         ranges go to the shards through the object store; global ids are row numbers."""
         import ray
 
-        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
-        if normalize:
-            vectors = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+        vectors = unit_rows(vectors) if normalize else np.ascontiguousarray(vectors, dtype=np.float32)
         if not 1 <= num_shards <= len(vectors):
             raise ValueError(f"{num_shards} index shards for {len(vectors)} vectors")
         sample = None
@@ -230,9 +224,7 @@ class ShardedIndex:
         check_width(queries, self.dim)
         if k > self.ntotal:
             raise ValueError(f"k={k} is larger than the {self.ntotal} indexed vectors")
-        if self.normalize:
-            queries = queries / np.maximum(np.linalg.norm(queries, axis=1, keepdims=True), 1e-12)
-        queries = np.ascontiguousarray(queries, dtype=np.float32)
+        queries = unit_rows(queries) if self.normalize else np.ascontiguousarray(queries, dtype=np.float32)
         results = ray.get([shard.search.remote(queries, k, with_keys) for shard in self.shards])
         return merge_topk([r[0] for r in results], [r[1] for r in results], k, self.spec.larger_is_closer,
                           [r[2] for r in results] if with_keys else None)

@@ -72,7 +72,9 @@ def write_report(report_dir: str, summary: dict, keys: np.ndarray, vectors: np.n
     plots.sizes_png(os.path.join(assets, "sizes.png"), sizes)
     plots.confidence_png(os.path.join(assets, "confidence.png"), confidence)
 
-    class_names = _class_names(store, labels)
+    # shards named by the store's parts (none for imported embeddings): thumbnails, class names
+    shard_urls = [meta["shard"] for meta in store.part_metadata() if meta.get("shard")] if store is not None else []
+    class_names = _class_names(shard_urls, labels)
     table = None
     if labels is not None:
         labels = np.asarray(labels, dtype=np.int64)
@@ -82,7 +84,7 @@ def write_report(report_dir: str, summary: dict, keys: np.ndarray, vectors: np.n
 
     members = representative_members(vectors, cluster, confidence, n_clusters, options.central, options.uncertain)
     thumbs = {"written": {}, "missing": [], "unreadable": [], "shards_read": 0}
-    if store is not None and any(meta.get("shard") for meta in store.part_metadata()):
+    if shard_urls:
         wanted = np.concatenate([np.concatenate([m["central"], m["uncertain"]]) for m in members.values()])
         thumbs = write_thumbnails(store, dict(zip(keys[wanted], thumbnail_names(wanted))),
                                   os.path.join(temp_dir, "thumbs"), options.thumb_size)
@@ -128,13 +130,9 @@ def report_run(run_dir: str, options: ReportOptions = ReportOptions()) -> dict:
     embedding store the summary names."""
     import pyarrow.parquet as pq
 
-    from raycluster.pipeline import postprocess
+    from raycluster.pipeline import load_run_summary, postprocess
 
-    summary_path = os.path.join(run_dir, "summary.json")
-    if not os.path.exists(summary_path):
-        raise FileNotFoundError(f"{summary_path} not found: run_dir must be a finished jobs/train.py output_dir")
-    with open(summary_path) as handle:
-        summary = json.load(handle)
+    summary = load_run_summary(run_dir)
     store = EmbeddingStore(summary["outputs"]["embeddings"])
     embeddings = store.load()
     assignments = pq.read_table(os.path.join(run_dir, "assignments.parquet")).to_pandas()
@@ -158,14 +156,10 @@ def _thumbs(indices: np.ndarray, keys: np.ndarray, confidence: np.ndarray, writt
             for i in indices if keys[i] in written]
 
 
-def _class_names(store: Optional[EmbeddingStore], labels: Optional[np.ndarray]) -> list[str]:
+def _class_names(shard_urls: list[str], labels: Optional[np.ndarray]) -> list[str]:
     """Class names from the shards' manifest when there is one, else the label ids."""
     count = int(np.max(labels)) + 1 if labels is not None and len(labels) else 0
-    names = {}
-    if store is not None:
-        shard = next((meta["shard"] for meta in store.part_metadata() if meta.get("shard")), None)
-        if shard:
-            names = (read_manifest(os.path.dirname(shard)) or {}).get("classes", {})
+    names = (read_manifest(os.path.dirname(shard_urls[0])) or {}).get("classes", {}) if shard_urls else {}
     return [str(names.get(str(i), i)) for i in range(count)]
 
 

@@ -80,14 +80,14 @@ def train_loop_per_worker(config: dict) -> None:
     model = config["model_factory"](config["model_config"])
     device = ray.train.torch.get_device()
     model.to(device)
-    context = config.get("context")
-    if context:  # dataset-wide arrays a model needs beside its shard (TEMI: all embeddings + k-NN table)
-        model.attach_context(**{name: ray.get(ref) for name, ref in context.items()})
+    shared = config.get("context")
+    if shared:  # dataset-wide arrays a model needs beside its shard (TEMI: all embeddings + k-NN table)
+        model.attach_context(**{name: ray.get(ref) for name, ref in shared.items()})
 
     rows = list(ray.train.get_dataset_shard("train").iter_batches(batch_size=65536, batch_format="numpy"))
     features = torch.from_numpy(np.concatenate([r["features"] for r in rows])).float().to(device)
     labels = np.concatenate([r["label"] for r in rows])
-    row_ids = torch.from_numpy(np.concatenate([r["index"] for r in rows])) if context else None
+    row_ids = torch.from_numpy(np.concatenate([r["index"] for r in rows])) if shared else None
     total = torch.tensor([len(features)])
     if dist.is_initialized():
         dist.all_reduce(total)
