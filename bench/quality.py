@@ -11,6 +11,7 @@ Datasets (real data from ../shared/data, or $RAYCLUSTER_SHARED_DATA; digits ship
   tinyimagenet-effnet-lite0  Tiny-ImageNet val photos -> shards -> pretrained EfficientNet-Lite0
                              features (cached in --cache-dir between runs); first 20 classes by default
 A dataset whose files are absent is reported as skipped, with the reason, never silently.
+Methods that read images (diec) run on the datasets listed in IMAGE_METHODS only.
 Rows (--json): {"bench", "dataset", "method", "seed", "acc", "nmi", "ari", "fit_seconds", ...}.
 """
 from __future__ import annotations
@@ -29,9 +30,12 @@ from raycluster.pipeline import build_method, ensure_embeddings, postprocess
 from raycluster.ray_utils import ensure_ray
 from common import SHARED, append_json_rows
 
-METHODS = ["kmeans", "temi", "cludi", "cludi_paper"]
+METHODS = ["kmeans", "temi", "cludi", "cludi_paper", "diec"]
 # Recipes too slow for a CPU: skipped (and said so) unless a GPU is present.
 GPU_ONLY = {"cludi_paper": "paper recipe (8 x 25 teacher chain, 200 epochs, 64 x 50 inference): hours on CPU"}
+# Methods that read images, not embeddings: the datasets they apply to and the experiment config
+# they run with (the same one `python jobs/train.py experiment=...` runs).
+IMAGE_METHODS = {"diec": {"mnist-test": "experiment=diec_mnist"}}
 
 
 class Skip(Exception):
@@ -73,19 +77,30 @@ def load_dataset(name: str, args):
 DATASETS = ["imagenet50-dino-vits16", "digits", "mnist-test", "tinyimagenet-effnet-lite0"]
 
 
-def run_method(method: str, vectors: np.ndarray, labels: np.ndarray, k: int, seed: int, args) -> dict:
-    import tempfile
+def run_method(method: str, dataset: str, vectors: np.ndarray, labels: np.ndarray, k: int, seed: int, args) -> list:
+    """Fit from scratch in `<output-root>/<dataset>/<method>/seed<N>` (emptied first, kept after:
+    DiEC leaves its heatmaps and UNet there). Returns [(method name, metrics)]: one row, plus
+    `diec_init_kmeans` (k-means on the COL/COT embeddings) for DiEC."""
+    import shutil
 
-    with tempfile.TemporaryDirectory(prefix="quality_") as output_dir:
-        cfg = compose([f"method={method}", f"seed={seed}", f"data.num_clusters={k}", f"output_dir={output_dir}",
-                       *args.method_overrides])
-        ensure_ray(None, None)
-        model = build_method(cfg.method)
-        start = time.time()
-        model.fit(vectors, labels)  # labels feed logged per-epoch metrics only
-        fit_seconds = time.time() - start
-        cluster, _ = model.predict(vectors)
-    return {**supervised_metrics(labels, cluster), "fit_seconds": round(fit_seconds, 3)}
+    output_dir = os.path.join(args.output_root, dataset, method, f"seed{seed}")
+    shutil.rmtree(output_dir, ignore_errors=True)
+    experiment = IMAGE_METHODS.get(method, {}).get(dataset)
+    cfg = compose([experiment or f"method={method}", f"seed={seed}", f"data.num_clusters={k}",
+                   f"output_dir={output_dir}", *args.method_overrides])
+    ensure_ray(None, None)
+    model = build_method(cfg.method)
+    start = time.time()
+    model.fit(vectors, labels)  # labels feed logged per-epoch metrics only
+    fit_seconds = time.time() - start
+    cluster, _ = model.predict(vectors)
+    rows = [(method, {**supervised_metrics(labels, cluster), "fit_seconds": round(fit_seconds, 3)})]
+    stages = getattr(model, "stages", {})
+    if stages:
+        print(f"  {method} stages: {stages}", flush=True)
+    if stages.get("init_kmeans"):
+        rows.append((f"{method}_init_kmeans", {**stages["init_kmeans"], "fit_seconds": round(fit_seconds, 3)}))
+    return rows
 
 
 def main(argv=None):
@@ -97,6 +112,7 @@ def main(argv=None):
     parser.add_argument("--cache-dir", default="outputs/cache", help="shards and embeddings, reused across runs")
     parser.add_argument("--method-overrides", nargs="*", default=[], help="extra Hydra overrides, e.g. method.n_init=1")
     parser.add_argument("--json", default=None, help="append one row per (dataset, method, seed) as JSON lines")
+    parser.add_argument("--output-root", default="outputs/bench/quality", help="per-run folders (emptied per run)")
     args = parser.parse_args(argv)
 
     rows, skipped = [], {}
@@ -120,17 +136,23 @@ def main(argv=None):
             f"{dataset}-{args.tiny_classes}cls"
         print(f"{label}: {vectors.shape[0]} x {vectors.shape[1]}, K={k}; features: {note}", flush=True)
         for method in methods:
+            if method in IMAGE_METHODS and dataset not in IMAGE_METHODS[method]:
+                continue   # reads images of one shape: not applicable to this dataset
             for seed in range(args.seeds):
-                result = run_method(method, vectors, labels, k, seed, args)
-                row = {"bench": "quality", "dataset": label, "method": method, "seed": seed, "n": int(len(labels)),
-                       "k": k, **{key: round(value, 4) if key != "fit_seconds" else value for key, value in result.items()}}
-                rows.append(row)
-                print(f"  {method} seed {seed}: ACC {row['acc']:.4f} NMI {row['nmi']:.4f} ARI {row['ari']:.4f} "
-                      f"fit {row['fit_seconds']:.2f}s", flush=True)
+                for name, result in run_method(method, dataset, vectors, labels, k, seed, args):
+                    row = {"bench": "quality", "dataset": label, "method": name, "seed": seed, "n": int(len(labels)),
+                           "k": k, **{key: round(value, 4) if key != "fit_seconds" else value
+                                      for key, value in result.items()}}
+                    rows.append(row)
+                    print(f"  {name} seed {seed}: ACC {row['acc']:.4f} NMI {row['nmi']:.4f} ARI {row['ari']:.4f} "
+                          f"fit {row['fit_seconds']:.2f}s", flush=True)
     print_table(rows)
     for name, reason in skipped.items():
         print(f"skipped {name}: {reason}")
     print("cludi rows: the CPU recipe (configs/method/cludi.yaml); cludi_paper: the public code's recipe")
+    print("diec rows: configs/experiment/diec_mnist.yaml (UNet pretrained on the same images, COL/COT searched "
+          "without labels, DEC fine-tune), fit = that whole pipeline; diec_init_kmeans: k-means on the COL/COT "
+          "embeddings before the fine-tune")
     append_json_rows(args.json, rows)
     return rows
 

@@ -109,7 +109,8 @@ def run_train(cfg: RunConfig) -> dict:
         "k": result["method"].n_clusters, "shards": shards["shards"], "shards_built": shards["built"],
         "shards_embedded_now": extraction.shards_written, "shards_reused": extraction.shards_skipped,
         "corrupt_skipped": corrupt_total, "extract_seconds": round(extraction.seconds, 2),
-        "metrics": result["metrics"], "total_seconds": round(time.time() - start, 2),
+        "metrics": result["metrics"], "method_stages": getattr(result["method"], "stages", {}),
+        "total_seconds": round(time.time() - start, 2),
         "outputs": {"assignments": assignments, "embeddings": cfg.embeddings_path,
                     "method": os.path.join(cfg.output_dir, "method.pkl"),
                     "summary": os.path.join(cfg.output_dir, "summary.json")},
@@ -159,5 +160,7 @@ def format_summary(summary: dict) -> str:
     report = f"  report {summary['report_seconds']}s" if "report_seconds" in summary else ""
     lines.append(f"  time: extract {summary['extract_seconds']}s  fit {metrics['fit_seconds']:.2f}s{report}  "
                  f"total {summary['total_seconds']}s")
+    for name, value in summary.get("method_stages", {}).items():   # e.g. DiEC: pretrain, search, fine-tune
+        lines.append(f"  {summary['method']} {name}: {round(value, 2) if isinstance(value, float) else value}")
     lines += [f"  {name}: {path}" for name, path in summary["outputs"].items()]
     return "\n".join(lines)

@@ -48,9 +48,11 @@ def train_epochs(model, features: torch.Tensor, optim: OptimConfig, optimizer: t
     Each epoch: a fresh permutation, `steps_per_epoch` batches (the same count on every worker,
     so gradient all-reduces pair up), warm-up + cosine lr per step, clip, step, teacher update.
     `on_epoch_end(epoch, terms, teacher_clusters, indices)` gets mean loss terms and the teacher's
-    first-draw clusters of the points seen (for label-free and, when possible, labelled metrics).
-    `row_ids` (N,) int64: the dataset-wide ids of this worker's rows, passed to
-    `training_step(batch, row_ids)` for models that look up other rows (TEMI's neighbours).
+    first-draw clusters of the points seen (for label-free and, when possible, labelled metrics;
+    None for models without clusters, e.g. a denoiser being pretrained).
+    `model.refresh_targets(features, epoch)`, when the model has it, runs at each epoch start.
+    `row_ids` (N,) int64: ids of this worker's rows, passed to `training_step(batch, row_ids)`
+    for models that look rows up (TEMI's neighbours: dataset-wide ids; DEC targets: positions).
     """
     per_worker = min(len(features), max(1, optim.batch_size // (torch.distributed.get_world_size()
                                                                 if torch.distributed.is_initialized() else 1)))
@@ -59,6 +61,8 @@ def train_epochs(model, features: torch.Tensor, optim: OptimConfig, optimizer: t
     for epoch in range(start_epoch, optim.epochs):
         generator.manual_seed(seed * 100_003 + epoch)  # a resumed epoch sees the same order
         order = torch.randperm(len(features), generator=generator)
+        if hasattr(model, "refresh_targets"):   # self-training targets (DEC) fixed for the epoch
+            model.refresh_targets(features, epoch)
         sums, clusters, seen, start = {}, [], [], time.time()
         for step in range(steps_per_epoch):
             indices = order[(step * per_worker) % len(features):][:per_worker]
@@ -76,11 +80,13 @@ def train_epochs(model, features: torch.Tensor, optim: OptimConfig, optimizer: t
             optimizer.step()
             if hasattr(model, "update_teacher"):
                 model.update_teacher()
-            clusters.append(terms.pop("teacher_clusters").cpu())
-            seen.append(indices)
+            if "teacher_clusters" in terms:   # models that cluster; a plain denoiser has none
+                clusters.append(terms.pop("teacher_clusters").cpu())
+                seen.append(indices)
             for key, value in terms.items():
                 sums[key] = sums.get(key, 0.0) + value
         means = {key: value / steps_per_epoch for key, value in sums.items()}
         means.update(lr=lr, epoch_seconds=time.time() - start)
         if on_epoch_end is not None:
-            on_epoch_end(epoch, means, torch.cat(clusters).numpy(), torch.cat(seen).numpy())
+            on_epoch_end(epoch, means, torch.cat(clusters).numpy() if clusters else None,
+                         torch.cat(seen).numpy() if seen else None)

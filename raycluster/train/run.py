@@ -74,6 +74,8 @@ def train_loop_per_worker(config: dict) -> None:
 
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
+    if config.get("torch_threads"):   # Ray sets OMP threads to floor(CPUs); 1.5 CPUs should mean 2
+        torch.set_num_threads(int(config["torch_threads"]))
     optim = OptimConfig(**config["optim"])
     torch.manual_seed(config["seed"])          # identical initial weights on every worker
     np.random.seed(config["seed"] * 1000 + rank)
@@ -87,7 +89,12 @@ def train_loop_per_worker(config: dict) -> None:
     rows = list(ray.train.get_dataset_shard("train").iter_batches(batch_size=65536, batch_format="numpy"))
     features = torch.from_numpy(np.concatenate([r["features"] for r in rows])).float().to(device)
     labels = np.concatenate([r["label"] for r in rows])
-    row_ids = torch.from_numpy(np.concatenate([r["index"] for r in rows])) if shared else None
+    if shared:      # dataset-wide ids, to look rows up in the shared context
+        row_ids = torch.from_numpy(np.concatenate([r["index"] for r in rows]))
+    elif hasattr(model, "refresh_targets"):   # per-row targets of this worker's rows
+        row_ids = torch.arange(len(features))
+    else:
+        row_ids = None
     total = torch.tensor([len(features)])
     if dist.is_initialized():
         dist.all_reduce(total)
@@ -107,9 +114,9 @@ def train_loop_per_worker(config: dict) -> None:
 
     def on_epoch_end(epoch, terms, teacher_clusters, seen):
         metrics = _all_reduce_mean(terms)
-        metrics["train/size_entropy"] = size_entropy(teacher_clusters, model.config.n_clusters)
-        known = labels[seen] >= 0
-        if known.all():
+        if teacher_clusters is not None:
+            metrics["train/size_entropy"] = size_entropy(teacher_clusters, model.config.n_clusters)
+        if teacher_clusters is not None and (labels[seen] >= 0).all():
             scores = supervised_metrics(labels[seen], teacher_clusters)
             metrics.update({"train/teacher_acc": scores["acc"], "train/teacher_nmi": scores["nmi"]})
         metrics = {("train/" + k if "/" not in k else k): v for k, v in metrics.items()}
@@ -151,7 +158,7 @@ def fit_with_ray_train(model_factory: Callable, model_config: dict, vectors: np.
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"model_factory": model_factory, "model_config": model_config, "optim": asdict(optim),
-                           "seed": seed, "context": {name: ray.put(value) for name, value in (context or {}).items()}},
+                           "seed": seed, "torch_threads": max(1, math.ceil(resources.cpus_per_worker)), "context": {name: ray.put(value) for name, value in (context or {}).items()}},
         scaling_config=ray.train.ScalingConfig(num_workers=resources.num_workers, use_gpu=use_gpu,
                                                resources_per_worker=worker_resources),
         run_config=ray.train.RunConfig(name=run_name, storage_path=os.path.abspath(storage_path),

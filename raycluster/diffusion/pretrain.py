@@ -1,0 +1,45 @@
+"""Pretrain a diffusion UNet on the user's own images with Ray Train (for data that has no
+pretrained diffusion model): DDPM denoising loss, data-parallel workers, a checkpoint every
+epoch (rerun resumes), EMA weights; the EMA UNet + scheduler are saved in diffusers format."""
+from __future__ import annotations
+
+import logging
+import time
+from typing import Optional, Sequence
+
+import numpy as np
+
+from raycluster.config import TrainConfig
+from raycluster.train.loop import OptimConfig
+
+log = logging.getLogger(__name__)
+
+
+def pretrain_unet(pixels: np.ndarray, image_shape: Sequence[int], output_dir: str, unet: Optional[dict] = None,
+                  optim: Optional[dict] = None, train: Optional[TrainConfig] = None, use_gpu: bool = False,
+                  storage_path: str = "outputs/pretrain", run_name: str = "pretrain_diffusion", seed: int = 0,
+                  ema_decay: float = 0.999, labels: Optional[np.ndarray] = None) -> dict:
+    """pixels: (N, C*H*W) float32 in [0, 1]. Trains, saves `output_dir/{unet,scheduler}` and
+    returns {"seconds", "final_loss", "epochs"}. unet: UNet2DModel config (default SMALL_UNET)."""
+    from raycluster.diffusion.objective import build_denoiser
+    from raycluster.diffusion.unet import SMALL_UNET, save_unet
+    from raycluster.train.run import fit_with_ray_train
+
+    channels, height, width = image_shape
+    if pixels.ndim != 2 or pixels.shape[1] != channels * height * width:
+        raise ValueError(f"pretrain: rows of width {pixels.shape[1:]} do not match image_shape {list(image_shape)}")
+    config = {"unet": {**SMALL_UNET, "in_channels": channels, "out_channels": channels, **dict(unet or {})},
+              "image_shape": list(image_shape), "ema_decay": ema_decay}
+    start = time.time()
+    optim = OptimConfig(**{"lr": 1e-3, "min_lr": 1e-5, "weight_decay": 0.0, "betas": (0.9, 0.999), "grad_clip": 1.0,
+                           "batch_size": 128, "epochs": 10, **dict(optim or {})})
+    state = fit_with_ray_train(build_denoiser, config, pixels, optim, train or TrainConfig(), use_gpu, storage_path,
+                               run_name, seed)
+    model = build_denoiser(state["model_config"])
+    model.load_state_dict(state["model"])
+    save_unet(model.ema.module, model.scheduler, output_dir)
+    summary = {"seconds": time.time() - start, "final_loss": state["metrics"].get("train/loss"),
+               "epochs": state["epoch"] + 1, "output": output_dir}
+    log.warning("pretrained UNet saved to %s (%d epochs, loss %.4f, %.0f s)", output_dir, summary["epochs"],
+                summary["final_loss"] or float("nan"), summary["seconds"])
+    return summary

@@ -1,0 +1,83 @@
+"""Build, load and save diffusers `UNet2DModel` + `DDPMScheduler`; map stored pixels to model input.
+
+One way to get a UNet: `load_unet(source)` where `source` is
+- a dict: the model's config (`UNet2DModel(**config)`), random init (tests, pretraining), or
+- a string: a diffusers folder written by `save_pretrained` (ours: `jobs/pretrain_diffusion.py`)
+  or a hub name (`google/ddpm-cifar10-32`), loaded with `from_pretrained` (optionally `subfolder`).
+No weights are downloaded in tests or on machines without network: a hub name then fails
+with the library's own error, which names the repository.
+
+Images reach the UNet as (B, C, S, S) float in [-1, 1]: the stored pixel embeddings (B, C*H*W)
+in [0, 1] are reshaped, scaled and padded with the background value (-1) to `sample_size`
+(28 -> 32 for MNIST, so three 2x down-samplings divide it).
+"""
+from __future__ import annotations
+
+from typing import Optional, Sequence, Union
+
+import torch
+
+# A small UNet for 28-32 px grayscale images; the defaults of `configs/diffusion/*.yaml`.
+SMALL_UNET = dict(sample_size=32, in_channels=1, out_channels=1, layers_per_block=1,
+                  block_out_channels=(32, 64, 64), norm_num_groups=8,
+                  down_block_types=("DownBlock2D", "DownBlock2D", "AttnDownBlock2D"),
+                  up_block_types=("AttnUpBlock2D", "UpBlock2D", "UpBlock2D"))
+
+
+def load_unet(source: Union[dict, str], subfolder: Optional[str] = None):
+    """A `UNet2DModel` from a config dict (random init) or a folder / hub name (pretrained).
+    A local folder written by `save_unet` holds the UNet in `unet/`; that is found by itself."""
+    import os
+
+    from diffusers import UNet2DModel
+
+    if not isinstance(source, str):
+        config = {k: tuple(v) if isinstance(v, list) else v for k, v in dict(source).items()}
+        return UNet2DModel(**config)
+    if subfolder is None and os.path.isdir(os.path.join(source, "unet")):
+        subfolder = "unet"
+    # low_cpu_mem_usage=False: the default needs `accelerate`, which a small UNet does not
+    return UNet2DModel.from_pretrained(source, subfolder=subfolder, low_cpu_mem_usage=False)
+
+
+def build_scheduler(num_train_timesteps: int = 1000, beta_schedule: str = "linear", source: Optional[str] = None):
+    """The DDPM noise schedule: a pretrained source's own (`scheduler/` or its root) when it
+    has one, else built from the arguments."""
+    from diffusers import DDPMScheduler
+
+    for subfolder in ("scheduler", None) if isinstance(source, str) else ():
+        try:
+            return DDPMScheduler.from_pretrained(source, subfolder=subfolder)
+        except (OSError, ValueError, EnvironmentError):
+            continue   # a bare UNet folder has no scheduler config: use the configured one
+    return DDPMScheduler(num_train_timesteps=num_train_timesteps, beta_schedule=beta_schedule)
+
+
+def save_unet(unet, scheduler, directory: str) -> None:
+    """`directory/unet` + `directory/scheduler` in diffusers format, written under a temp name
+    and renamed into place so a reader never sees a half-written model."""
+    import os
+    import shutil
+    import tempfile
+
+    parent = os.path.dirname(os.path.abspath(directory))
+    os.makedirs(parent, exist_ok=True)
+    staging = tempfile.mkdtemp(prefix=".unet-", dir=parent)
+    unet.save_pretrained(os.path.join(staging, "unet"))
+    scheduler.save_pretrained(os.path.join(staging, "scheduler"))
+    if os.path.exists(directory):
+        shutil.rmtree(directory)
+    os.replace(staging, directory)
+
+
+def to_model_input(pixels: torch.Tensor, image_shape: Sequence[int], sample_size: int) -> torch.Tensor:
+    """(B, C*H*W) or (B, C, H, W) float in [0, 1] -> (B, C, S, S) float in [-1, 1], centred and
+    padded with -1 (the background after scaling) up to S = sample_size."""
+    channels, height, width = image_shape
+    images = pixels.reshape(len(pixels), channels, height, width).float() * 2 - 1
+    if (height, width) == (sample_size, sample_size):
+        return images
+    if height > sample_size or width > sample_size:
+        raise ValueError(f"images of {height}x{width} do not fit the UNet's sample_size {sample_size}")
+    top, left = (sample_size - height) // 2, (sample_size - width) // 2
+    return torch.nn.functional.pad(images, (left, sample_size - width - left, top, sample_size - height - top), value=-1.0)

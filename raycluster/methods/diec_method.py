@@ -1,0 +1,143 @@
+"""`method=diec`: DiEC behind the shared method interface; its three stages, each resumable.
+
+fit(pixels) on pixel rows (N, C*H*W) in [0, 1] (`backbone=pixels`):
+1. UNet: `unet` (a diffusers folder or hub name) is used as given; `unet: null` pretrains one
+   on these images with Ray Train (`raycluster.diffusion.pretrain`, the same code as
+   `jobs/pretrain_diffusion.py`) into `<work_dir>/pretrained` (reused when it exists).
+2. COL/COT: `layer`/`timestep` as given, or (null) the Ray Tune search of
+   `raycluster.tune.layer_timestep` over `search.layers x search.timesteps`, writing
+   `<work_dir>/search/` (search.json, heatmaps; reused when search.json exists).
+3. DEC fine-tune at (COL, COT) with Ray Train (`raycluster.methods.diec`), centres from k-means
+   on the COL/COT embeddings; checkpoints per epoch under `<work_dir>/train`, resume by rerun.
+`stages` records each stage's seconds and, for the bench, k-means on the COL/COT embeddings.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from typing import Optional
+
+import numpy as np
+
+from raycluster.config import TrainConfig
+from raycluster.methods.base import TorchMethod
+from raycluster.train.loop import OptimConfig
+
+log = logging.getLogger(__name__)
+
+
+class DiEC(TorchMethod):
+    name = "diec"
+    model_factory = "raycluster.methods.diec.build_diec"
+
+    def __init__(self, n_clusters: int, image_shape=(1, 28, 28), unet=None, pretrain: Optional[dict] = None,
+                 layer: Optional[str] = None, timestep: Optional[int] = None, search: Optional[dict] = None,
+                 model: Optional[dict] = None, optim: Optional[dict] = None, train: Optional[dict] = None,
+                 use_gpu: bool = False, seed: int = 0, work_dir: str = "outputs/diec", max_failures: int = 0):
+        super().__init__(n_clusters)
+        self.image_shape = tuple(image_shape)
+        self.unet = unet
+        self.pretrain = dict(pretrain or {})
+        self.layer, self.timestep = layer, timestep
+        self.search = dict(search or {})
+        self.model_overrides = dict(model or {})
+        self.optim = OptimConfig(**(optim or {}))
+        self.train = TrainConfig(**(train or {}))
+        self.use_gpu, self.seed, self.work_dir, self.max_failures = use_gpu, seed, work_dir, max_failures
+        self.stages: dict = {}
+        self.model = None
+
+    # -- stage 1 -------------------------------------------------------------------------
+    def pretrained_unet(self, pixels: np.ndarray, labels=None) -> str:
+        from raycluster.diffusion.pretrain import pretrain_unet
+
+        if self.unet is not None:
+            return self.unet
+        directory = os.path.join(self.work_dir, "pretrained")
+        if os.path.exists(os.path.join(directory, "unet", "config.json")):
+            log.warning("DiEC: reusing the pretrained UNet in %s", directory)
+            return directory
+        start = time.time()
+        pretrain_unet(pixels, self.image_shape, directory, unet=self.pretrain.get("unet", {}),
+                      optim=self.pretrain.get("optim", {}), train=self.train, use_gpu=self.use_gpu,
+                      storage_path=os.path.join(self.work_dir, "pretrain"), seed=self.seed,
+                      ema_decay=self.pretrain.get("ema_decay", 0.999))
+        self.stages["pretrain_seconds"] = time.time() - start
+        return directory
+
+    # -- stage 2 -------------------------------------------------------------------------
+    def layer_and_timestep(self, pixels: np.ndarray, unet: str, labels=None) -> tuple[str, int]:
+        from raycluster.tune.layer_timestep import search_layer_timestep
+
+        if self.layer is not None and self.timestep is not None:
+            return self.layer, int(self.timestep)
+        directory = os.path.join(self.work_dir, "search")
+        saved = os.path.join(directory, "search.json")
+        if os.path.exists(saved):
+            with open(saved) as handle:
+                found = json.load(handle)
+            log.warning("DiEC: reusing the COL/COT search in %s", saved)
+        else:
+            start = time.time()
+            result = search_layer_timestep(pixels, unet, self.image_shape, self.search.get("layers", ["mid"]),
+                                           self.search.get("timesteps", [100]), self.n_clusters, directory,
+                                           labels=labels, subset=self.search.get("subset", 2000),
+                                           draws=self.search.get("draws", 2), seed=self.seed,
+                                           pool=self.model_overrides.get("pool", 1),
+                                           cpus_per_trial=self.search.get("cpus_per_trial", 1.0),
+                                           max_concurrent=self.search.get("max_concurrent", 2))
+            found = {"layer": result.layer, "timestep": result.timestep, "best_by_acc": result.best_by_acc,
+                     "heatmaps": result.heatmaps}
+            self.stages["search_seconds"] = time.time() - start
+        self.stages["search"] = {k: found[k] for k in ("layer", "timestep", "best_by_acc", "heatmaps")}
+        log.warning("DiEC: COL %s, COT %d (label-free choice)", found["layer"], found["timestep"])
+        return found["layer"], int(found["timestep"])
+
+    # -- stage 3 -------------------------------------------------------------------------
+    def model_config(self, unet: str, layer: str, timestep: int, pixels: np.ndarray, labels=None) -> dict:
+        """The fine-tune model's config: centres by k-means on the COL/COT embeddings of all rows."""
+        import torch
+
+        from raycluster.methods.diec import DiECConfig, build_diec
+        from raycluster.methods.kmeans import KMeans
+        from raycluster.metrics import supervised_metrics
+
+        config = {**self.model_overrides, "n_clusters": self.n_clusters, "unet": unet, "image_shape": self.image_shape,
+                  "layer": layer, "timestep": timestep}
+        probe = build_diec({**config, "centers": np.zeros((self.n_clusters, 1)).tolist()})
+        with torch.no_grad():
+            probe.unet.eval()
+            generator = torch.Generator().manual_seed(self.seed)
+            size = DiECConfig.predict_batch_size
+            embeddings = torch.cat([probe.embed(probe.images(torch.from_numpy(pixels[i:i + size])),
+                                                config.get("eval_draws", DiECConfig.eval_draws), generator)
+                                    for i in range(0, len(pixels), size)]).numpy()
+        scale = float(np.sqrt((embeddings.std(0) ** 2).mean()) + 1e-8)
+        kmeans = KMeans(self.n_clusters, seed=self.seed).fit(embeddings / scale)
+        clusters, _ = kmeans.predict(embeddings / scale)
+        self.stages["init_kmeans"] = (supervised_metrics(labels, clusters) if labels is not None and (labels >= 0).all()
+                                      else {})
+        return {**config, "embedding_scale": scale, "centers": kmeans.centroids.tolist()}
+
+    def fit(self, vectors: np.ndarray, labels: Optional[np.ndarray] = None) -> "DiEC":
+        from raycluster.methods.diec import build_diec
+        from raycluster.train.run import fit_with_ray_train
+
+        pixels = self.check_input(vectors)
+        expected = int(np.prod(self.image_shape))
+        if pixels.shape[1] != expected:
+            raise ValueError(f"diec: rows have width {pixels.shape[1]}, image_shape {list(self.image_shape)} needs "
+                             f"{expected} (DiEC reads pixels: backbone=pixels)")
+        unet = self.pretrained_unet(pixels, labels)
+        layer, timestep = self.layer_and_timestep(pixels, unet, labels)
+        config = self.model_config(unet, layer, timestep, pixels, labels)
+        start = time.time()
+        state = fit_with_ray_train(build_diec, config, pixels, self.optim, self.train, self.use_gpu,
+                                   os.path.join(self.work_dir, "train"), "diec", self.seed, labels, self.max_failures)
+        self.stages["finetune_seconds"] = time.time() - start
+        return self._restore(state)
+
+    def predict(self, vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return self._predict_with_model(vectors)

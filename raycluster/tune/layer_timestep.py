@@ -1,0 +1,156 @@
+"""DiEC's label-free search of the Clustering-optimal Layer and Timestep (COL, COT) with Ray Tune.
+
+Each trial is one (layer, timestep): noise-averaged pooled UNet activations of a fixed random
+subset (`raycluster.features.unet.unet_features`), standardised per dimension, k-means with K
+clusters, scored by the Calinski-Harabasz index (between- over within-cluster dispersion; the
+paper's OTS criterion). Labels, when given, only add `acc` to the trial's report for the
+second heatmap; the choice is the arg-max of `chi`.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from typing import Optional, Sequence
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+
+def clusterability(embeddings: np.ndarray, n_clusters: int, seed: int = 0) -> tuple[float, np.ndarray]:
+    """(N, D) float -> (Calinski-Harabasz index of k-means on standardised embeddings, (N,) clusters)."""
+    from sklearn.cluster import KMeans
+    from sklearn.metrics import calinski_harabasz_score
+
+    standardised = (embeddings - embeddings.mean(0)) / (embeddings.std(0) + 1e-6)
+    clusters = KMeans(n_clusters, n_init=3, random_state=seed).fit_predict(standardised)
+    return float(calinski_harabasz_score(standardised, clusters)), clusters
+
+
+def score_layer_timestep(config: dict, pixels: np.ndarray, labels: Optional[np.ndarray] = None) -> dict:
+    """One trial: config has unet, image_shape, layer, timestep, draws, n_clusters, seed, threads.
+    pixels: (n, C*H*W) float32 in [0, 1]. Returns {"chi", "acc" (nan without labels)}."""
+    import torch
+
+    from raycluster.diffusion.unet import build_scheduler, load_unet, to_model_input
+    from raycluster.features.unet import unet_features
+    from raycluster.metrics import supervised_metrics
+
+    torch.set_num_threads(int(config.get("threads", 1)))
+    unet = load_unet(config["unet"]).eval()
+    scheduler = build_scheduler(source=config["unet"] if isinstance(config["unet"], str) else None)
+    generator = torch.Generator().manual_seed(int(config["seed"]))
+    images = to_model_input(torch.from_numpy(pixels), config["image_shape"], unet.config.sample_size)
+    with torch.no_grad():
+        embeddings = torch.cat([unet_features(unet, scheduler, images[i:i + 500], [config["layer"]],
+                                              int(config["timestep"]), int(config["draws"]), generator,
+                                              int(config.get("pool", 1)))[config["layer"]]
+                                for i in range(0, len(images), 500)]).numpy()
+    chi, clusters = clusterability(embeddings, int(config["n_clusters"]), int(config["seed"]))
+    acc = supervised_metrics(labels, clusters)["acc"] if labels is not None and (labels >= 0).all() else float("nan")
+    return {"chi": chi, "acc": acc, "dim": embeddings.shape[1]}
+
+
+def _trial(config: dict, pixels=None, labels=None) -> None:
+    import ray.tune
+
+    ray.tune.report(score_layer_timestep(config, pixels, labels))
+
+
+@dataclass
+class SearchResult:
+    layer: str
+    timestep: int
+    rows: list          # one dict per trial: layer, timestep, chi, acc
+    heatmaps: list      # PNG paths
+
+    @property
+    def best_by_acc(self) -> Optional[dict]:
+        scored = [r for r in self.rows if not np.isnan(r["acc"])]
+        return max(scored, key=lambda r: r["acc"]) if scored else None
+
+
+def search_layer_timestep(pixels: np.ndarray, unet, image_shape: Sequence[int], layers: Sequence[str],
+                          timesteps: Sequence[int], n_clusters: int, output_dir: str,
+                          labels: Optional[np.ndarray] = None, subset: int = 2000, draws: int = 2,
+                          seed: int = 0, pool: int = 1, cpus_per_trial: float = 1.0,
+                          max_concurrent: int = 2) -> SearchResult:
+    """Grid (layers x timesteps) as Ray Tune trials on a random `subset` of the rows; writes
+    `search.json` + heatmaps under `output_dir` and returns the arg-max of the CH index.
+    unet: a diffusers folder / hub name, or a config dict (random init: tests only)."""
+    import json
+
+    import ray.tune
+
+    from raycluster.io import atomic_write_bytes
+
+    rows_subset = np.random.default_rng(seed).permutation(len(pixels))[:subset]
+    trainable = ray.tune.with_resources(
+        ray.tune.with_parameters(_trial, pixels=np.ascontiguousarray(pixels[rows_subset], np.float32),
+                                 labels=None if labels is None else np.asarray(labels)[rows_subset]),
+        {"cpu": cpus_per_trial})
+    param_space = {"layer": ray.tune.grid_search(list(layers)), "timestep": ray.tune.grid_search(list(timesteps)),
+                   "unet": unet, "image_shape": list(image_shape), "draws": draws, "n_clusters": n_clusters,
+                   "seed": seed, "pool": pool, "threads": max(1, int(cpus_per_trial))}
+    tuner = ray.tune.Tuner(trainable, param_space=param_space,
+                           tune_config=ray.tune.TuneConfig(metric="chi", mode="max", max_concurrent_trials=max_concurrent),
+                           run_config=ray.tune.RunConfig(name="layer_timestep", storage_path=os.path.abspath(output_dir),
+                                                         verbose=1))
+    results = tuner.fit()
+    errors = [r.error for r in results if r.error]
+    if errors:
+        raise RuntimeError(f"{len(errors)} search trials failed; first: {errors[0]}")
+    rows = [{"layer": r.config["layer"], "timestep": int(r.config["timestep"]), "chi": float(r.metrics["chi"]),
+             "acc": float(r.metrics["acc"]), "dim": int(r.metrics["dim"])} for r in results]
+    best = max(rows, key=lambda r: r["chi"])
+    heatmaps = plot_heatmaps(rows, list(layers), list(timesteps), output_dir)
+    result = SearchResult(best["layer"], best["timestep"], rows, heatmaps)
+    atomic_write_bytes(os.path.join(output_dir, "search.json"), json.dumps(
+        {"layer": result.layer, "timestep": result.timestep, "criterion": "calinski_harabasz", "subset": len(rows_subset),
+         "draws": draws, "rows": rows, "best_by_acc": result.best_by_acc, "heatmaps": heatmaps}, indent=1).encode())
+    return result
+
+
+def plot_heatmaps(rows: list, layers: list, timesteps: list, output_dir: str) -> list:
+    """`heatmap_chi.png` (the criterion) and, when labels were given, `heatmap_acc.png`;
+    the label-free choice is boxed on both so their agreement is visible."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from raycluster.io import atomic_write_bytes
+
+    best = max(rows, key=lambda r: r["chi"])
+    paths = []
+    for metric, title in (("chi", "Calinski-Harabasz index (label-free criterion)"), ("acc", "ACC (labels; not used)")):
+        grid = np.full((len(layers), len(timesteps)), np.nan)
+        for row in rows:
+            grid[layers.index(row["layer"]), timesteps.index(row["timestep"])] = row[metric]
+        if np.isnan(grid).all():
+            continue
+        figure, axis = plt.subplots(figsize=(1.0 + 0.9 * len(timesteps), 1.0 + 0.5 * len(layers)))
+        image = axis.imshow(grid, cmap="viridis", aspect="auto")
+        for i in range(len(layers)):
+            for j in range(len(timesteps)):
+                axis.text(j, i, f"{grid[i, j]:.3g}" if metric == "acc" else f"{grid[i, j]:.0f}",
+                          ha="center", va="center", fontsize=7, color="white")
+        axis.add_patch(plt.Rectangle((timesteps.index(best["timestep"]) - 0.5, layers.index(best["layer"]) - 0.5),
+                                     1, 1, fill=False, edgecolor="red", linewidth=2))
+        axis.set_xticks(range(len(timesteps)), [str(t) for t in timesteps])
+        axis.set_yticks(range(len(layers)), layers)
+        axis.set_xlabel("timestep")
+        axis.set_ylabel("UNet block")
+        axis.set_title(title, fontsize=9)
+        figure.colorbar(image, ax=axis)
+        figure.tight_layout()
+        path = os.path.join(output_dir, f"heatmap_{metric}.png")
+        import io
+
+        buffer = io.BytesIO()
+        figure.savefig(buffer, format="png", dpi=110)
+        plt.close(figure)
+        atomic_write_bytes(path, buffer.getvalue())
+        paths.append(path)
+    return paths

@@ -1,0 +1,93 @@
+"""raycluster.methods.diec (pure torch), the DiEC method's stages and its Ray Train fine-tune."""
+import numpy as np
+import pytest
+import torch
+
+from raycluster.methods.diec import build_diec, dec_kl, student_t_assignments, target_distribution
+
+from tests.test_unet_features import TINY_UNET
+
+
+def test_target_is_sharper_than_q_and_rows_sum_to_one():
+    torch.manual_seed(0)
+    q = student_t_assignments(torch.randn(64, 5), torch.randn(4, 5))
+    p = target_distribution(q)
+    assert torch.allclose(q.sum(1), torch.ones(64), atol=1e-6) and torch.allclose(p.sum(1), torch.ones(64), atol=1e-6)
+    entropy = lambda d: -(d * d.clamp_min(1e-12).log()).sum(1)
+    # sharper: lower entropy on average and for almost every row (the division by cluster
+    # frequency can flatten a row whose top cluster is crowded: that is the balancing term)
+    assert entropy(p).mean() < 0.9 * entropy(q).mean()
+    assert (entropy(p) < entropy(q)).float().mean() > 0.9
+    balanced = target_distribution(q, torch.full((4,), 16.0))
+    assert (balanced.argmax(1) == q.argmax(1)).all()   # equal frequencies: sharpened, never reassigned
+
+
+def test_student_t_is_highest_for_the_nearest_centre_and_kl_vanishes_at_the_target():
+    centers = torch.tensor([[0.0, 0.0], [5.0, 0.0]])
+    q = student_t_assignments(torch.tensor([[0.1, 0.0], [4.0, 0.5]]), centers)
+    assert q.argmax(1).tolist() == [0, 1]
+    assert dec_kl(q, q) < 1e-6 < dec_kl(q, target_distribution(q))
+
+
+def test_target_frequencies_counter_a_dominant_cluster():
+    q = torch.tensor([[0.6, 0.4]] * 9 + [[0.4, 0.6]])
+    p = target_distribution(q)
+    assert p[0, 1] > q[0, 1] * 0.9   # the crowded cluster's share is divided by its frequency
+
+
+def tiny_patterns(n_per_class=40, seed=0):
+    """Three classes of 6x6 images: a bright row at the top, a bright column left, a diagonal."""
+    rng = np.random.default_rng(seed)
+    base = np.zeros((3, 6, 6), np.float32)
+    base[0, 1, :] = 1
+    base[1, :, 1] = 1
+    base[2] = np.eye(6)
+    labels = np.repeat(np.arange(3), n_per_class)
+    images = np.clip(base[labels] + rng.normal(0, 0.15, (len(labels), 6, 6)), 0, 1).astype(np.float32)
+    return images.reshape(len(labels), 36), labels
+
+
+def diec_config(**overrides):
+    centers = np.random.default_rng(0).normal(size=(3, 16)).tolist()
+    return {"n_clusters": 3, "unet": TINY_UNET, "image_shape": (1, 6, 6), "layer": "mid", "timestep": 50,
+            "centers": centers, "eval_draws": 2, **overrides}
+
+
+def test_a_training_step_sends_gradients_to_the_unet_and_the_centres():
+    torch.manual_seed(0)
+    model = build_diec(diec_config())
+    pixels = torch.from_numpy(tiny_patterns()[0])
+    model.refresh_targets(pixels, epoch=0)
+    assert model.targets.shape == (120, 3)
+    loss, terms = model.training_step(pixels[:16], torch.arange(16))
+    loss.backward()
+    assert model.centers.grad is not None and model.centers.grad.abs().sum() > 0
+    assert model.unet.mid_block.resnets[0].conv1.weight.grad.abs().sum() > 0
+    assert model.unet.up_blocks[-1].resnets[0].conv1.weight.grad.abs().sum() > 0   # the denoising branch
+    assert set(terms) >= {"kl", "denoise", "teacher_clusters"}
+    cluster, confidence = model.predict(pixels)
+    assert cluster.shape == (120,) and ((confidence > 0) & (confidence <= 1)).all()
+
+
+def test_wrong_number_of_centres_is_one_clear_error():
+    with pytest.raises(ValueError, match="needs 3 initial centres"):
+        build_diec(diec_config(centers=[[0.0] * 16] * 2))
+
+
+@pytest.mark.slow
+def test_two_worker_finetune_decreases_the_loss_and_resumes(ray_local, tmp_path):
+    from raycluster.config import TrainConfig
+    from raycluster.methods.diec import build_diec as factory
+    from raycluster.train.loop import OptimConfig
+    from raycluster.train.run import fit_with_ray_train
+
+    pixels, labels = tiny_patterns()
+    optim = OptimConfig(epochs=2, batch_size=40, lr=1e-3, min_lr=1e-3, warmup_epochs=0, weight_decay=0.0)
+    workers = TrainConfig(num_workers=2, cpus_per_worker=0.5)
+    config = diec_config(denoise_weight=0.1)
+    first = fit_with_ray_train(factory, config, pixels, optim, workers, False, str(tmp_path), "diec", labels=labels)
+    assert first["epoch"] == 1
+    optim.epochs = 6
+    resumed = fit_with_ray_train(factory, config, pixels, optim, workers, False, str(tmp_path), "diec", labels=labels)
+    assert resumed["metrics"]["resumed_from_epoch"] == 2   # continued after epoch index 1, did not restart
+    assert resumed["metrics"]["train/loss"] < first["metrics"]["train/loss"]
