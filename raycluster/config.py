@@ -102,12 +102,28 @@ class NeighborsConfig:
 
 
 @dataclass
+class SearchConfig:
+    """jobs/tune.py for methods with searchable model hyperparameters (CLUDI): ASHA over `space`,
+    chosen by a label-free criterion (raycluster/tune/asha.py says which and why)."""
+
+    name: str = "asha"
+    space: dict = field(default_factory=dict)   # {model hyperparameter: [values]}, sampled uniformly
+    num_samples: int = 8
+    epochs: Optional[int] = None        # per trial at most; null: method.optim.epochs
+    grace_period: int = 5               # epochs before ASHA's first cut
+    reduction_factor: int = 2
+    max_concurrent: int = 2
+    cpus_per_trial: float = 1.0
+
+
+@dataclass
 class RunConfig:
     data: DataConfig = field(default_factory=DataConfig)
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
     method: dict = field(default_factory=dict)    # {_target_: raycluster.methods..., kwargs}
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
     neighbors: NeighborsConfig = field(default_factory=NeighborsConfig)
+    tune: SearchConfig = field(default_factory=SearchConfig)
     seed: int = 0
     output_dir: str = "outputs/runs/default"
     cache_dir: str = "outputs/cache"

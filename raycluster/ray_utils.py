@@ -20,7 +20,9 @@ def ensure_ray(address: Optional[str] = None, num_cpus: Optional[int] = None) ->
     if address:
         ray.init(address=address, log_to_driver=True)
     else:
-        ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=True)
+        # The dashboard serves Ray's State API, which Ray Train's placement-group cleaner polls
+        # every second: without it each poll logs a warning (hundreds per training run).
+        ray.init(num_cpus=num_cpus, include_dashboard=True, log_to_driver=True)
     log.info("Ray resources: %s", ray.cluster_resources())
 
 

@@ -91,3 +91,42 @@ def test_two_worker_finetune_decreases_the_loss_and_resumes(ray_local, tmp_path)
     resumed = fit_with_ray_train(factory, config, pixels, optim, workers, False, str(tmp_path), "diec", labels=labels)
     assert resumed["metrics"]["resumed_from_epoch"] == 2   # continued after epoch index 1, did not restart
     assert resumed["metrics"]["train/loss"] < first["metrics"]["train/loss"]
+
+
+DIGITS_DIEC = ["method=diec", "data.source.limit=300", "method.image_shape=[1,8,8]",
+               "method.pretrain.unet={sample_size:8,block_out_channels:[8,16],norm_num_groups:4,"
+               "down_block_types:[DownBlock2D,AttnDownBlock2D],up_block_types:[AttnUpBlock2D,UpBlock2D]}",
+               "method.pretrain.optim.epochs=2", "method.pretrain.optim.batch_size=100",
+               "method.search.layers=[down_1,mid,up_0]", "method.search.timesteps=[0,200]", "method.search.subset=200",
+               "method.model.pool=1", "method.optim.epochs=2", "cluster.train.cpus_per_worker=0.5"]
+
+
+@pytest.mark.slow
+def test_pretrain_then_tune_then_train_jobs_reuse_each_stage(ray_local, compose_config, tmp_path):
+    """The three DiEC jobs as library calls on 300 digits: pretrain writes the UNet, tune writes
+    the heatmaps and the label-free choice, train reuses both and fine-tunes."""
+    import json
+    import os
+
+    from raycluster.diffusion.pretrain import run_pretrain_diffusion
+    from raycluster.pipeline import run_train
+    from raycluster.tune.run import run_tune
+
+    cfg = compose_config(DIGITS_DIEC)
+    work = f"{tmp_path}/run/diec"
+    with pytest.raises(FileNotFoundError, match="no pretrained UNet"):
+        run_tune(cfg)
+    pretrained = run_pretrain_diffusion(cfg)
+    assert pretrained["epochs"] == 2 and os.path.exists(f"{work}/pretrained/unet/config.json")
+    tuned = run_tune(cfg)
+    search = json.load(open(f"{work}/search/search.json"))
+    assert len(search["rows"]) == 6 and search["criterion"] == "calinski_harabasz"
+    best = max(search["rows"], key=lambda r: r["chi"])
+    assert (tuned["layer"], tuned["timestep"]) == (best["layer"], best["timestep"])   # arg-max of the criterion
+    assert sorted(os.path.basename(p) for p in tuned["heatmaps"]) == ["heatmap_acc.png", "heatmap_chi.png"]
+    summary = run_train(cfg)
+    stages = summary["method_stages"]
+    assert "pretrain_seconds" not in stages and "search_seconds" not in stages   # both reused
+    assert stages["search"]["layer"] == tuned["layer"] and set(stages["init_kmeans"]) >= {"acc", "nmi"}
+    assert summary["samples"] == 300 and 0 <= summary["metrics"]["acc"] <= 1
+    assert os.path.exists(summary["outputs"]["assignments"])

@@ -1,0 +1,81 @@
+"""raycluster.diffusion: UNet from config / saved folder, pixel mapping, denoising objective, pretraining."""
+import numpy as np
+import pytest
+import torch
+
+from raycluster.diffusion.objective import build_denoiser, denoising_loss
+from raycluster.diffusion.unet import build_scheduler, load_unet, save_unet, to_model_input
+
+from tests.test_unet_features import TINY_UNET
+
+
+def test_pixels_map_to_centred_padded_model_input():
+    pixels = torch.ones(2, 36) * 0.5
+    pixels[:, 0] = 1.0
+    images = to_model_input(pixels, (1, 6, 6), 8)
+    assert images.shape == (2, 1, 8, 8)
+    assert images[0, 0, 1, 1] == 1.0 and images[0, 0, 1, 2] == 0.0   # [0, 1] -> [-1, 1], offset by 1
+    assert (images[:, :, 0, :] == -1).all() and (images[:, :, :, -1] == -1).all()   # background padding
+    with pytest.raises(ValueError, match="do not fit"):
+        to_model_input(torch.zeros(1, 100), (1, 10, 10), 8)
+
+
+def test_saved_unet_loads_back_with_its_scheduler(tmp_path):
+    torch.manual_seed(0)
+    unet = load_unet(TINY_UNET)
+    save_unet(unet, build_scheduler(500, "squaredcos_cap_v2"), str(tmp_path / "model"))
+    loaded = load_unet(str(tmp_path / "model"))
+    scheduler = build_scheduler(source=str(tmp_path / "model"))
+    assert scheduler.config.num_train_timesteps == 500   # the saved schedule, not the default
+    x, t = torch.randn(2, 1, 8, 8), torch.tensor([3, 400])
+    with torch.no_grad():
+        assert torch.allclose(unet(x, t).sample, loaded(x, t).sample, atol=1e-6)
+    assert not list(tmp_path.glob(".unet-*"))   # staged under a temp name, renamed into place
+
+
+def test_denoising_loss_trains_a_tiny_unet():
+    torch.manual_seed(0)
+    model = build_denoiser({"unet": TINY_UNET, "image_shape": (1, 6, 6), "ema_decay": 0.9})
+    pixels = torch.from_numpy(np.tile(np.eye(6, dtype=np.float32).reshape(1, 36), (64, 1)))
+    optimizer = torch.optim.Adam(model.parameter_groups(3e-3, 0.0), lr=3e-3)
+    losses = []
+    for _ in range(60):
+        loss, terms = model.training_step(pixels)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        model.update_teacher()
+        losses.append(terms["loss"])
+    assert np.mean(losses[-10:]) < 0.6 * np.mean(losses[:10])
+    ema, live = next(model.ema.module.parameters()), next(model.unet.parameters())
+    assert not torch.equal(ema, live)   # the EMA copy trails the live weights
+    assert all(not p.requires_grad for p in model.ema.parameters())
+
+
+def test_loss_at_fixed_noise_matches_the_definition():
+    torch.manual_seed(0)
+    unet, scheduler = load_unet(TINY_UNET), build_scheduler()
+    images = torch.rand(3, 1, 8, 8) * 2 - 1
+    generator = torch.Generator().manual_seed(5)
+    loss = denoising_loss(unet, scheduler, images, generator)
+    generator = torch.Generator().manual_seed(5)
+    noise = torch.randn(images.shape, generator=generator)
+    steps = torch.randint(0, 1000, (3,), generator=generator)
+    expected = torch.nn.functional.mse_loss(unet(scheduler.add_noise(images, noise, steps), steps).sample, noise)
+    assert torch.allclose(loss, expected)
+
+
+@pytest.mark.slow
+def test_pretraining_on_ray_train_saves_a_loadable_ema_unet(ray_local, tmp_path):
+    from raycluster.config import TrainConfig
+    from raycluster.diffusion.pretrain import pretrain_unet
+
+    pixels = np.random.default_rng(0).random((64, 36)).astype(np.float32)
+    summary = pretrain_unet(pixels, (1, 6, 6), str(tmp_path / "pretrained"), unet={**TINY_UNET},
+                            optim={"epochs": 2, "batch_size": 32}, train=TrainConfig(num_workers=2, cpus_per_worker=0.5),
+                            storage_path=str(tmp_path / "ckpt"))
+    assert summary["epochs"] == 2 and np.isfinite(summary["final_loss"])
+    unet = load_unet(str(tmp_path / "pretrained"))
+    assert unet.config.sample_size == 8
+    with pytest.raises(ValueError, match="do not match image_shape"):
+        pretrain_unet(pixels, (1, 7, 7), str(tmp_path / "bad"))
