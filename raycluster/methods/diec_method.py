@@ -38,14 +38,17 @@ class DiEC(TorchMethod):
                  use_gpu: bool = False, seed: int = 0, work_dir: str = "outputs/diec", max_failures: int = 0):
         super().__init__(n_clusters)
         self.image_shape = tuple(image_shape)
-        self.unet = unet
         self.pretrain = dict(pretrain or {})
         self.layer, self.timestep = layer, timestep
         self.search = dict(search or {})
         self.model_overrides = dict(model or {})
         self.optim = OptimConfig(**(optim or {}))
         self.train = TrainConfig(**(train or {}))
-        self.use_gpu, self.seed, self.work_dir, self.max_failures = use_gpu, seed, work_dir, max_failures
+        # Ray Tune trials and Train workers run in their own working directories: local paths
+        # must be absolute before they are handed over.
+        self.unet = os.path.abspath(unet) if isinstance(unet, str) and os.path.exists(unet) else unet
+        self.use_gpu, self.seed, self.max_failures = use_gpu, seed, max_failures
+        self.work_dir = work_dir if "://" in work_dir else os.path.abspath(work_dir)
         self.stages: dict = {}
         self.model = None
 

@@ -85,6 +85,8 @@ def search_layer_timestep(pixels: np.ndarray, unet, image_shape: Sequence[int], 
 
     from raycluster.io import atomic_write_bytes
 
+    if isinstance(unet, str) and os.path.exists(unet):
+        unet = os.path.abspath(unet)   # trials run in their own working directories
     rows_subset = np.random.default_rng(seed).permutation(len(pixels))[:subset]
     trainable = ray.tune.with_resources(
         ray.tune.with_parameters(_trial, pixels=np.ascontiguousarray(pixels[rows_subset], np.float32),
