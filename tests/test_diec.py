@@ -129,4 +129,12 @@ def test_pretrain_then_tune_then_train_jobs_reuse_each_stage(ray_local, compose_
     assert "pretrain_seconds" not in stages and "search_seconds" not in stages   # both reused
     assert stages["search"]["layer"] == tuned["layer"] and set(stages["init_kmeans"]) >= {"acc", "nmi"}
     assert summary["samples"] == 300 and 0 <= summary["metrics"]["acc"] <= 1
-    assert os.path.exists(summary["outputs"]["assignments"])
+    # the saved method predicts the same assignments (jobs/predict.py runs it over any store)
+    import pyarrow.parquet as pq
+
+    from raycluster.data.store import EmbeddingStore
+    from raycluster.methods.base import load_fitted
+
+    written = pq.read_table(summary["outputs"]["assignments"]).column("cluster").to_numpy()
+    again, _ = load_fitted(summary["outputs"]["method"]).predict(EmbeddingStore(cfg.embeddings_path).load().vectors)
+    assert (again == written).all()   # the noise draws of prediction are seeded

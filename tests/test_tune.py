@@ -30,13 +30,13 @@ def test_heatmaps_box_the_label_free_choice(tmp_path):
     assert len(plot_heatmaps(unlabeled, ["mid", "up_0"], [0, 100], str(tmp_path / "u"))) == 1
 
 
-def test_agreement_counts_only_trials_that_finished():
+def test_agreement_ranks_the_label_free_choice_by_acc():
     trials = [{"silhouette": 0.5, "acc": 0.7, "epoch": 10}, {"silhouette": 0.4, "acc": 0.8, "epoch": 10},
-              {"silhouette": 0.9, "acc": 0.1, "epoch": 3},   # stopped early by ASHA: not comparable
-              {"silhouette": 0.1, "acc": 0.2, "epoch": 10}]
-    result = agreement(trials, 10)
-    assert result["finished_trials"] == 3 and result["chosen_acc"] == 0.7 and result["best_acc"] == 0.8
+              {"silhouette": 0.1, "acc": 0.2, "epoch": 3}, {"silhouette": 0.9, "acc": float("nan"), "epoch": 10}]
+    result = agreement(trials)   # the unlabelled trial cannot be ranked
+    assert result["trials"] == 3 and result["chosen_acc"] == 0.7 and result["best_acc"] == 0.8
     assert result["chosen_rank_by_acc"] == 2 and 0 < result["spearman_silhouette_acc"] <= 1
+    assert agreement(trials[:1]) is None
 
 
 @pytest.mark.slow

@@ -56,8 +56,9 @@ def read_idx(path: str, offset: int) -> np.ndarray:
         return np.frombuffer(handle.read(), np.uint8, offset=offset)
 
 
-def mnist_samples(path: str, split: str = "t10k", limit: Optional[int] = None) -> Iterator[Sample]:
-    """MNIST from IDX files in `path` (`{split}-images-idx3-ubyte[.gz]`, `{split}-labels-idx1-ubyte[.gz]`)."""
+def mnist_arrays(path: str, split: str = "t10k") -> tuple[np.ndarray, np.ndarray]:
+    """MNIST from IDX files in `path` (`{split}-images-idx3-ubyte[.gz]`, `{split}-labels-idx1-ubyte[.gz]`)
+    -> images (N, 28, 28) uint8, labels (N,) uint8."""
     def find(stem: str) -> str:
         for name in (stem + ".gz", stem):
             if os.path.exists(os.path.join(path, name)):
@@ -68,6 +69,12 @@ def mnist_samples(path: str, split: str = "t10k", limit: Optional[int] = None) -
     labels = read_idx(find(f"{split}-labels-idx1-ubyte"), 8)
     if len(images) != len(labels):
         raise ValueError(f"MNIST in {path!r}: {len(images)} images but {len(labels)} labels")
+    return images, labels
+
+
+def mnist_samples(path: str, split: str = "t10k", limit: Optional[int] = None) -> Iterator[Sample]:
+    """MNIST samples (PNG-encoded) from the IDX files in `path`; see `mnist_arrays`."""
+    images, labels = mnist_arrays(path, split)
     n = len(images) if limit is None else min(limit, len(images))
     for index in range(n):
         label = int(labels[index])

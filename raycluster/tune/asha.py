@@ -40,7 +40,7 @@ def _trial(config: dict, features=None, labels=None) -> None:
     model = get_method(config["model_factory"])(model_config)
     optim = OptimConfig(**config["optim"])
     optimizer = make_optimizer(model, optim)
-    vectors = torch.from_numpy(features)
+    vectors = torch.tensor(features)   # a copy: arrays from the object store are read-only
 
     def on_epoch_end(epoch, terms, clusters, seen):
         score = silhouette_sample(features[seen], clusters, sample_size=2000, seed=config["seed"])
@@ -91,22 +91,23 @@ def asha_search(features: np.ndarray, model_factory: str, model_config: dict, op
         trials.append({**{name: result.config[name] for name in sorted(space)},
                        **{key: result.metrics[key] for key in ("silhouette", "acc", "size_entropy", "loss", "epoch")}})
     report = {"criterion": "silhouette", "best": max(trials, key=lambda t: t["silhouette"]), "trials": trials,
-              "agreement": agreement(trials, int(optim["epochs"]))}
+              "agreement": agreement(trials)}
     atomic_write_bytes(os.path.join(output_dir, "search.json"), json.dumps(report, indent=1, default=float).encode())
     return report
 
 
-def agreement(trials: list, epochs: int) -> Optional[dict]:
-    """How the label-free choice compares with the best trial by ACC, among trials that ran all
-    `epochs` (ASHA stopped the rest early, so their last figures are not comparable)."""
+def agreement(trials: list) -> Optional[dict]:
+    """How the label-free choice compares with the best trial by ACC. Both are read at each
+    trial's last reported epoch, as Tune's choice is (trials ASHA stopped early included: the
+    choice is made among them too)."""
     from scipy.stats import spearmanr
 
-    finished = [t for t in trials if t["epoch"] == epochs and not math.isnan(t["acc"])]
-    if len(finished) < 2:
+    scored = [t for t in trials if not math.isnan(t["acc"])]
+    if len(scored) < 2:
         return None
-    chosen = max(finished, key=lambda t: t["silhouette"])
-    by_acc = sorted(finished, key=lambda t: -t["acc"])
-    return {"finished_trials": len(finished), "chosen_acc": chosen["acc"], "best_acc": by_acc[0]["acc"],
+    chosen = max(scored, key=lambda t: t["silhouette"])
+    by_acc = sorted(scored, key=lambda t: -t["acc"])
+    return {"trials": len(scored), "chosen_acc": chosen["acc"], "best_acc": by_acc[0]["acc"],
             "chosen_rank_by_acc": by_acc.index(chosen) + 1,
-            "spearman_silhouette_acc": float(spearmanr([t["silhouette"] for t in finished],
-                                                       [t["acc"] for t in finished]).statistic)}
+            "spearman_silhouette_acc": float(spearmanr([t["silhouette"] for t in scored],
+                                                       [t["acc"] for t in scored]).statistic)}

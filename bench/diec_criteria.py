@@ -1,0 +1,87 @@
+"""Which label-free criterion would pick DiEC's (layer, timestep) well? Spearman with ACC per cell.
+
+    python bench/diec_criteria.py --unet outputs/bench/quality/mnist-test/diec/seed0/diec/pretrained
+The UNet is one DiEC pretrained (bench/quality.py --methods diec leaves it there). On the same
+1,000-image MNIST subset as the search (seed 0), for every (block, timestep) cell: k-means ACC
+(labels) and five label-free scores of the partition - Calinski-Harabasz (DiEC's), silhouette
+(standardised Euclidean; cosine on raw activations), -Davies-Bouldin, and split-half stability
+(ARI between k-means fitted on one half and on the other, both labelling the second half).
+Prints the table, then per criterion its Spearman correlation with ACC and the cell it picks.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+import numpy as np
+
+from common import SHARED, append_json_rows
+
+
+def scores(embeddings: np.ndarray, labels: np.ndarray, k: int) -> dict:
+    from sklearn.cluster import KMeans
+    from sklearn.metrics import adjusted_rand_score, calinski_harabasz_score, davies_bouldin_score, silhouette_score
+
+    from raycluster.metrics import supervised_metrics
+
+    standardised = (embeddings - embeddings.mean(0)) / (embeddings.std(0) + 1e-6)
+    clusters = KMeans(k, n_init=3, random_state=0).fit_predict(standardised)
+    half = len(embeddings) // 2
+    first = KMeans(k, n_init=3, random_state=1).fit(standardised[:half])
+    second = KMeans(k, n_init=3, random_state=2).fit(standardised[half:])
+    return {"acc": supervised_metrics(labels, clusters)["acc"],
+            "chi": calinski_harabasz_score(standardised, clusters),
+            "silhouette": silhouette_score(standardised, clusters),
+            "silhouette_cos": silhouette_score(embeddings, clusters, metric="cosine"),
+            "neg_davies_bouldin": -davies_bouldin_score(standardised, clusters),
+            "stability": adjusted_rand_score(first.predict(standardised[half:]), second.labels_)}
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--unet", required=True, help="a pretrained DiEC UNet folder")
+    parser.add_argument("--timesteps", type=int, nargs="+", default=[0, 50, 100, 200, 400])
+    parser.add_argument("--subset", type=int, default=1000)
+    parser.add_argument("--pool", type=int, default=4)
+    parser.add_argument("--json", default=None)
+    args = parser.parse_args(argv)
+
+    import torch
+    from scipy.stats import spearmanr
+
+    from raycluster.data.builtin import mnist_arrays
+    from raycluster.diffusion.unet import build_scheduler, load_unet, to_model_input
+    from raycluster.features.unet import layer_names, unet_features
+
+    images, labels = mnist_arrays(str(SHARED / "mnist-test"))
+    rows = np.random.default_rng(0).permutation(len(images))[:args.subset]   # the search's subset (seed 0)
+    pixels = torch.from_numpy(images[rows].reshape(len(rows), -1).astype(np.float32) / 255)
+    labels = labels[rows]
+    unet, scheduler = load_unet(args.unet).eval(), build_scheduler(source=args.unet)
+    model_input = to_model_input(pixels, (1, 28, 28), unet.config.sample_size)
+    cells = []
+    for timestep in args.timesteps:
+        with torch.no_grad():
+            features = unet_features(unet, scheduler, model_input, layer_names(unet), timestep, 2,
+                                     torch.Generator().manual_seed(0), args.pool)
+        for layer, embeddings in features.items():
+            cells.append({"layer": layer, "timestep": timestep, **scores(embeddings.numpy(), labels, 10)})
+            print("  ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}" for k, v in cells[-1].items()),
+                  flush=True)
+    print(f"\n{'criterion':<20}{'spearman vs ACC':>16}{'picks':>14}{'its ACC':>9}   (best ACC "
+          f"{max(c['acc'] for c in cells):.3f})")
+    out = []
+    for criterion in ("chi", "silhouette", "silhouette_cos", "neg_davies_bouldin", "stability"):
+        rho = float(spearmanr([c[criterion] for c in cells], [c["acc"] for c in cells]).statistic)
+        pick = max(cells, key=lambda c: c[criterion])
+        print(f"{criterion:<20}{rho:>16.3f}{pick['layer'] + ' t' + str(pick['timestep']):>14}{pick['acc']:>9.3f}")
+        out.append({"bench": "diec_criteria", "dataset": "mnist-test", "method": criterion, "spearman_acc": round(rho, 3),
+                    "layer": pick["layer"], "timestep": pick["timestep"], "acc": round(pick["acc"], 4)})
+    append_json_rows(args.json, [{"bench": "diec_criteria", "dataset": "mnist-test", "method": "cell", **c}
+                                 for c in cells] + out)
+    return out
+
+
+if __name__ == "__main__":
+    main()
+    sys.exit(0)
