@@ -67,3 +67,19 @@ def test_unet_extractor_runs_on_decoded_batches(tmp_path):
     assert out["embedding"].shape == (3, 16)
     assert (out["embedding"][1] == 0).all() and (out["embedding"][0] != 0).any()
     assert "NOT meaningful" in UNetExtractor.weights_note(unet=TINY_UNET)
+
+
+@pytest.mark.slow
+def test_unet_backbone_through_the_ray_data_extraction_job(ray_local, compose_config, tmp_path):
+    from raycluster.data.store import EmbeddingStore
+    from raycluster.diffusion.unet import save_unet
+    from raycluster.pipeline import ensure_embeddings
+
+    save_unet(load_unet(TINY_UNET), build_scheduler(), str(tmp_path / "model"))
+    cfg = compose_config(["data.source.limit=200", "backbone=unet", f"backbone.extractor.unet={tmp_path}/model",
+                          "backbone.extractor.layer=down_1", "backbone.extractor.timestep=300",
+                          "backbone.extractor.pool=2"])
+    _, summary = ensure_embeddings(cfg)
+    store = EmbeddingStore(cfg.embeddings_path).load()
+    assert store.vectors.shape == (200, 16 * 4) and summary.weights.startswith("diffusion UNet from")
+    assert np.isfinite(store.vectors).all() and store.vectors.std(0).mean() > 0
