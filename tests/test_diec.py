@@ -94,7 +94,7 @@ def test_two_worker_finetune_decreases_the_loss_and_resumes(ray_local, tmp_path)
 
 
 DIGITS_DIEC = ["method=diec", "data.source.limit=300", "method.image_shape=[1,8,8]",
-               "method.pretrain.unet={sample_size:8,block_out_channels:[8,16],norm_num_groups:4,"
+               "++method.pretrain.unet={sample_size:8,block_out_channels:[8,16],norm_num_groups:4,"
                "down_block_types:[DownBlock2D,AttnDownBlock2D],up_block_types:[AttnUpBlock2D,UpBlock2D]}",
                "method.pretrain.optim.epochs=2", "method.pretrain.optim.batch_size=100",
                "method.search.layers=[down_1,mid,up_0]", "method.search.timesteps=[0,200]", "method.search.subset=200",
