@@ -26,11 +26,6 @@ class DenoiserConfig:
     beta_schedule: str = "linear"
     ema_decay: float = 0.999                   # the saved UNet is the EMA copy (DDPM practice)
 
-    @property
-    def feature_dim(self) -> int:
-        channels, height, width = self.image_shape
-        return channels * height * width
-
 
 class DiffusionPretraining(torch.nn.Module):
     """A UNet trained by `denoising_loss` on pixel rows, with an EMA copy of its weights.

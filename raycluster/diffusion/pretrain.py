@@ -18,7 +18,7 @@ log = logging.getLogger(__name__)
 def pretrain_unet(pixels: np.ndarray, image_shape: Sequence[int], output_dir: str, unet: Optional[dict] = None,
                   optim: Optional[dict] = None, train: Optional[TrainConfig] = None, use_gpu: bool = False,
                   storage_path: str = "outputs/pretrain", run_name: str = "pretrain_diffusion", seed: int = 0,
-                  ema_decay: float = 0.999, labels: Optional[np.ndarray] = None) -> dict:
+                  ema_decay: float = 0.999) -> dict:
     """pixels: (N, C*H*W) float32 in [0, 1]. Trains, saves `output_dir/{unet,scheduler}` and
     returns {"seconds", "final_loss", "epochs"}. unet: UNet2DModel config (default SMALL_UNET)."""
     from raycluster.diffusion.objective import build_denoiser

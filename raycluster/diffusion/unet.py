@@ -74,7 +74,12 @@ def to_model_input(pixels: torch.Tensor, image_shape: Sequence[int], sample_size
     """(B, C*H*W) or (B, C, H, W) float in [0, 1] -> (B, C, S, S) float in [-1, 1], centred and
     padded with -1 (the background after scaling) up to S = sample_size."""
     channels, height, width = image_shape
-    images = pixels.reshape(len(pixels), channels, height, width).float() * 2 - 1
+    return pad_to_sample_size(pixels.reshape(len(pixels), channels, height, width).float() * 2 - 1, sample_size)
+
+
+def pad_to_sample_size(images: torch.Tensor, sample_size: int) -> torch.Tensor:
+    """(B, C, H, W) in [-1, 1] -> (B, C, S, S), centred, padded with -1 (the background)."""
+    height, width = images.shape[2:]
     if (height, width) == (sample_size, sample_size):
         return images
     if height > sample_size or width > sample_size:

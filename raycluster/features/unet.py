@@ -71,9 +71,15 @@ def noise_to_timestep(scheduler, images: torch.Tensor, timestep: int,
 
 
 def unet_features(unet, scheduler, images: torch.Tensor, layers: Sequence[str], timestep: int, draws: int = 1,
-                  generator: Optional[torch.Generator] = None, pool: int = 1) -> dict:
+                  generator: Optional[torch.Generator] = None, pool: int = 1,
+                  batch_size: Optional[int] = None) -> dict:
     """{layer: (B, C_layer * pool^2) float32}: pooled activations at `timestep`, averaged over
-    `draws` noise draws (one draw when t = 0). Runs under the caller's grad mode."""
+    `draws` noise draws (one draw when t = 0). Runs under the caller's grad mode; with
+    `batch_size`, the UNet sees at most that many images at a time."""
+    if batch_size and len(images) > batch_size:
+        chunks = [unet_features(unet, scheduler, images[i:i + batch_size], layers, timestep, draws, generator, pool)
+                  for i in range(0, len(images), batch_size)]
+        return {name: torch.cat([chunk[name] for chunk in chunks]) for name in layers}
     draws = 1 if timestep == 0 else max(1, draws)
     steps = torch.full((len(images),), timestep, dtype=torch.long, device=images.device)
     sums = {}
@@ -95,10 +101,9 @@ class _UNetEmbedding(torch.nn.Module):
         self.generator = torch.Generator().manual_seed(seed)
 
     def forward(self, images):
-        pad_h, pad_w = self.sample_size - images.shape[2], self.sample_size - images.shape[3]
-        if pad_h or pad_w:
-            images = torch.nn.functional.pad(images, (pad_w // 2, pad_w - pad_w // 2, pad_h // 2, pad_h - pad_h // 2),
-                                             value=-1.0)
+        from raycluster.diffusion.unet import pad_to_sample_size
+
+        images = pad_to_sample_size(images, self.sample_size)
         return unet_features(self.unet, self.scheduler, images, [self.layer], self.timestep, self.draws,
                              self.generator, self.pool)[self.layer]
 

@@ -103,23 +103,25 @@ class DiECModel(torch.nn.Module):
 
         return to_model_input(pixels, self.config.image_shape, self.unet.config.sample_size)
 
-    def embed(self, images: torch.Tensor, draws: int, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    def embed(self, images: torch.Tensor, draws: int, generator: Optional[torch.Generator] = None,
+              batch_size: Optional[int] = None) -> torch.Tensor:
         """(B, C, S, S) -> (B, D) scaled COL/COT embeddings (grad mode is the caller's)."""
         from raycluster.features.unet import unet_features
 
         pooled = unet_features(self.unet, self.scheduler, images, [self.config.layer], self.config.timestep,
-                               draws, generator, self.config.pool)[self.config.layer]
+                               draws, generator, self.config.pool, batch_size)[self.config.layer]
         return pooled / self.config.embedding_scale
 
     @torch.no_grad()
-    def soft_assignments(self, pixels: torch.Tensor, draws: int, seed: int = 0) -> torch.Tensor:
-        """q (N, K) for all rows, in batches, eval mode, reproducible noise."""
+    def embeddings(self, pixels: torch.Tensor, draws: int, seed: int = 0) -> torch.Tensor:
+        """(N, C*H*W) -> (N, D) for all rows, in batches, eval mode, reproducible noise."""
         self.unet.eval()
-        generator = torch.Generator().manual_seed(seed)
-        size = self.config.predict_batch_size
-        return torch.cat([student_t_assignments(self.embed(self.images(pixels[i:i + size]), draws, generator),
-                                                self.centers, self.config.alpha)
-                          for i in range(0, len(pixels), size)])
+        return self.embed(self.images(pixels), draws, torch.Generator().manual_seed(seed),
+                          self.config.predict_batch_size)
+
+    def soft_assignments(self, pixels: torch.Tensor, draws: int, seed: int = 0) -> torch.Tensor:
+        """q (N, K) for all rows."""
+        return student_t_assignments(self.embeddings(pixels, draws, seed), self.centers.detach(), self.config.alpha)
 
     def refresh_targets(self, pixels: torch.Tensor, epoch: int) -> None:
         """Recompute p over this worker's rows every `target_update_epochs` (and after a resume)."""

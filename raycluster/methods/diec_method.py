@@ -53,7 +53,7 @@ class DiEC(TorchMethod):
         self.model = None
 
     # -- stage 1 -------------------------------------------------------------------------
-    def pretrained_unet(self, pixels: np.ndarray, labels=None) -> str:
+    def pretrained_unet(self, pixels: np.ndarray) -> str:
         from raycluster.diffusion.pretrain import pretrain_unet
 
         if self.unet is not None:
@@ -103,20 +103,14 @@ class DiEC(TorchMethod):
         """The fine-tune model's config: centres by k-means on the COL/COT embeddings of all rows."""
         import torch
 
-        from raycluster.methods.diec import DiECConfig, build_diec
+        from raycluster.methods.diec import build_diec
         from raycluster.methods.kmeans import KMeans
         from raycluster.metrics import supervised_metrics
 
         config = {**self.model_overrides, "n_clusters": self.n_clusters, "unet": unet, "image_shape": self.image_shape,
                   "layer": layer, "timestep": timestep}
-        probe = build_diec({**config, "centers": np.zeros((self.n_clusters, 1)).tolist()})
-        with torch.no_grad():
-            probe.unet.eval()
-            generator = torch.Generator().manual_seed(self.seed)
-            size = DiECConfig.predict_batch_size
-            embeddings = torch.cat([probe.embed(probe.images(torch.from_numpy(pixels[i:i + size])),
-                                                config.get("eval_draws", DiECConfig.eval_draws), generator)
-                                    for i in range(0, len(pixels), size)]).numpy()
+        probe = build_diec({**config, "centers": np.zeros((self.n_clusters, 1)).tolist()})   # centres unused here
+        embeddings = probe.embeddings(torch.from_numpy(pixels), probe.config.eval_draws, self.seed).numpy()
         scale = float(np.sqrt((embeddings.std(0) ** 2).mean()) + 1e-8)
         kmeans = KMeans(self.n_clusters, seed=self.seed).fit(embeddings / scale)
         clusters, _ = kmeans.predict(embeddings / scale)
@@ -133,7 +127,7 @@ class DiEC(TorchMethod):
         if pixels.shape[1] != expected:
             raise ValueError(f"diec: rows have width {pixels.shape[1]}, image_shape {list(self.image_shape)} needs "
                              f"{expected} (DiEC reads pixels: backbone=pixels)")
-        unet = self.pretrained_unet(pixels, labels)
+        unet = self.pretrained_unet(pixels)
         layer, timestep = self.layer_and_timestep(pixels, unet, labels)
         config = self.model_config(unet, layer, timestep, pixels, labels)
         start = time.time()

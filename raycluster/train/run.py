@@ -158,7 +158,8 @@ def fit_with_ray_train(model_factory: Callable, model_config: dict, vectors: np.
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"model_factory": model_factory, "model_config": model_config, "optim": asdict(optim),
-                           "seed": seed, "torch_threads": max(1, math.ceil(resources.cpus_per_worker)), "context": {name: ray.put(value) for name, value in (context or {}).items()}},
+                           "seed": seed, "torch_threads": max(1, math.ceil(resources.cpus_per_worker)),
+                           "context": {name: ray.put(value) for name, value in (context or {}).items()}},
         scaling_config=ray.train.ScalingConfig(num_workers=resources.num_workers, use_gpu=use_gpu,
                                                resources_per_worker=worker_resources),
         run_config=ray.train.RunConfig(name=run_name, storage_path=os.path.abspath(storage_path),

@@ -43,10 +43,9 @@ def score_layer_timestep(config: dict, pixels: np.ndarray, labels: Optional[np.n
     generator = torch.Generator().manual_seed(int(config["seed"]))
     images = to_model_input(torch.from_numpy(pixels), config["image_shape"], unet.config.sample_size)
     with torch.no_grad():
-        embeddings = torch.cat([unet_features(unet, scheduler, images[i:i + 500], [config["layer"]],
-                                              int(config["timestep"]), int(config["draws"]), generator,
-                                              int(config.get("pool", 1)))[config["layer"]]
-                                for i in range(0, len(images), 500)]).numpy()
+        embeddings = unet_features(unet, scheduler, images, [config["layer"]], int(config["timestep"]),
+                                   int(config["draws"]), generator, int(config.get("pool", 1)),
+                                   batch_size=500)[config["layer"]].numpy()
     chi, clusters = clusterability(embeddings, int(config["n_clusters"]), int(config["seed"]))
     acc = supervised_metrics(labels, clusters)["acc"] if labels is not None and (labels >= 0).all() else float("nan")
     return {"chi": chi, "acc": acc, "dim": embeddings.shape[1]}
