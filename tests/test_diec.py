@@ -57,7 +57,7 @@ def test_a_training_step_sends_gradients_to_the_unet_and_the_centres():
     torch.manual_seed(0)
     model = build_diec(diec_config())
     pixels = torch.from_numpy(tiny_patterns()[0])
-    model.refresh_targets(pixels, epoch=0)
+    model.on_epoch_start(pixels, epoch=0)
     assert model.targets.shape == (120, 3)
     loss, terms = model.training_step(pixels[:16], torch.arange(16))
     loss.backward()

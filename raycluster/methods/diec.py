@@ -79,7 +79,9 @@ class DiECConfig:
 class DiECModel(torch.nn.Module):
     """UNet + cluster centres; `training_step(pixels, row_ids)` = KL(p||q) + lambda * denoising.
     pixels: (B, C*H*W) float in [0, 1]; row_ids: (B,) positions into this worker's rows, whose
-    targets `refresh_targets` computed at the start of the epoch."""
+    targets `on_epoch_start` computed at the start of the epoch."""
+
+    local_row_ids = True   # training_step's row_ids are positions in this worker's shard
 
     def __init__(self, config: DiECConfig):
         super().__init__()
@@ -123,7 +125,7 @@ class DiECModel(torch.nn.Module):
         """q (N, K) for all rows."""
         return student_t_assignments(self.embeddings(pixels, draws, seed), self.centers.detach(), self.config.alpha)
 
-    def refresh_targets(self, pixels: torch.Tensor, epoch: int) -> None:
+    def on_epoch_start(self, pixels: torch.Tensor, epoch: int) -> None:
         """Recompute p over this worker's rows every `target_update_epochs` (and after a resume)."""
         import torch.distributed as dist
 

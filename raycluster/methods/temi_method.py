@@ -48,22 +48,13 @@ class TEMI(TorchMethod):
 
     def neighbor_table(self, vectors: np.ndarray, k: int) -> np.ndarray:
         """(N, k) int64 neighbour row ids (cosine), self excluded."""
-        from raycluster.neighbors.graph import knn_table
-        from raycluster.neighbors.sharded import ShardedIndex
-        from raycluster.ray_utils import ensure_ray
+        from raycluster.neighbors.graph import neighbor_table
 
         if k >= len(vectors):
             raise ValueError(f"temi: knn={k} neighbours need more than {len(vectors)} samples")
-        ensure_ray(None, None)
         start = time.time()
-        index = ShardedIndex.from_vectors(vectors, self.index_spec, self.index_shards, normalize=True, seed=self.seed)
-        try:
-            table = knn_table(index, vectors, k)
-        finally:
-            index.shutdown()
+        table = neighbor_table(vectors, k, self.index_spec, self.index_shards, self.seed)
         self.knn_seconds = time.time() - start
-        log.info("temi: %d-NN table of %d points in %.1fs (%s, %d shard(s))", k, len(vectors), self.knn_seconds,
-                 self.index_spec.kind, self.index_shards)
         return table
 
     def fit(self, vectors: np.ndarray, labels: Optional[np.ndarray] = None) -> "TEMI":

@@ -73,6 +73,25 @@ def knn_table(index: ShardedIndex, vectors: np.ndarray, k: int, batch_size: int 
     return table
 
 
+def neighbor_table(vectors: np.ndarray, k: int, spec, shards: int = 1, seed: int = 0) -> np.ndarray:
+    """(N, D) float32 -> (N, k) int64 ids of each row's k nearest neighbours by cosine, itself
+    excluded: a ShardedIndex of `shards` actors (`spec`: an IndexSpec) over the rows, searched
+    with the same rows, then shut down. Starts local Ray when none is running."""
+    from raycluster.ray_utils import ensure_ray
+
+    check_k(k, len(vectors))
+    ensure_ray(None, None)
+    start = time.time()
+    index = ShardedIndex.from_vectors(vectors, spec, shards, normalize=True, seed=seed)
+    try:
+        table = knn_table(index, vectors, k)
+    finally:
+        index.shutdown()
+    log.info("%d-NN table of %d points in %.1fs (%s, %d shard(s))", k, len(vectors), time.time() - start,
+             spec.kind, shards)
+    return table
+
+
 def without_self(found: np.ndarray, own: np.ndarray) -> np.ndarray:
     """(n, k + 1) neighbour ids or keys of n queries and (n,) the queries' own -> (n, k + 1) bool
     mask keeping k per row: the query itself is dropped, or the last neighbour when the query is

@@ -122,3 +122,28 @@ def _save(fig, path: str) -> None:
     fig.tight_layout()
     fig.savefig(path, format="png")
     plt.close(fig)
+
+
+def masks_png(path: str, images: np.ndarray, masks: np.ndarray, title: str) -> None:
+    """A row of images (n, H, W) in [0, 1] over a row of their masks (n, H, W) in [0, 1] and a
+    row of the images multiplied by the masks; written atomically."""
+    import io
+
+    from raycluster.io import atomic_write_bytes
+
+    plt = _pyplot()
+    count = len(images)
+    fig, axes = plt.subplots(3, count, figsize=(1.2 * count, 3.9), dpi=100, squeeze=False)
+    for column in range(count):
+        for row, (picture, cmap) in enumerate([(images[column], "gray"), (masks[column], "magma"),
+                                               (images[column] * masks[column], "gray")]):
+            axes[row, column].imshow(picture, cmap=cmap, vmin=0, vmax=1, interpolation="nearest")
+            axes[row, column].axis("off")
+    for row, label in enumerate(["image", "mask", "image x mask"]):
+        axes[row, 0].set_title(label, fontsize=7, loc="left")
+    fig.suptitle(title, fontsize=8)
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    plt.close(fig)
+    atomic_write_bytes(path, buffer.getvalue())

@@ -50,7 +50,8 @@ def train_epochs(model, features: torch.Tensor, optim: OptimConfig, optimizer: t
     `on_epoch_end(epoch, terms, teacher_clusters, indices)` gets mean loss terms and the teacher's
     first-draw clusters of the points seen (for label-free and, when possible, labelled metrics;
     None for models without clusters, e.g. a denoiser being pretrained).
-    `model.refresh_targets(features, epoch)`, when the model has it, runs at each epoch start.
+    `model.on_epoch_start(features, epoch)`, when the model has it, runs at each epoch start
+    (DEC refreshes its self-training targets; DiFiC switches its object masks on).
     `row_ids` (N,) int64: ids of this worker's rows, passed to `training_step(batch, row_ids)`
     for models that look rows up (TEMI's neighbours: dataset-wide ids; DEC targets: positions).
     """
@@ -61,8 +62,8 @@ def train_epochs(model, features: torch.Tensor, optim: OptimConfig, optimizer: t
     for epoch in range(start_epoch, optim.epochs):
         generator.manual_seed(seed * 100_003 + epoch)  # a resumed epoch sees the same order
         order = torch.randperm(len(features), generator=generator)
-        if hasattr(model, "refresh_targets"):   # self-training targets (DEC) fixed for the epoch
-            model.refresh_targets(features, epoch)
+        if hasattr(model, "on_epoch_start"):   # e.g. DEC's targets, fixed for the epoch
+            model.on_epoch_start(features, epoch)
         sums, clusters, seen, start = {}, [], [], time.time()
         for step in range(steps_per_epoch):
             indices = order[(step * per_worker) % len(features):][:per_worker]

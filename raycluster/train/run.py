@@ -91,7 +91,7 @@ def train_loop_per_worker(config: dict) -> None:
     labels = np.concatenate([r["label"] for r in rows])
     if shared:      # dataset-wide ids, to look rows up in the shared context
         row_ids = torch.from_numpy(np.concatenate([r["index"] for r in rows]))
-    elif hasattr(model, "refresh_targets"):   # per-row targets of this worker's rows
+    elif getattr(model, "local_row_ids", False):   # DEC: per-row targets of this worker's rows
         row_ids = torch.arange(len(features))
     else:
         row_ids = None

@@ -1,0 +1,430 @@
+"""DiFiC ("Your Diffusion Model Holds the Secret to Fine-Grained Clustering", Yang, Hu, Peng,
+Liu, Li, arXiv 2412.18838): pure torch pieces. `dific_method.py` puts them behind the method
+interface and runs them on Ray Train.
+
+The method, and the choices made here (the paper's prose was read; its exact hyperparameters
+were not at hand offline, so every value below is ours and stated):
+- Semantic distillation. A semantic extractor (a timm network) maps an image to one proxy-word
+  embedding S* (B, word_dim). S* replaces the placeholder token's input embedding in the prompt
+  `prompt` ("a photo of a {}", the placeholder standing for S*); the text encoder's output
+  conditions the UNet's cross-attention; the denoising loss on the noised image trains the
+  extractor. Text encoder and UNet are frozen in pretrained mode (Stable Diffusion components);
+  in from-scratch mode (no text-to-image model available) a small `UNet2DConditionModel` in pixel
+  space and a small `CLIPTextModel`, both built from config, train jointly with the extractor:
+  the same objective read as a diffusion autoencoder whose code is a word.
+- Timesteps for the denoising loss: uniform over [0, T) (DDPM's simple loss).
+- Object concentration. At `mask_timestep` (t = 300 of 1000: enough noise that the UNet must rely
+  on the condition, little enough that the layout survives) the proxy token's cross-attention
+  probabilities, averaged over heads and over every cross-attention layer (each upsampled to the
+  image size), are min-max normalised per image to [0, 1]; `mask_threshold` (0.3) then zeroes the
+  weak part: mask = clamp((a - tau) / (1 - tau), 0, 1), a soft mask. The mask comes from a
+  separate no-grad forward pass and is detached. The loss is on "masked original and predicted
+  images": with epsilon prediction |m * (x0 - x0_hat)|^2 = (1 - abar_t) / abar_t |m * (eps - eps_hat)|^2,
+  so each image's mask-weighted epsilon error (normalised by the mask's mass, so a shrinking mask
+  is no shortcut) is multiplied by (1 - abar_t) / abar_t clamped at `image_space_max_weight` (5;
+  unclamped it explodes as t -> T). The image-space weighting matters for distillation: in
+  epsilon space the noisy, high-t steps - where only S* can tell the UNet what the image was -
+  weigh almost nothing (MNIST, 10 warm-up epochs: k-means on S* ACC 0.49 with plain epsilon loss).
+  The mask switches on at `mask_start_epoch` (before that a from-scratch model's attention means nothing).
+- Cluster guidance. After the warm-up (distillation alone; clusters by k-means on S*), a
+  clustering head on S* is trained with a neighbourhood-consistency loss plus a balance term,
+  and this loss also updates the extractor: for an anchor i and one of its k nearest
+  neighbours j in the k-NN graph of the warm-up S* (cosine, `knn` = 10, from raycluster.neighbors),
+  L_nc = -log <p_i, p_j>, L_bal = -H(mean_i p_i) (minimising it spreads samples over clusters),
+  total = L_diffusion + `neighbor_weight` (1.0) * L_nc + `balance_weight` (5.0, SCAN's value) * L_bal.
+  The head is a cosine-prototype layer logits = <S*/|S*|, c_k/|c_k|> / `head_temperature` (0.1)
+  whose prototypes start at the k-means centres of the warm-up S*, so guidance starts from the
+  warm-up clusters instead of from chance.
+- Prediction: argmax of the head; confidence = its probability. Before guidance (a model that
+  has only been distilled) there is no head and `embed` is what the method uses (k-means on S*).
+"""
+from __future__ import annotations
+
+import os
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+
+# from-scratch defaults for 28-32 px grayscale images (MNIST); YAML overrides them key by key
+SMALL_CONDITIONAL_UNET = dict(sample_size=32, in_channels=1, out_channels=1, layers_per_block=1,
+                              block_out_channels=(32, 64, 64), norm_num_groups=8, attention_head_dim=8,
+                              down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+                              up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"))
+SMALL_TEXT_ENCODER = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=1, num_attention_heads=4,
+                          max_position_embeddings=16)
+SMALL_EXTRACTOR = dict(name="resnet10t", pretrained=False)
+
+
+# -- the prompt -----------------------------------------------------------------------------
+class WordTokenizer:
+    """From-scratch mode's tokenizer: one id per word of the prompt template, plus start/end.
+    Pretrained mode uses the pipeline's own CLIPTokenizer instead; both give
+    `prompt_ids(...) -> (input_ids (1, L) int64, placeholder position)`."""
+
+    def __init__(self, words: list[str]):
+        self.vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
+        for word in words:
+            self.vocab.setdefault(word, len(self.vocab))
+
+    def ids(self, text: str) -> list[int]:
+        return [0] + [self.vocab[word] for word in text.split()] + [1]
+
+
+def prompt_ids(tokenizer, prompt: str, placeholder: str) -> tuple[torch.Tensor, int]:
+    """Token ids of `prompt` with `{}` filled by `placeholder` (a word the tokenizer knows as one
+    token), and the placeholder's position, whose input embedding S* will replace."""
+    if "{}" not in prompt:
+        raise ValueError(f"dific: the prompt {prompt!r} needs a '{{}}' where the proxy word goes")
+    text = prompt.format(placeholder)
+    if isinstance(tokenizer, WordTokenizer):
+        ids = tokenizer.ids(text)
+        placeholder_id = tokenizer.vocab[placeholder]
+    else:
+        ids = tokenizer(text).input_ids
+        placeholder_ids = tokenizer(placeholder, add_special_tokens=False).input_ids
+        if len(placeholder_ids) != 1:
+            raise ValueError(f"dific: placeholder {placeholder!r} is {len(placeholder_ids)} tokens for this tokenizer; "
+                             "pick a word that is one token")
+        placeholder_id = placeholder_ids[0]
+    return torch.tensor([ids]), ids.index(placeholder_id)
+
+
+@contextmanager
+def proxy_word(text_encoder, position: int, word_embeddings: torch.Tensor):
+    """Within the block, the text encoder's token embedding at `position` is `word_embeddings`
+    (B, word_dim), one S* per image (input_ids must then be (B, L)). Gradients reach S*."""
+    def replace(module, inputs, output):
+        output = output.clone()
+        output[:, position] = word_embeddings.to(output.dtype)
+        return output
+
+    handle = text_encoder.get_input_embeddings().register_forward_hook(replace)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+# -- cross-attention masks --------------------------------------------------------------------
+class ProxyAttentionRecorder:
+    """A diffusers attention processor for cross-attention layers that records, when `active`,
+    each layer's attention probabilities on token `position` (B, H*W), averaged over heads, then
+    lets the library's default processor compute the output (so nothing else changes)."""
+
+    def __init__(self, position: int, recorded: list):
+        from diffusers.models.attention_processor import AttnProcessor2_0
+
+        self.position, self.recorded, self.active = position, recorded, False
+        self.inner = AttnProcessor2_0()
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, **kwargs):
+        if self.active and encoder_hidden_states is not None:
+            context = attn.norm_encoder_hidden_states(encoder_hidden_states) if attn.norm_cross else encoder_hidden_states
+            query = attn.head_to_batch_dim(attn.to_q(hidden_states))
+            key = attn.head_to_batch_dim(attn.to_k(context))
+            probs = attn.get_attention_scores(query, key, None)              # (B*heads, HW, L)
+            self.recorded.append(probs[:, :, self.position].reshape(len(hidden_states), attn.heads, -1).mean(1))
+        return self.inner(attn, hidden_states, encoder_hidden_states, attention_mask, temb, **kwargs)
+
+
+def attention_mask_from_maps(maps: list[torch.Tensor], size: int, threshold: float) -> torch.Tensor:
+    """Per-layer proxy-token attention maps [(B, h_l*w_l)] -> soft object mask (B, 1, size, size)
+    in [0, 1]: each map upsampled to size x size, averaged, min-max normalised per image, then
+    clamp((a - threshold) / (1 - threshold), 0, 1)."""
+    upsampled = []
+    for flat in maps:
+        side = int(round(flat.shape[1] ** 0.5))
+        upsampled.append(F.interpolate(flat.float().reshape(-1, 1, side, side), size=(size, size), mode="bilinear",
+                                       align_corners=False))
+    average = torch.stack(upsampled).mean(0)
+    low = average.amin(dim=(2, 3), keepdim=True)
+    high = average.amax(dim=(2, 3), keepdim=True)
+    normalised = (average - low) / (high - low).clamp_min(1e-8)
+    return ((normalised - threshold) / (1 - threshold)).clamp(0, 1)
+
+
+def masked_denoising_error(noise: torch.Tensor, prediction: torch.Tensor, mask: Optional[torch.Tensor]) -> torch.Tensor:
+    """Per-image mean squared epsilon error: noise, prediction (B, C, S, S), mask (B, 1, S, S)
+    or None -> (B,), each image's error weighted by its mask and normalised by the mask's mass."""
+    error = (prediction.float() - noise.float()).pow(2)
+    if mask is None:
+        return error.flatten(1).mean(1)
+    weight = mask.expand_as(error)
+    return (error * weight).flatten(1).sum(1) / weight.flatten(1).sum(1).clamp_min(1e-6)
+
+
+def image_space_weights(alphas_cumprod: torch.Tensor, steps: torch.Tensor, max_weight: float) -> torch.Tensor:
+    """(B,) weights turning epsilon errors into errors on the predicted clean image:
+    |x0 - x0_hat|^2 = (1 - abar_t) / abar_t |eps - eps_hat|^2, clamped at `max_weight` (the
+    factor grows without bound as t -> T); normalised to mean 1 over the batch."""
+    abar = alphas_cumprod.to(steps.device)[steps].float()
+    weights = ((1 - abar) / abar).clamp(max=max_weight)
+    return weights / weights.mean()
+
+
+# -- cluster guidance -------------------------------------------------------------------------
+def neighbor_consistency(anchor_probs: torch.Tensor, neighbor_probs: torch.Tensor) -> torch.Tensor:
+    """-mean log <p_i, p_j> over (anchor, neighbour) pairs; both (B, K) rows summing to 1."""
+    return -torch.log((anchor_probs * neighbor_probs).sum(1).clamp_min(1e-8)).mean()
+
+
+def balance(probs: torch.Tensor) -> torch.Tensor:
+    """-H(mean_i p_i): lowest (-log K) when the batch spreads evenly over the K clusters."""
+    mean = probs.mean(0).clamp_min(1e-8)
+    return (mean * torch.log(mean)).sum()
+
+
+@dataclass
+class DiFiCConfig:
+    n_clusters: int = 10
+    image_shape: tuple = (1, 28, 28)          # (C, H, W) of the pixel rows fed to fit/predict
+    pretrained: Optional[str] = None          # Stable Diffusion folder / hub name: pretrained mode
+    unet: dict = field(default_factory=dict)          # from-scratch: overrides of SMALL_CONDITIONAL_UNET
+    text_encoder: dict = field(default_factory=dict)  # from-scratch: overrides of SMALL_TEXT_ENCODER
+    extractor: dict = field(default_factory=dict)     # timm: name, pretrained, checkpoint_path
+    image_size: Optional[int] = None          # pretrained mode: images resized to this (VAE input)
+    prompt: str = "a photo of a {}"
+    placeholder: str = "*"                    # a one-token word in the prompt; its embedding becomes S*
+    num_train_timesteps: int = 1000
+    beta_schedule: str = "linear"
+    image_space_max_weight: float = 5.0       # loss on predicted images, weight clamp (0: plain epsilon loss)
+    mask_timestep: int = 300
+    mask_threshold: float = 0.3
+    mask_start_epoch: int = 2                 # object concentration from this epoch (-1: never)
+    guidance: bool = False                    # train the clustering head (the guidance stage)
+    centers: list = field(default_factory=list)   # (K, word_dim) k-means centres of the warm-up S*
+    head_temperature: float = 0.1
+    neighbor_weight: float = 1.0
+    balance_weight: float = 5.0
+    mixed_precision: bool = True              # bf16 autocast on CUDA
+    init_from: Optional[str] = None           # state file of a distilled model to start from (guidance)
+    predict_batch_size: int = 500
+
+    @property
+    def feature_dim(self) -> int:
+        channels, height, width = self.image_shape
+        return channels * height * width
+
+
+def load_components(config: DiFiCConfig) -> dict:
+    """unet, text_encoder, tokenizer, scheduler, vae (None in pixel space) and `frozen`.
+    Pretrained: every component from the Stable-Diffusion-layout folder or hub name (subfolders
+    unet/ text_encoder/ tokenizer/ scheduler/ vae/), frozen. From scratch: built from config."""
+    from diffusers import DDPMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    if config.pretrained:
+        from diffusers import AutoencoderKL
+        from transformers import CLIPTokenizer
+
+        source = config.pretrained
+        kwargs = dict(low_cpu_mem_usage=False)   # the default needs `accelerate`
+        components = dict(unet=UNet2DConditionModel.from_pretrained(source, subfolder="unet", **kwargs),
+                          text_encoder=CLIPTextModel.from_pretrained(source, subfolder="text_encoder"),
+                          tokenizer=CLIPTokenizer.from_pretrained(source, subfolder="tokenizer"),
+                          scheduler=DDPMScheduler.from_pretrained(source, subfolder="scheduler"),
+                          vae=AutoencoderKL.from_pretrained(source, subfolder="vae", **kwargs), frozen=True)
+        for part in ("unet", "text_encoder", "vae"):
+            components[part].requires_grad_(False)
+        return components
+    words = config.prompt.format(config.placeholder).split()
+    tokenizer = WordTokenizer(words)
+    text_config = {**SMALL_TEXT_ENCODER, **config.text_encoder}
+    text_encoder = CLIPTextModel(CLIPTextConfig(vocab_size=len(tokenizer.vocab), bos_token_id=0, eos_token_id=1,
+                                                pad_token_id=1, **text_config))
+    unet_config = {**SMALL_CONDITIONAL_UNET, "in_channels": config.image_shape[0], "out_channels": config.image_shape[0],
+                   **config.unet, "cross_attention_dim": text_config["hidden_size"]}
+    unet = UNet2DConditionModel(**{k: tuple(v) if isinstance(v, list) else v for k, v in unet_config.items()})
+    scheduler = DDPMScheduler(num_train_timesteps=config.num_train_timesteps, beta_schedule=config.beta_schedule)
+    return dict(unet=unet, text_encoder=text_encoder, tokenizer=tokenizer, scheduler=scheduler, vae=None, frozen=False)
+
+
+def build_extractor(settings: dict, in_channels: int, word_dim: int) -> torch.nn.Module:
+    """timm network (pooled features) + a linear map to the word embedding width: (B, C, S, S) -> (B, word_dim)."""
+    import timm
+
+    settings = {**SMALL_EXTRACTOR, **settings}
+    backbone = timm.create_model(settings["name"], pretrained=bool(settings.get("pretrained")), num_classes=0,
+                                 in_chans=in_channels,
+                                 pretrained_cfg_overlay=({"file": settings["checkpoint_path"]}
+                                                         if settings.get("checkpoint_path") else None))
+    return torch.nn.Sequential(backbone, torch.nn.Linear(backbone.num_features, word_dim))
+
+
+class DiFiCModel(torch.nn.Module):
+    """Extractor -> S* -> prompt -> text encoder -> conditional UNet; optional clustering head.
+    `training_step(pixels, row_ids)`: pixels (B, C*H*W) float in [0, 1]; row_ids (B,) global row
+    ids, used in guidance to look neighbours up in the context (`attach_context`)."""
+
+    def __init__(self, config: DiFiCConfig):
+        super().__init__()
+        parts = load_components(config)
+        self.config = config
+        self.unet, self.text_encoder, self.vae = parts["unet"], parts["text_encoder"], parts["vae"]
+        self.scheduler, self.frozen = parts["scheduler"], parts["frozen"]
+        input_ids, self.placeholder_position = prompt_ids(parts["tokenizer"], config.prompt, config.placeholder)
+        self.register_buffer("input_ids", input_ids, persistent=False)
+        word_dim = self.text_encoder.get_input_embeddings().embedding_dim
+        self.extractor = build_extractor(config.extractor, config.image_shape[0], word_dim)
+        self.recorded: list = []
+        self.recorders = {name: ProxyAttentionRecorder(self.placeholder_position, self.recorded)
+                          for name in self.unet.attn_processors if name.endswith("attn2.processor")}
+        self.unet.set_attn_processor({name: self.recorders.get(name, processor)
+                                      for name, processor in self.unet.attn_processors.items()})
+        if config.guidance:
+            centers = torch.tensor(config.centers, dtype=torch.float32)
+            if centers.shape != (config.n_clusters, word_dim):
+                raise ValueError(f"dific guidance needs {config.n_clusters} x {word_dim} initial centres, got "
+                                 f"{tuple(centers.shape)}")
+            self.prototypes = torch.nn.Parameter(centers)
+        if config.init_from:   # guidance starts from the warm-up's weights; its head is new
+            state = torch.load(config.init_from, map_location="cpu", weights_only=False)["model"]
+            missing, unexpected = self.load_state_dict(state, strict=False)
+            if unexpected or set(missing) - {"prototypes"}:
+                raise ValueError(f"dific: {config.init_from} does not match this model (missing {missing}, "
+                                 f"unexpected {unexpected})")
+        self.epoch = 0
+        self.bank: Optional[torch.Tensor] = None        # (N, C*H*W) all pixel rows (guidance)
+        self.neighbors: Optional[torch.Tensor] = None   # (N, knn) int64 global row ids
+
+    # -- inputs ---------------------------------------------------------------------------
+    def images(self, pixels: torch.Tensor) -> torch.Tensor:
+        """(B, C*H*W) in [0, 1] -> (B, C, S, S) in [-1, 1]: padded to the UNet's sample size
+        (pixel space) or resized to `image_size` (the VAE's input, pretrained mode)."""
+        from raycluster.diffusion.unet import to_model_input
+
+        channels, height, width = self.config.image_shape
+        if self.vae is None:
+            return to_model_input(pixels, self.config.image_shape, self.unet.config.sample_size)
+        images = pixels.reshape(len(pixels), channels, height, width).float() * 2 - 1
+        size = self.config.image_size or self.vae.config.sample_size
+        return F.interpolate(images, size=(size, size), mode="bilinear", align_corners=False)
+
+    def latents(self, images: torch.Tensor) -> torch.Tensor:
+        """What the UNet denoises: the images themselves, or the VAE's scaled latents."""
+        if self.vae is None:
+            return images
+        with torch.no_grad():
+            return self.vae.encode(images).latent_dist.sample() * self.vae.config.scaling_factor
+
+    # -- the pieces -----------------------------------------------------------------------
+    def proxy_words(self, images: torch.Tensor) -> torch.Tensor:
+        """S*: (B, C, S, S) -> (B, word_dim)."""
+        return self.extractor(images)
+
+    def condition(self, words: torch.Tensor) -> torch.Tensor:
+        """The prompt with S* in place -> text encoder hidden states (B, L, hidden)."""
+        with proxy_word(self.text_encoder, self.placeholder_position, words):
+            return self.text_encoder(self.input_ids.expand(len(words), -1)).last_hidden_state
+
+    @torch.no_grad()
+    def object_masks(self, latents: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        """Soft masks (B, 1, S, S) in [0, 1] from the proxy token's cross-attention at `mask_timestep`
+        (fixed noise seed, so a mask is a function of the image and its S*)."""
+        generator = torch.Generator().manual_seed(0)
+        noise = torch.randn(latents.shape, generator=generator).to(latents.device, latents.dtype)
+        steps = torch.full((len(latents),), self.config.mask_timestep, device=latents.device, dtype=torch.long)
+        self.recorded.clear()
+        for recorder in self.recorders.values():
+            recorder.active = True
+        try:
+            self.unet(self.scheduler.add_noise(latents, noise, steps), steps, encoder_hidden_states=context)
+        finally:
+            for recorder in self.recorders.values():
+                recorder.active = False
+        return attention_mask_from_maps(self.recorded, latents.shape[-1], self.config.mask_threshold)
+
+    def head_probs(self, words: torch.Tensor) -> torch.Tensor:
+        """(B, word_dim) -> (B, K) cluster probabilities of the cosine-prototype head."""
+        logits = F.normalize(words.float(), dim=1) @ F.normalize(self.prototypes, dim=1).T
+        return torch.softmax(logits / self.config.head_temperature, dim=1)
+
+    def denoising(self, latents: torch.Tensor, context: torch.Tensor, mask: Optional[torch.Tensor]) -> torch.Tensor:
+        noise = torch.randn_like(latents)
+        steps = torch.randint(0, self.scheduler.config.num_train_timesteps, (len(latents),), device=latents.device)
+        prediction = self.unet(self.scheduler.add_noise(latents, noise, steps), steps, encoder_hidden_states=context).sample
+        errors = masked_denoising_error(noise, prediction, mask)
+        if self.config.image_space_max_weight > 0:
+            errors = errors * image_space_weights(self.scheduler.alphas_cumprod, steps, self.config.image_space_max_weight)
+        return errors.mean()
+
+    # -- the training-loop contract ------------------------------------------------------------
+    def attach_context(self, bank, neighbors) -> None:
+        """All pixel rows (N, C*H*W) and the k-NN table of the warm-up S* (N, knn)."""
+        self.bank = torch.as_tensor(bank, dtype=torch.float32)
+        self.neighbors = torch.as_tensor(neighbors, dtype=torch.int64)
+
+    def on_epoch_start(self, features: torch.Tensor, epoch: int) -> None:
+        self.epoch = epoch
+
+    def parameter_groups(self, lr: float, weight_decay: float) -> list[dict]:
+        groups = [{"params": list(self.extractor.parameters()), "weight_decay": weight_decay}]
+        if not self.frozen:
+            groups.append({"params": list(self.unet.parameters()) + list(self.text_encoder.parameters()),
+                           "weight_decay": weight_decay})
+        if self.config.guidance:
+            groups.append({"params": [self.prototypes], "weight_decay": 0.0})
+        return groups
+
+    def training_step(self, pixels: torch.Tensor, row_ids: Optional[torch.Tensor] = None):
+        self.train()
+        autocast = torch.autocast("cuda", dtype=torch.bfloat16,
+                                  enabled=self.config.mixed_precision and pixels.is_cuda)
+        with autocast:
+            images = self.images(pixels)
+            latents = self.latents(images)
+            words = self.proxy_words(images)
+            context = self.condition(words)
+            use_mask = 0 <= self.config.mask_start_epoch <= self.epoch
+            mask = self.object_masks(latents, context) if use_mask else None
+            loss = diffusion = self.denoising(latents, context, mask)
+            terms = {"diffusion": diffusion.item(), "mask_mean": mask.mean().item() if use_mask else 1.0}
+            if self.config.guidance:
+                if self.neighbors is None:
+                    raise RuntimeError("dific guidance needs attach_context(bank, neighbors) before training")
+                table = self.neighbors[row_ids.cpu()]
+                pick = table.gather(1, torch.randint(0, table.shape[1], (len(table), 1)))[:, 0]
+                neighbor_words = self.proxy_words(self.images(self.bank[pick].to(pixels.device)))
+                anchor_probs, neighbor_probs = self.head_probs(words), self.head_probs(neighbor_words)
+                consistency, spread = neighbor_consistency(anchor_probs, neighbor_probs), balance(anchor_probs)
+                loss = loss + self.config.neighbor_weight * consistency + self.config.balance_weight * spread
+                terms.update(consistency=consistency.item(), balance=spread.item(),
+                             teacher_clusters=anchor_probs.argmax(1).detach())
+        terms["loss"] = loss.item()
+        return loss, terms
+
+    # -- inference ------------------------------------------------------------------------
+    @torch.no_grad()
+    def embed(self, pixels: torch.Tensor) -> torch.Tensor:
+        """(N, C*H*W) -> S* (N, word_dim) for all rows, in batches, eval mode."""
+        self.eval()
+        device = next(self.parameters()).device
+        return torch.cat([self.proxy_words(self.images(chunk.to(device))).float().cpu()
+                          for chunk in pixels.split(self.config.predict_batch_size)])
+
+    @torch.no_grad()
+    def masks(self, pixels: torch.Tensor) -> torch.Tensor:
+        """(B, C*H*W) -> object masks (B, 1, S, S) at `mask_timestep`, for inspection."""
+        self.eval()
+        images = self.images(pixels)
+        latents = self.latents(images)
+        return self.object_masks(latents, self.condition(self.proxy_words(images)))
+
+    def predict(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(N, C*H*W) -> (cluster (N,) int64, confidence (N,) float32) from the head."""
+        if not self.config.guidance:
+            raise RuntimeError("dific: this model has no clustering head yet (distillation only): cluster embed()")
+        probs = self.head_probs(self.embed(pixels))
+        confidence, cluster = probs.max(dim=1)
+        return cluster, confidence.float()
+
+
+def build_dific(config: dict) -> DiFiCModel:
+    known = {k: v for k, v in config.items() if k in DiFiCConfig.__dataclass_fields__}
+    known["image_shape"] = tuple(known.get("image_shape", (1, 28, 28)))
+    if known.get("pretrained") and os.path.exists(known["pretrained"]):
+        known["pretrained"] = os.path.abspath(known["pretrained"])
+    return DiFiCModel(DiFiCConfig(**known))

@@ -1,0 +1,155 @@
+"""`method=dific`: DiFiC behind the shared method interface; two Ray Train stages, each resumable.
+
+fit(pixels) on pixel rows (N, C*H*W) in [0, 1] (`backbone=pixels`):
+1. Warm-up (semantic distillation + object concentration): extractor (+ from-scratch UNet and
+   text encoder) trained by the masked denoising loss alone; checkpoints per epoch under
+   `<work_dir>/warmup`, the final weights in `<work_dir>/warmup.pt` (reused when it exists).
+2. Between the stages: S* of every row; k-means on S* (the warm-up clusters, the head's initial
+   prototypes; its scores land in `stages["init_kmeans"]` when labels are given) and the k-NN
+   graph of S* (sharded FAISS index on Ray actors, raycluster.neighbors).
+3. Guidance: the same model plus the clustering head, trained with denoising + neighbour
+   consistency + balance, starting from the warm-up weights; every worker holds all pixel rows
+   and the k-NN table (object store) to look neighbours up. Checkpoints under `<work_dir>/guidance`.
+`<work_dir>/masks.png`: the object masks of a few images at the mask timestep, after training.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import time
+from typing import Optional
+
+import numpy as np
+
+from raycluster.config import TrainConfig
+from raycluster.methods.base import TorchMethod
+from raycluster.neighbors.index import IndexSpec
+from raycluster.train.loop import OptimConfig
+
+log = logging.getLogger(__name__)
+
+
+class DiFiC(TorchMethod):
+    name = "dific"
+    model_factory = "raycluster.methods.dific.build_dific"
+
+    def __init__(self, n_clusters: int, image_shape=(1, 28, 28), model: Optional[dict] = None,
+                 warmup: Optional[dict] = None, optim: Optional[dict] = None, train: Optional[dict] = None,
+                 knn: int = 10, index: Optional[dict] = None, index_shards: int = 1, use_gpu: bool = False,
+                 seed: int = 0, work_dir: str = "outputs/dific", max_failures: int = 0, mask_examples: int = 12):
+        super().__init__(n_clusters)
+        self.image_shape = tuple(image_shape)
+        self.model_overrides = dict(model or {})
+        self.warmup = OptimConfig(**(warmup or {}))   # the distillation stage's schedule
+        self.optim = OptimConfig(**(optim or {}))     # the guidance stage's schedule
+        self.train = TrainConfig(**(train or {}))
+        self.knn, self.index_spec, self.index_shards = knn, IndexSpec(**(index or {"kind": "flat"})), index_shards
+        self.use_gpu, self.seed, self.max_failures = use_gpu, seed, max_failures
+        # Ray Train workers run in their own working directories: paths must be absolute
+        self.work_dir = work_dir if "://" in work_dir else os.path.abspath(work_dir)
+        self.mask_examples = mask_examples
+        self.stages: dict = {}
+        self.model = None
+
+    def base_config(self) -> dict:
+        return {**self.model_overrides, "n_clusters": self.n_clusters, "image_shape": self.image_shape}
+
+    def _train(self, config: dict, pixels: np.ndarray, optim: OptimConfig, stage: str, labels=None,
+               context: Optional[dict] = None) -> dict:
+        from raycluster.methods.dific import build_dific
+        from raycluster.train.run import fit_with_ray_train
+
+        start = time.time()
+        state = fit_with_ray_train(build_dific, config, pixels, optim, self.train, self.use_gpu, self.work_dir,
+                                   stage, self.seed, labels, self.max_failures, context=context)
+        self.stages[f"{stage}_seconds"] = round(time.time() - start, 1)
+        return state
+
+    # -- stage 1 -------------------------------------------------------------------------
+    def distilled(self, pixels: np.ndarray) -> str:
+        """The warm-up model's state file, trained now or reused from an earlier run."""
+        import io
+
+        import torch
+
+        from raycluster.io import atomic_write_bytes
+
+        path = os.path.join(self.work_dir, "warmup.pt")
+        if os.path.exists(path):
+            log.warning("DiFiC: reusing the warm-up model %s", path)
+            return path
+        state = self._train({**self.base_config(), "guidance": False}, pixels, self.warmup, "warmup")
+        buffer = io.BytesIO()
+        torch.save({"model": state["model"], "model_config": state["model_config"]}, buffer)
+        atomic_write_bytes(path, buffer.getvalue())
+        return path
+
+    # -- stage 2 -------------------------------------------------------------------------
+    def warmup_clusters(self, warmup: str, pixels: np.ndarray, labels=None) -> tuple[np.ndarray, np.ndarray]:
+        """k-means centres (K, word_dim) and the k-NN table (N, knn) of the warm-up S*."""
+        import torch
+
+        from raycluster.methods.dific import build_dific
+        from raycluster.methods.kmeans import KMeans
+        from raycluster.metrics import supervised_metrics
+        from raycluster.neighbors.graph import neighbor_table
+
+        start = time.time()
+        model = build_dific({**self.base_config(), "guidance": False, "init_from": warmup})
+        words = model.embed(torch.from_numpy(pixels)).numpy()
+        normalised = words / np.linalg.norm(words, axis=1, keepdims=True).clip(1e-8)   # the head is cosine
+        kmeans = KMeans(self.n_clusters, seed=self.seed).fit(normalised)
+        clusters, _ = kmeans.predict(normalised)
+        if labels is not None and (labels >= 0).all():
+            self.stages["init_kmeans"] = supervised_metrics(labels, clusters)
+        table = neighbor_table(normalised, self.knn, self.index_spec, self.index_shards, self.seed)
+        if labels is not None and (labels >= 0).all():
+            self.stages["knn_label_agreement"] = round(float((labels[table] == labels[:, None]).mean()), 4)
+        self.stages["warmup_clusters_seconds"] = round(time.time() - start, 1)
+        log.warning("DiFiC warm-up: %s", {k: v for k, v in self.stages.items() if k != "init_kmeans"})
+        return kmeans.centroids, table
+
+    # -- stage 3 -------------------------------------------------------------------------
+    def fit(self, vectors: np.ndarray, labels: Optional[np.ndarray] = None) -> "DiFiC":
+        pixels = self.check_input(vectors)
+        expected = int(np.prod(self.image_shape))
+        if pixels.shape[1] != expected:
+            raise ValueError(f"dific: rows have width {pixels.shape[1]}, image_shape {list(self.image_shape)} needs "
+                             f"{expected} (DiFiC reads pixels: backbone=pixels)")
+        if self.knn >= len(pixels):
+            raise ValueError(f"dific: knn={self.knn} neighbours need more than {len(pixels)} samples")
+        warmup = self.distilled(pixels)
+        centers, table = self.warmup_clusters(warmup, pixels, labels)
+        config = {**self.base_config(), "guidance": True, "centers": centers.tolist(), "init_from": warmup}
+        state = self._train(config, pixels, self.optim, "guidance", labels, context={"bank": pixels, "neighbors": table})
+        self._restore(state)
+        self.save_masks(pixels)
+        return self
+
+    def _restore(self, state: dict) -> "DiFiC":
+        # the warm-up file only seeds training; a restored model has all its weights in `state`
+        state = {**state, "model_config": {k: v for k, v in state["model_config"].items() if k != "init_from"}}
+        return super()._restore(state)
+
+    def save_masks(self, pixels: np.ndarray) -> None:
+        """`<work_dir>/masks.png`: images, their object masks at the mask timestep, and the product."""
+        import torch
+
+        from raycluster.report.plots import masks_png
+
+        count = min(self.mask_examples, len(pixels))
+        chosen = np.random.default_rng(self.seed).choice(len(pixels), count, replace=False)
+        masks = self.model.masks(torch.from_numpy(pixels[chosen]))[:, 0].numpy()
+        channels, height, width = self.image_shape
+        images = pixels[chosen].reshape(count, channels, height, width).mean(1)
+        top, left = (masks.shape[1] - height) // 2, (masks.shape[2] - width) // 2   # undo the centred padding
+        masks = masks[:, top:top + height, left:left + width] if masks.shape[1] >= height else masks
+        if masks.shape[1:] != images.shape[1:]:   # latent-space masks: resize to the image
+            masks = torch.nn.functional.interpolate(torch.from_numpy(masks)[:, None], size=(height, width),
+                                                    mode="bilinear")[:, 0].numpy()
+        path = os.path.join(self.work_dir, "masks.png")
+        masks_png(path, images, masks, f"proxy-token cross-attention masks at t={self.model.config.mask_timestep}")
+        self.stages["masks_png"] = path
+
+    def predict(self, vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return self._predict_with_model(vectors)
