@@ -11,7 +11,7 @@ Datasets (real data from ../shared/data, or $RAYCLUSTER_SHARED_DATA; digits ship
   tinyimagenet-effnet-lite0  Tiny-ImageNet val photos -> shards -> pretrained EfficientNet-Lite0
                              features (cached in --cache-dir between runs); first 20 classes by default
 A dataset whose files are absent is reported as skipped, with the reason, never silently.
-Methods that read images (diec) run on the datasets listed in IMAGE_METHODS only.
+Methods that read images (diec, dific) run on the datasets listed in IMAGE_METHODS only.
 Rows (--json): {"bench", "dataset", "method", "seed", "acc", "nmi", "ari", "fit_seconds", ...}.
 """
 from __future__ import annotations
@@ -30,12 +30,12 @@ from raycluster.pipeline import build_method, ensure_embeddings, postprocess
 from raycluster.ray_utils import ensure_ray
 from common import SHARED, append_json_rows
 
-METHODS = ["kmeans", "temi", "cludi", "cludi_paper", "diec"]
+METHODS = ["kmeans", "temi", "cludi", "cludi_paper", "diec", "dific"]
 # Recipes too slow for a CPU: skipped (and said so) unless a GPU is present.
 GPU_ONLY = {"cludi_paper": "paper recipe (8 x 25 teacher chain, 200 epochs, 64 x 50 inference): hours on CPU"}
 # Methods that read images, not embeddings: the datasets they apply to and the experiment config
 # they run with (the same one `python jobs/train.py experiment=...` runs).
-IMAGE_METHODS = {"diec": {"mnist-test": "experiment=diec_mnist"}}
+IMAGE_METHODS = {"diec": {"mnist-test": "experiment=diec_mnist"}, "dific": {"mnist-test": "experiment=dific_mnist"}}
 
 
 class Skip(Exception):
@@ -80,7 +80,8 @@ DATASETS = ["imagenet50-dino-vits16", "digits", "mnist-test", "tinyimagenet-effn
 def run_method(method: str, dataset: str, vectors: np.ndarray, labels: np.ndarray, k: int, seed: int, args) -> list:
     """Fit from scratch in `<output-root>/<dataset>/<method>/seed<N>` (emptied first, kept after:
     DiEC leaves its heatmaps and UNet there). Returns [(method name, metrics)]: one row, plus
-    `diec_init_kmeans` (k-means on the COL/COT embeddings) for DiEC."""
+    `diec_init_kmeans` (k-means on the COL/COT embeddings) for DiEC, `dific_init_kmeans` (k-means on
+    the warm-up S*) for DiFiC."""
     import shutil
 
     output_dir = os.path.join(args.output_root, dataset, method, f"seed{seed}")
@@ -153,6 +154,8 @@ def main(argv=None):
     print("diec rows: configs/experiment/diec_mnist.yaml (UNet pretrained on the same images, COL/COT searched "
           "without labels, DEC fine-tune), fit = that whole pipeline; diec_init_kmeans: k-means on the COL/COT "
           "embeddings before the fine-tune")
+    print("dific rows: configs/experiment/dific_mnist.yaml (from scratch: warm-up distillation, k-means + k-NN graph "
+          "of S*, neighbour-guided head), fit = that whole pipeline; dific_init_kmeans: k-means on S* after the warm-up")
     append_json_rows(args.json, rows)
     return rows
 

@@ -121,6 +121,8 @@ def test_guidance_step_trains_extractor_head_and_scratch_diffusion_model():
 def test_wrong_prompt_or_centres_is_one_clear_error():
     with pytest.raises(ValueError, match="needs a '{}'"):
         build_dific(scratch_config(prompt="a photo"))
+    with pytest.raises(ValueError, match=r"unknown model setting\(s\) \['mask_treshold'\]"):
+        build_dific(scratch_config(mask_treshold=0.5))
     with pytest.raises(ValueError, match="3 x 16 initial centres"):
         build_dific(scratch_config(guidance=True, centers=[[0.0] * 16] * 2))
 
@@ -179,12 +181,12 @@ def test_pretrained_mode_loads_a_saved_pipeline_and_trains_only_the_extractor(tm
     loss, terms = model.training_step(pixels)
     loss.backward()
     # S* gets gradients through the frozen text encoder and UNet; nothing frozen is trained
-    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.extractor[1].parameters())
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.extractor.to_word.parameters())
     assert all(not p.requires_grad and p.grad is None for part in (model.unet, model.text_encoder, model.vae)
                for p in part.parameters())
     names = {id(p) for group in model.parameter_groups(1e-3, 0.0) for p in group["params"]}
     assert names == {id(p) for p in model.extractor.parameters()}
-    assert model.masks(pixels).shape == (4, 1, 4, 4)          # masks live in latent space here
+    assert model.masks(pixels).shape == (4, 6, 6)             # from latent space back onto the image grid
 
 
 # -- on Ray ---------------------------------------------------------------------------------
@@ -236,3 +238,21 @@ def test_train_job_runs_every_stage_then_reuses_the_warmup(ray_local, compose_co
     rerun = run_train(compose_config(DIGITS_DIFIC + ["method.optim.epochs=3"]))
     assert "warmup_seconds" not in rerun["method_stages"]   # the warm-up model was reused
     assert rerun["method_stages"]["guidance_seconds"] > 0
+
+
+def test_extractor_loads_a_local_checkpoint_and_normalises_like_its_network(tmp_path):
+    import timm
+
+    from raycluster.methods.dific import SemanticExtractor
+
+    torch.manual_seed(0)
+    source = timm.create_model("test_efficientnet", pretrained=False, num_classes=0, in_chans=3)
+    torch.save(source.state_dict(), tmp_path / "weights.pth")
+    extractor = SemanticExtractor({"name": "test_efficientnet", "checkpoint_path": str(tmp_path / "weights.pth"),
+                                   "image_size": 32}, in_channels=3, word_dim=16)
+    assert all(torch.equal(a, b) for a, b in zip(extractor.backbone.state_dict().values(), source.state_dict().values()))
+    images = torch.rand(2, 3, 8, 8) * 2 - 1
+    resized = torch.nn.functional.interpolate(images, size=(32, 32), mode="bilinear")
+    expected = extractor.to_word(source.eval()(((resized + 1) / 2 - extractor.mean) / extractor.std))
+    assert torch.allclose(extractor.eval()(images), expected, atol=1e-5)    # resized to 32, then normalised
+    assert not torch.allclose(extractor.mean, torch.zeros(1))               # by the network's own statistics

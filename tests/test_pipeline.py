@@ -6,6 +6,8 @@ import pytest
 
 from raycluster.pipeline import postprocess, run_train
 
+from tests.conftest import REPO
+
 
 @pytest.mark.timeout(300)
 def test_train_on_digits_end_to_end_and_rerun_reuses_everything(ray_local, compose_config, tmp_path):
@@ -35,3 +37,13 @@ def test_postprocess_pca_and_l2():
     assert out.shape == (50, 4) and np.allclose(np.linalg.norm(out, axis=1), 1.0, atol=1e-5)
     with pytest.raises(ValueError, match="pca_dim=20"):
         postprocess(vectors, pca_dim=20, l2_normalize=False)
+
+
+@pytest.mark.parametrize("experiment", sorted(p.stem for p in (REPO / "configs" / "experiment").glob("*.yaml")))
+def test_every_experiment_config_composes_and_builds_its_method(experiment, compose_config):
+    """A typo in an experiment file (a key the schema or the method does not know) fails here."""
+    from raycluster.pipeline import build_method
+
+    cfg = compose_config([f"experiment={experiment}"])
+    method = build_method(cfg.method)
+    assert method.n_clusters == cfg.data.num_clusters

@@ -184,8 +184,8 @@ class DiFiCConfig:
     pretrained: Optional[str] = None          # Stable Diffusion folder / hub name: pretrained mode
     unet: dict = field(default_factory=dict)          # from-scratch: overrides of SMALL_CONDITIONAL_UNET
     text_encoder: dict = field(default_factory=dict)  # from-scratch: overrides of SMALL_TEXT_ENCODER
-    extractor: dict = field(default_factory=dict)     # timm: name, pretrained, checkpoint_path
-    image_size: Optional[int] = None          # pretrained mode: images resized to this (VAE input)
+    extractor: dict = field(default_factory=dict)     # timm: name, pretrained, checkpoint_path, image_size
+    image_size: Optional[int] = None          # images resized to this first (pretrained: the VAE's input)
     prompt: str = "a photo of a {}"
     placeholder: str = "*"                    # a one-token word in the prompt; its embedding becomes S*
     num_train_timesteps: int = 1000
@@ -242,16 +242,35 @@ def load_components(config: DiFiCConfig) -> dict:
     return dict(unet=unet, text_encoder=text_encoder, tokenizer=tokenizer, scheduler=scheduler, vae=None, frozen=False)
 
 
-def build_extractor(settings: dict, in_channels: int, word_dim: int) -> torch.nn.Module:
-    """timm network (pooled features) + a linear map to the word embedding width: (B, C, S, S) -> (B, word_dim)."""
-    import timm
+class SemanticExtractor(torch.nn.Module):
+    """Image -> S*: (B, C, S, S) in [-1, 1] -> (B, word_dim). A timm network (pooled features;
+    `pretrained` or a local `checkpoint_path` load its weights, with its own input size and
+    normalisation, read from its pretrained config) and a linear map to the word embedding width."""
 
-    settings = {**SMALL_EXTRACTOR, **settings}
-    backbone = timm.create_model(settings["name"], pretrained=bool(settings.get("pretrained")), num_classes=0,
-                                 in_chans=in_channels,
-                                 pretrained_cfg_overlay=({"file": settings["checkpoint_path"]}
-                                                         if settings.get("checkpoint_path") else None))
-    return torch.nn.Sequential(backbone, torch.nn.Linear(backbone.num_features, word_dim))
+    def __init__(self, settings: dict, in_channels: int, word_dim: int):
+        import timm
+
+        super().__init__()
+        settings = {**SMALL_EXTRACTOR, **settings}
+        self.pretrained = bool(settings.get("pretrained") or settings.get("checkpoint_path"))
+        overlay = {"file": settings["checkpoint_path"]} if settings.get("checkpoint_path") else None
+        self.backbone = timm.create_model(settings["name"], pretrained=self.pretrained, num_classes=0,
+                                          in_chans=in_channels, pretrained_cfg_overlay=overlay)
+        self.to_word = torch.nn.Linear(self.backbone.num_features, word_dim)
+        data = self.backbone.pretrained_cfg
+        self.input_size = settings.get("image_size") or (data["input_size"][-1] if self.pretrained else None)
+        mean, std = data.get("mean", (0.5,) * 3), data.get("std", (0.5,) * 3)
+        channels = slice(0, in_channels)
+        self.register_buffer("mean", torch.tensor(mean[channels]).view(1, -1, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std[channels]).view(1, -1, 1, 1), persistent=False)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        if self.pretrained:   # the network's own input: its size, [0, 1] normalised by its mean / std
+            if self.input_size and images.shape[-1] != self.input_size:
+                images = F.interpolate(images, size=(self.input_size, self.input_size), mode="bilinear",
+                                       align_corners=False)
+            images = ((images + 1) / 2 - self.mean) / self.std
+        return self.to_word(self.backbone(images))
 
 
 class DiFiCModel(torch.nn.Module):
@@ -268,7 +287,7 @@ class DiFiCModel(torch.nn.Module):
         input_ids, self.placeholder_position = prompt_ids(parts["tokenizer"], config.prompt, config.placeholder)
         self.register_buffer("input_ids", input_ids, persistent=False)
         word_dim = self.text_encoder.get_input_embeddings().embedding_dim
-        self.extractor = build_extractor(config.extractor, config.image_shape[0], word_dim)
+        self.extractor = SemanticExtractor(config.extractor, config.image_shape[0], word_dim)
         self.recorded: list = []
         self.recorders = {name: ProxyAttentionRecorder(self.placeholder_position, self.recorded)
                           for name in self.unet.attn_processors if name.endswith("attn2.processor")}
@@ -284,24 +303,25 @@ class DiFiCModel(torch.nn.Module):
             state = torch.load(config.init_from, map_location="cpu", weights_only=False)["model"]
             missing, unexpected = self.load_state_dict(state, strict=False)
             if unexpected or set(missing) - {"prototypes"}:
-                raise ValueError(f"dific: {config.init_from} does not match this model (missing {missing}, "
-                                 f"unexpected {unexpected})")
+                raise ValueError(f"dific: {config.init_from} does not match this model: {len(missing)} weights missing "
+                                 f"(e.g. {missing[:3]}), {len(unexpected)} unexpected (e.g. {unexpected[:3]})")
         self.epoch = 0
         self.bank: Optional[torch.Tensor] = None        # (N, C*H*W) all pixel rows (guidance)
         self.neighbors: Optional[torch.Tensor] = None   # (N, knn) int64 global row ids
 
     # -- inputs ---------------------------------------------------------------------------
     def images(self, pixels: torch.Tensor) -> torch.Tensor:
-        """(B, C*H*W) in [0, 1] -> (B, C, S, S) in [-1, 1]: padded to the UNet's sample size
-        (pixel space) or resized to `image_size` (the VAE's input, pretrained mode)."""
-        from raycluster.diffusion.unet import to_model_input
+        """(B, C*H*W) in [0, 1] -> (B, C, S, S) in [-1, 1]: resized to `image_size` when set (in
+        pretrained mode it defaults to the VAE's input size), then, in pixel space, padded with
+        the background value to the UNet's sample size."""
+        from raycluster.diffusion.unet import pad_to_sample_size
 
         channels, height, width = self.config.image_shape
-        if self.vae is None:
-            return to_model_input(pixels, self.config.image_shape, self.unet.config.sample_size)
         images = pixels.reshape(len(pixels), channels, height, width).float() * 2 - 1
-        size = self.config.image_size or self.vae.config.sample_size
-        return F.interpolate(images, size=(size, size), mode="bilinear", align_corners=False)
+        size = self.config.image_size or (self.vae.config.sample_size if self.vae is not None else None)
+        if size and (height, width) != (size, size):
+            images = F.interpolate(images, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+        return images if self.vae is not None else pad_to_sample_size(images, self.unet.config.sample_size)
 
     def latents(self, images: torch.Tensor) -> torch.Tensor:
         """What the UNet denoises: the images themselves, or the VAE's scaled latents."""
@@ -407,11 +427,17 @@ class DiFiCModel(torch.nn.Module):
 
     @torch.no_grad()
     def masks(self, pixels: torch.Tensor) -> torch.Tensor:
-        """(B, C*H*W) -> object masks (B, 1, S, S) at `mask_timestep`, for inspection."""
+        """(B, C*H*W) -> object masks at `mask_timestep` on the images' own grid (B, H, W) in [0, 1],
+        for inspection: the padding (pixel space) cropped away, then resized back."""
         self.eval()
         images = self.images(pixels)
-        latents = self.latents(images)
-        return self.object_masks(latents, self.condition(self.proxy_words(images)))
+        masks = self.object_masks(self.latents(images), self.condition(self.proxy_words(images)))
+        if self.vae is None:   # crop the centred content out of the padded sample
+            content = self.config.image_size or self.config.image_shape[1]
+            top = (masks.shape[-1] - content) // 2
+            masks = masks[..., top:top + content, top:top + content]
+        height, width = self.config.image_shape[1:]
+        return F.interpolate(masks, size=(height, width), mode="bilinear", align_corners=False)[:, 0].clamp(0, 1)
 
     def predict(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(N, C*H*W) -> (cluster (N,) int64, confidence (N,) float32) from the head."""
@@ -422,8 +448,16 @@ class DiFiCModel(torch.nn.Module):
         return cluster, confidence.float()
 
 
+def check_model_keys(config: dict) -> None:
+    """One clear error for a key DiFiCConfig does not have (a typo in method.model)."""
+    unknown = sorted(set(config) - set(DiFiCConfig.__dataclass_fields__))
+    if unknown:
+        raise ValueError(f"dific: unknown model setting(s) {unknown}; known: {sorted(DiFiCConfig.__dataclass_fields__)}")
+
+
 def build_dific(config: dict) -> DiFiCModel:
-    known = {k: v for k, v in config.items() if k in DiFiCConfig.__dataclass_fields__}
+    check_model_keys(config)
+    known = dict(config)
     known["image_shape"] = tuple(known.get("image_shape", (1, 28, 28)))
     if known.get("pretrained") and os.path.exists(known["pretrained"]):
         known["pretrained"] = os.path.abspath(known["pretrained"])

@@ -39,7 +39,10 @@ class DiFiC(TorchMethod):
                  seed: int = 0, work_dir: str = "outputs/dific", max_failures: int = 0, mask_examples: int = 12):
         super().__init__(n_clusters)
         self.image_shape = tuple(image_shape)
+        from raycluster.methods.dific import check_model_keys
+
         self.model_overrides = dict(model or {})
+        check_model_keys(self.model_overrides)   # a typo in method.model fails here, not hours later
         self.warmup = OptimConfig(**(warmup or {}))   # the distillation stage's schedule
         self.optim = OptimConfig(**(optim or {}))     # the guidance stage's schedule
         self.train = TrainConfig(**(train or {}))
@@ -139,14 +142,9 @@ class DiFiC(TorchMethod):
 
         count = min(self.mask_examples, len(pixels))
         chosen = np.random.default_rng(self.seed).choice(len(pixels), count, replace=False)
-        masks = self.model.masks(torch.from_numpy(pixels[chosen]))[:, 0].numpy()
+        masks = self.model.masks(torch.from_numpy(pixels[chosen])).numpy()
         channels, height, width = self.image_shape
         images = pixels[chosen].reshape(count, channels, height, width).mean(1)
-        top, left = (masks.shape[1] - height) // 2, (masks.shape[2] - width) // 2   # undo the centred padding
-        masks = masks[:, top:top + height, left:left + width] if masks.shape[1] >= height else masks
-        if masks.shape[1:] != images.shape[1:]:   # latent-space masks: resize to the image
-            masks = torch.nn.functional.interpolate(torch.from_numpy(masks)[:, None], size=(height, width),
-                                                    mode="bilinear")[:, 0].numpy()
         path = os.path.join(self.work_dir, "masks.png")
         masks_png(path, images, masks, f"proxy-token cross-attention masks at t={self.model.config.mask_timestep}")
         self.stages["masks_png"] = path
