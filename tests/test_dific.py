@@ -209,7 +209,7 @@ def test_two_worker_warmup_decreases_the_loss_and_resumes(ray_local, tmp_path):
     assert resumed["metrics"]["train/loss"] < first["metrics"]["train/loss"]
 
 
-DIGITS_DIFIC = ["method=dific", "data.source.limit=300", "method.image_shape=[1,8,8]",
+DIGITS_DIFIC = ["method=dific", "data.source.limit=300", "method.image_shape=[1,8,8]", "method.model.image_size=null",
                 "++method.model.unet={sample_size:8,block_out_channels:[8,16],norm_num_groups:4,attention_head_dim:4,"
                 "down_block_types:[DownBlock2D,CrossAttnDownBlock2D],up_block_types:[CrossAttnUpBlock2D,UpBlock2D]}",
                 "++method.model.text_encoder={hidden_size:16,intermediate_size:32,num_attention_heads:2}",

@@ -439,6 +439,7 @@ class DiFiCModel(torch.nn.Module):
         height, width = self.config.image_shape[1:]
         return F.interpolate(masks, size=(height, width), mode="bilinear", align_corners=False)[:, 0].clamp(0, 1)
 
+    @torch.no_grad()
     def predict(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(N, C*H*W) -> (cluster (N,) int64, confidence (N,) float32) from the head."""
         if not self.config.guidance:
