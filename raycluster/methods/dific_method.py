@@ -124,6 +124,8 @@ class DiFiC(TorchMethod):
         warmup = self.distilled(pixels)
         centers, table = self.warmup_clusters(warmup, pixels, labels)
         config = {**self.base_config(), "guidance": True, "centers": centers.tolist(), "init_from": warmup}
+        if config.get("mask_start_epoch", 0) > 0:   # the warm-up trained the attention: masks from the start
+            config["mask_start_epoch"] = 0
         state = self._train(config, pixels, self.optim, "guidance", labels, context={"bank": pixels, "neighbors": table})
         self._restore(state)
         self.save_masks(pixels)
