@@ -44,7 +44,7 @@ def test_asha_search_of_cludi_reports_every_trial(ray_local, tmp_path):
     from raycluster.tune.asha import asha_search
 
     features, labels = mixture(n_per=40, k=3)
-    model = {"n_clusters": 3, "feature_dim": 128, "embedding_dim": 8, "hidden_dim": 32, "teacher_draws": 2,
+    model = {"n_clusters": 3, "feature_dim": 128, "embedding_dim": 8, "depth": 1, "teacher_draws": 2,
              "teacher_steps": 2, "eval_draws": 2, "eval_steps": 2}
     optim = {"epochs": 4, "batch_size": 60, "lr": 1e-3, "warmup_epochs": 0}
     report = asha_search(features, "raycluster.methods.cludi.build_cludi", model, optim,

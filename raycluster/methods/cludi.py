@@ -1,15 +1,17 @@
 """CLUDI: clustering via self-supervised diffusion in cluster-assignment space.
 
 Uziel et al., "Clustering via Self-Supervised Diffusion", ICML 2025; public code
-BGU-CS-VIL/CLUDI (read at d89618d: cludi.py, diff_utils.py, loss_utils.py, models.py).
+BGU-CS-VIL/CLUDI (read at d89618d: cludi.py, diff_utils.py, loss_utils.py; the denoiser is
+`UViTLin` of vit_new.py at 77086785, the one train_utils.py builds, not models.py's older one).
 Pure torch: no Ray here (raycluster/train/ runs `training_step` under Ray Train).
 
 Objects (B points, D noise draws per point, K clusters, d = embedding_dim, F = feature width):
-- assignment embedding  z0 = sqrt(d) * softmax(logits / 0.1) @ normalize(C)     (B, d)
-  with C the (K, d) cluster vectors (`return_embedding` in the code: no final normalise).
+- assignment embedding  z0 = sqrt(d) * normalize(softmax(logits / 0.1) @ normalize(C))   (B, d)
+  with C the (K, d) fixed random cluster vectors (`return_embedding` of vit_new.py).
 - denoiser  f(z_t, x, t, z_self) -> z0_hat: per-point MLP conditioned on the frozen feature x
   (projected once per batch, see `encode_features`), self-conditioning input concatenated
-  with z_t, sinusoidal time embedding; dropout 0.15 on the feature branch; head d -> K logits.
+  with z_t, MLP time embedding added; magnitude-preserving SiLU; dropout 0.15 on the feature
+  and assignment branches; head d -> K logits (see `AssignmentDenoiser`).
 - noise: z_t = sqrt(a_t) z0 + sqrt(1 - a_t) * rescale * eps, a_t the sqrt schedule
   1 - sqrt(t/T + 1e-4) (Diffusion-LM), T = 1000, rescale = 49 in training and at the
   sampling start; loss weight min(SNR_t, gamma=5) / rescale (min-SNR, as the code).
@@ -34,14 +36,17 @@ Choices where code and paper leave room (deliberate, documented):
   `teacher_gradients=false` keeps the cheaper variant available.
 - Teacher = the student in eval mode, as the code (its EMA copy is built but never used);
   `ema_teacher=0.999` switches to an EMA teacher for those who want it.
-- Cluster vectors C are learned with lr / 10, as the code does (the paper calls them fixed
-  random vectors; freezing them made no difference in one 20-epoch digits run here).
+- Cluster vectors C are fixed random vectors, as the paper says and vit_new.py does
+  (`requires_grad_(False)`; the older models.py learned them at lr / 10).
+- Denoiser: vit_new.py's architecture, the one the code trains. The older models.py MLP
+  (one hidden width, no time-embedding MLP, no final normalise) was this module's first
+  version; measured here with the same recipe it collapsed towards few clusters (digits: size
+  entropy 0.72, ACC 0.40 at lr 1e-3) where this one stays balanced (entropy 0.99, ACC 0.73).
+  The feature dropout is applied once (vit_new.py applies the same 0.15 dropout twice).
 - With W data-parallel workers the self-classifier loss sees the gathered global batch and
   the per-draw timesteps are rank 0's (`gather_batch`, `same_on_all_workers`), so W workers
   optimise the same objective as one worker with the whole batch.
-- Status on this project's CPU (see bench/quality.py): the CPU recipe does not reach the
-  paper's ImageNet-50 figures (ACC 0.58 vs k-means 0.84); the teacher's cluster-size entropy
-  drifts down after 30-60 epochs. Open in the tracker.
+- Status on this project's CPU: see bench/quality.py and the README's results table.
 - The feature projection is computed once per batch and reused across the DDIM steps (it
   does not depend on z_t or t): same maths, fewer FLOPs.
 """
@@ -63,7 +68,7 @@ class CludiConfig:
     n_clusters: int
     feature_dim: int = 384
     embedding_dim: int = 64
-    hidden_dim: int = 512
+    depth: int = 5
     dropout: float = 0.15
     timesteps: int = 1000
     rescaling_factor: float = 49.0
@@ -97,49 +102,66 @@ def timestep_embedding(timesteps: torch.Tensor, dim: int, max_period: float = 10
     return torch.cat([torch.cos(angles), torch.sin(angles)], dim=-1)
 
 
+class MPSiLU(nn.Module):
+    """SiLU divided by 0.596: unit output variance for unit-variance input (magnitude-preserving, EDM2)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.silu(x) / 0.596
+
+
 class AssignmentDenoiser(nn.Module):
     """x0-predicting denoiser over assignment embeddings, conditioned on a frozen feature.
 
-    forward(z_t (N, d), context (N, F'), t (N,), self_cond (N, d)) -> z0_hat (N, d), where
-    context = encode_features(features (N, F)). logits(z (..., d)) -> (..., K).
+    The public code's `UViTLin` (vit_new.py): feature branch F -> F, assignment branch
+    [self_cond | z_t] (2d) -> F/2, concatenated (W = F + F/2), plus an MLP time embedding of
+    width W; `depth` W x W layers, then W -> d -> d, LayerNorm, final d -> d.
+    forward(z_t (N, d), context (N, F), t (N,) or broadcastable, self_cond (N, d)) -> z0_hat (N, d),
+    where context = encode_features(features (N, F)). logits(z (..., d)) -> (..., K).
     """
 
-    def __init__(self, feature_dim: int, n_clusters: int, embedding_dim: int = 64, hidden_dim: int = 512,
+    def __init__(self, feature_dim: int, n_clusters: int, embedding_dim: int = 64, depth: int = 5,
                  dropout: float = 0.15):
         super().__init__()
         self.embedding_dim = embedding_dim
+        assignment_width = max(embedding_dim, feature_dim // 2)
+        self.width = feature_dim + assignment_width
         self.feature_proj = nn.Sequential(
-            nn.Linear(feature_dim, feature_dim), nn.SiLU(), nn.Linear(feature_dim, feature_dim),
+            nn.Linear(feature_dim, feature_dim), MPSiLU(), nn.Linear(feature_dim, feature_dim),
             nn.LayerNorm(feature_dim, elementwise_affine=False, eps=1e-6), nn.Linear(feature_dim, feature_dim))
         self.feature_dropout = nn.Dropout(dropout)
-        assignment_in = 2 * embedding_dim  # z_t concatenated with the self-conditioning estimate
-        self.time_embed = nn.Sequential(nn.Linear(assignment_in, 4 * assignment_in), nn.SiLU(),
-                                        nn.Linear(4 * assignment_in, assignment_in))
         self.assignment_proj = nn.Sequential(
-            nn.Linear(2 * assignment_in, 2 * assignment_in), nn.SiLU(), nn.Linear(2 * assignment_in, 2 * assignment_in),
-            nn.LayerNorm(2 * assignment_in, eps=1e-6), nn.Linear(2 * assignment_in, 2 * assignment_in))
-        self.network = nn.Sequential(
-            nn.Linear(feature_dim + 2 * assignment_in, hidden_dim), nn.SiLU(), nn.Linear(hidden_dim, hidden_dim),
-            nn.SiLU(), nn.Linear(hidden_dim, embedding_dim))
+            nn.Linear(2 * embedding_dim, 2 * embedding_dim), MPSiLU(), nn.Linear(2 * embedding_dim, assignment_width),
+            nn.LayerNorm(assignment_width, eps=1e-6), nn.Linear(assignment_width, assignment_width))
+        self.assignment_dropout = nn.Dropout(dropout)
+        self.time_embed = nn.Sequential(nn.Linear(self.width, 4 * self.width), MPSiLU(),
+                                        nn.Linear(4 * self.width, self.width))
+        layers = []
+        for _ in range(depth):
+            layers += [nn.Linear(self.width, self.width), MPSiLU()]
+        layers += [nn.Linear(self.width, embedding_dim), MPSiLU(), nn.Linear(embedding_dim, embedding_dim),
+                   nn.LayerNorm(embedding_dim), nn.Linear(embedding_dim, embedding_dim)]
+        self.network = nn.Sequential(*layers)
         self.head = nn.Linear(embedding_dim, n_clusters)
-        self.cluster_vectors = nn.Parameter(torch.randn(n_clusters, embedding_dim))
+        # fixed random cluster vectors C (the paper; the code freezes them too); a buffer so they
+        # travel with the state dict
+        self.register_buffer("cluster_vectors", torch.randn(n_clusters, embedding_dim))
 
     def encode_features(self, features: torch.Tensor) -> torch.Tensor:
         """(N, F) features -> (N, F) context (L2-normalised input, projected, dropout in train mode)."""
         return self.feature_dropout(self.feature_proj(F.normalize(features, dim=-1)))
 
     def forward(self, z_t, context, t, self_cond):
-        assignment = torch.cat([self_cond, z_t], dim=-1)
-        time = self.time_embed(timestep_embedding(t, assignment.shape[-1]))
-        assignment = self.assignment_proj(torch.cat([assignment, time], dim=-1))
-        return self.network(torch.cat([context, assignment], dim=-1))
+        assignment = self.assignment_dropout(self.assignment_proj(torch.cat([self_cond, z_t], dim=-1)))
+        time = self.time_embed(timestep_embedding(t, self.width))
+        return self.network(torch.cat([context, assignment], dim=-1) + time)
 
     def logits(self, z: torch.Tensor) -> torch.Tensor:
         return self.head(z)
 
     def assignment_embedding(self, probabilities: torch.Tensor) -> torch.Tensor:
-        """(..., K) probabilities -> (..., d) = sqrt(d) * probabilities @ normalize(C)."""
-        return probabilities @ F.normalize(self.cluster_vectors, dim=-1) * math.sqrt(self.embedding_dim)
+        """(..., K) probabilities -> (..., d) = sqrt(d) * normalize(probabilities @ normalize(C))."""
+        mixture = probabilities @ F.normalize(self.cluster_vectors, dim=-1)
+        return F.normalize(mixture, dim=-1) * math.sqrt(self.embedding_dim)
 
 
 def add_feature_noise(features: torch.Tensor, low: float, high: float) -> torch.Tensor:
@@ -215,7 +237,7 @@ class CludiModel(nn.Module):
         super().__init__()
         self.config = config
         self.denoiser = AssignmentDenoiser(config.feature_dim, config.n_clusters, config.embedding_dim,
-                                           config.hidden_dim, config.dropout)
+                                           config.depth, config.dropout)
         alphas = sqrt_schedule(config.timesteps)
         snr = alphas / (1 - alphas)
         self.register_buffer("alphas_cumprod", alphas.float(), persistent=False)
@@ -273,7 +295,7 @@ class CludiModel(nn.Module):
         student_features = drop_features(add_feature_noise(draws, *cfg.feature_noise), *cfg.feature_dropout)
         context = self.denoiser.encode_features(student_features)
         targets = F.softmax(teacher_logits / cfg.assignment_temperature, dim=-1)
-        z0 = self.denoiser.assignment_embedding(targets)                            # gradients reach C
+        z0 = self.denoiser.assignment_embedding(targets)
         t = same_on_all_workers(torch.randint(0, cfg.timesteps, (cfg.teacher_draws,), device=features.device))  # per draw
         t_points = t[:, None].expand(draws.shape[:-1])
         z_t = self.q_sample(z0, t_points, torch.randn_like(z0) * cfg.rescaling_factor)
@@ -319,11 +341,11 @@ class CludiModel(nn.Module):
         return torch.cat(clusters), torch.cat(confidences).float()
 
     def parameter_groups(self, lr: float, weight_decay: float) -> list[dict]:
-        """AdamW groups: cluster vectors at lr / 10 (as the code), everything else at lr."""
-        vectors = [self.denoiser.cluster_vectors]
-        others = [p for name, p in self.denoiser.named_parameters() if name != "cluster_vectors"]
-        return [{"params": others, "lr": lr, "weight_decay": weight_decay, "lr_scale": 1.0},
-                {"params": vectors, "lr": lr / 10, "weight_decay": 0.0, "lr_scale": 0.1}]
+        """AdamW groups as the code: no weight decay on biases and norm gains."""
+        decayed = [p for p in self.denoiser.parameters() if p.ndim > 1]
+        undecayed = [p for p in self.denoiser.parameters() if p.ndim <= 1]
+        return [{"params": decayed, "lr": lr, "weight_decay": weight_decay},
+                {"params": undecayed, "lr": lr, "weight_decay": 0.0}]
 
 
 def build_cludi(model_config: dict) -> CludiModel:
