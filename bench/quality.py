@@ -30,7 +30,7 @@ from raycluster.pipeline import build_method, ensure_embeddings, postprocess
 from raycluster.ray_utils import ensure_ray
 from common import SHARED, append_json_rows
 
-METHODS = ["kmeans", "temi", "cludi", "cludi_paper", "diec", "dific"]
+METHODS = ["kmeans", "umap_kmeans", "temi", "cludi", "cludi_paper", "diec", "dific"]
 # Recipes too slow for a CPU: skipped (and said so) unless a GPU is present.
 GPU_ONLY = {"cludi_paper": "paper recipe (8 x 25 teacher chain, 200 epochs, 64 x 50 inference): hours on CPU"}
 # Methods that read images, not embeddings: the datasets they apply to and the experiment config
@@ -81,7 +81,7 @@ def run_method(method: str, dataset: str, vectors: np.ndarray, labels: np.ndarra
     """Fit from scratch in `<output-root>/<dataset>/<method>/seed<N>` (emptied first, kept after:
     DiEC leaves its heatmaps and UNet there). Returns [(method name, metrics)]: one row, plus
     `diec_init_kmeans` (k-means on the COL/COT embeddings) for DiEC, `dific_init_kmeans` (k-means on
-    the warm-up S*) for DiFiC."""
+    the warm-up S*) and `dific_init_manifold` (k-means on a UMAP of it) for DiFiC."""
     import shutil
 
     output_dir = os.path.join(args.output_root, dataset, method, f"seed{seed}")
@@ -99,8 +99,9 @@ def run_method(method: str, dataset: str, vectors: np.ndarray, labels: np.ndarra
     stages = getattr(model, "stages", {})
     if stages:
         print(f"  {method} stages: {stages}", flush=True)
-    if stages.get("init_kmeans"):
-        rows.append((f"{method}_init_kmeans", {**stages["init_kmeans"], "fit_seconds": round(fit_seconds, 3)}))
+    for stage in ("init_kmeans", "init_manifold"):
+        if stages.get(stage):
+            rows.append((f"{method}_{stage}", {**stages[stage], "fit_seconds": round(fit_seconds, 3)}))
     return rows
 
 
@@ -154,8 +155,9 @@ def main(argv=None):
     print("diec rows: configs/experiment/diec_mnist.yaml (UNet pretrained on the same images, COL/COT searched "
           "without labels, DEC fine-tune), fit = that whole pipeline; diec_init_kmeans: k-means on the COL/COT "
           "embeddings before the fine-tune")
-    print("dific rows: configs/experiment/dific_mnist.yaml (from scratch: warm-up distillation, k-means + k-NN graph "
-          "of S*, neighbour-guided head), fit = that whole pipeline; dific_init_kmeans: k-means on S* after the warm-up")
+    print("dific rows: configs/experiment/dific_mnist.yaml (from scratch: warm-up distillation, warm-up clusters + "
+          "k-NN graph of S*, neighbour-guided head), fit = that whole pipeline; dific_init_kmeans: k-means on S* after "
+          "the warm-up; dific_init_manifold: k-means on a UMAP of that S* (the warm-up clusters the head starts from)")
     append_json_rows(args.json, rows)
     return rows
 

@@ -127,6 +127,14 @@ def test_wrong_prompt_or_centres_is_one_clear_error():
         build_dific(scratch_config(guidance=True, centers=[[0.0] * 16] * 2))
 
 
+def test_a_typo_in_the_manifold_settings_fails_before_any_training():
+    from raycluster.methods.dific_method import DiFiC
+
+    with pytest.raises(ValueError, match=r"unknown manifold setting\(s\) \['n_component'\]"):
+        DiFiC(10, manifold={"n_component": 10})
+    assert DiFiC(10, manifold={"n_components": 5, "max_points": 1000}).manifold["n_components"] == 5
+
+
 # -- pretrained mode: a Stable-Diffusion-layout pipeline the test saves itself -------------
 CLIP_WORDS = ["a", "photo", "of", "*"]
 
@@ -230,6 +238,7 @@ def test_train_job_runs_every_stage_then_reuses_the_warmup(ray_local, compose_co
     summary = run_train(cfg)
     stages = summary["method_stages"]
     assert {"warmup_seconds", "guidance_seconds"} <= set(stages) and set(stages["init_kmeans"]) >= {"acc", "nmi"}
+    assert set(stages["init_manifold"]) >= {"acc", "nmi"}    # the default config clusters a UMAP of S*
     assert 0 <= stages["knn_label_agreement"] <= 1 and os.path.getsize(stages["masks_png"]) > 1000
     assert summary["samples"] == 300 and 0 <= summary["metrics"]["acc"] <= 1
     written = pq.read_table(summary["outputs"]["assignments"]).column("cluster").to_numpy()

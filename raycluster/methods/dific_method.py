@@ -4,9 +4,10 @@ fit(pixels) on pixel rows (N, C*H*W) in [0, 1] (`backbone=pixels`):
 1. Warm-up (semantic distillation + object concentration): extractor (+ from-scratch UNet and
    text encoder) trained by the masked denoising loss alone; checkpoints per epoch under
    `<work_dir>/warmup`, the final weights in `<work_dir>/warmup.pt` (reused when it exists).
-2. Between the stages: S* of every row; k-means on S* (the warm-up clusters, the head's initial
-   prototypes; its scores land in `stages["init_kmeans"]` when labels are given) and the k-NN
-   graph of S* (sharded FAISS index on Ray actors, raycluster.neighbors).
+2. Between the stages: S* of every row; the warm-up clusters (k-means on S*, scores in
+   `stages["init_kmeans"]` when labels are given; with `manifold` set, k-means on a UMAP embedding
+   of S*, `stages["init_manifold"]`), whose mean directions are the head's initial prototypes;
+   and the k-NN graph of S* (sharded FAISS index on Ray actors, raycluster.neighbors).
 3. Guidance: the same model plus the clustering head, trained with denoising + neighbour
    consistency + balance, starting from the warm-up weights; every worker holds all pixel rows
    and the k-NN table (object store) to look neighbours up. Checkpoints under `<work_dir>/guidance`.
@@ -35,7 +36,8 @@ class DiFiC(TorchMethod):
 
     def __init__(self, n_clusters: int, image_shape=(1, 28, 28), model: Optional[dict] = None,
                  warmup: Optional[dict] = None, optim: Optional[dict] = None, train: Optional[dict] = None,
-                 knn: int = 10, index: Optional[dict] = None, index_shards: int = 1, use_gpu: bool = False,
+                 knn: int = 10, manifold: Optional[dict] = None, index: Optional[dict] = None,
+                 index_shards: int = 1, use_gpu: bool = False,
                  seed: int = 0, work_dir: str = "outputs/dific", max_failures: int = 0, mask_examples: int = 12):
         super().__init__(n_clusters)
         self.image_shape = tuple(image_shape)
@@ -47,6 +49,16 @@ class DiFiC(TorchMethod):
         self.optim = OptimConfig(**(optim or {}))     # the guidance stage's schedule
         self.train = TrainConfig(**(train or {}))
         self.knn, self.index_spec, self.index_shards = knn, IndexSpec(**(index or {"kind": "flat"})), index_shards
+        self.manifold = dict(manifold) if manifold else None   # kmeans.manifold_kmeans settings; None: k-means on S*
+        if self.manifold is not None:
+            import inspect
+
+            from raycluster.methods.kmeans import manifold_kmeans
+
+            known = set(inspect.signature(manifold_kmeans).parameters) - {"vectors", "n_clusters", "seed"}
+            if set(self.manifold) - known:
+                raise ValueError(f"dific: unknown manifold setting(s) {sorted(set(self.manifold) - known)}; "
+                                 f"known: {sorted(known)}")
         self.use_gpu, self.seed, self.max_failures = use_gpu, seed, max_failures
         # Ray Train workers run in their own working directories: paths must be absolute
         self.work_dir = work_dir if "://" in work_dir else os.path.abspath(work_dir)
@@ -89,28 +101,42 @@ class DiFiC(TorchMethod):
 
     # -- stage 2 -------------------------------------------------------------------------
     def warmup_clusters(self, warmup: str, pixels: np.ndarray, labels=None) -> tuple[np.ndarray, np.ndarray]:
-        """k-means centres (K, word_dim) and the k-NN table (N, knn) of the warm-up S*."""
+        """The head's initial prototypes (K, word_dim) float32 from the warm-up clusters of S*, and
+        the k-NN table (N, knn) int64 of S*.
+
+        k-means on S* always runs (its scores are the paper's "k-means on S*" row); with `manifold`
+        set the clusters and prototypes come from k-means on a UMAP embedding of S* instead, the
+        prototypes being the mean directions of S* in each cluster."""
         import torch
 
         from raycluster.methods.dific import build_dific
-        from raycluster.methods.kmeans import KMeans
+        from raycluster.methods.kmeans import KMeans, manifold_kmeans
         from raycluster.metrics import supervised_metrics
         from raycluster.neighbors.graph import neighbor_table
 
         start = time.time()
+        scored = labels is not None and (labels >= 0).all()
         model = build_dific({**self.base_config(), "guidance": False, "init_from": warmup})
         words = model.embed(torch.from_numpy(pixels)).numpy()
         normalised = words / np.linalg.norm(words, axis=1, keepdims=True).clip(1e-8)   # the head is cosine
         kmeans = KMeans(self.n_clusters, seed=self.seed).fit(normalised)
         clusters, _ = kmeans.predict(normalised)
-        if labels is not None and (labels >= 0).all():
+        prototypes = kmeans.centroids
+        if scored:
             self.stages["init_kmeans"] = supervised_metrics(labels, clusters)
+        if self.manifold is not None:
+            clusters = manifold_kmeans(normalised, self.n_clusters, seed=self.seed, **self.manifold)
+            prototypes = np.stack([normalised[clusters == k].mean(0) if (clusters == k).any() else prototypes[k]
+                                   for k in range(self.n_clusters)])
+            if scored:
+                sampled = clusters >= 0
+                self.stages["init_manifold"] = supervised_metrics(labels[sampled], clusters[sampled])
         table = neighbor_table(normalised, self.knn, self.index_spec, self.index_shards, self.seed)
-        if labels is not None and (labels >= 0).all():
+        if scored:
             self.stages["knn_label_agreement"] = round(float((labels[table] == labels[:, None]).mean()), 4)
         self.stages["warmup_clusters_seconds"] = round(time.time() - start, 1)
-        log.warning("DiFiC warm-up: %s", {k: v for k, v in self.stages.items() if k != "init_kmeans"})
-        return kmeans.centroids, table
+        log.warning("DiFiC warm-up: %s", {k: v for k, v in self.stages.items() if not k.startswith("init_")})
+        return prototypes.astype(np.float32), table
 
     # -- stage 3 -------------------------------------------------------------------------
     def fit(self, vectors: np.ndarray, labels: Optional[np.ndarray] = None) -> "DiFiC":

@@ -74,3 +74,60 @@ class KMeans(ClusteringMethod):
         probabilities = np.exp(logits)
         probabilities /= probabilities.sum(axis=1, keepdims=True)
         return probabilities.argmax(axis=1).astype(np.int64), probabilities.max(axis=1).astype(np.float32)
+
+
+
+class UMAPKMeans(ClusteringMethod):
+    """k-means on a UMAP embedding of the vectors (N2D, McConville et al. 2019, without its
+    autoencoder): a baseline on any features, and how DiFiC clusters its warm-up S*.
+
+    Why: learned features often hold classes as curved, elongated manifolds that k-means in the
+    input space cuts across (MNIST, DiFiC's warm-up S*: k-means ACC 0.74, two clusters each half 4s
+    and half 9s); UMAP (min_dist 0) keeps the k-NN manifold and packs each one tight, so k-means
+    in its space follows them (same S*: 0.90 over 3 UMAP seeds).
+
+    fit: UMAP on at most `max_points` rows (a uniform sample: UMAP costs ~20 s for 10k rows on
+    2 cores and grows faster than linearly), k-means (n_init 10) on its `n_components`-d output;
+    `fit_clusters` (N,) int64 holds the sampled rows' clusters, -1 for the rest.
+    predict: new rows through UMAP's `transform`, then the nearest k-means centre.
+    """
+
+    name = "umap_kmeans"
+
+    def __init__(self, n_clusters: int, n_components: int = 10, n_neighbors: int = 15, max_points: int = 50_000,
+                 metric: str = "cosine", seed: int = 0, use_gpu: bool = False):
+        super().__init__(n_clusters)
+        self.n_components, self.n_neighbors, self.max_points = n_components, n_neighbors, max_points
+        self.metric, self.seed, self.use_gpu = metric, seed, use_gpu
+        self.reducer = self.kmeans = self.fit_clusters = self.width = None
+
+    def fit(self, vectors: np.ndarray, labels=None) -> "UMAPKMeans":
+        import umap
+
+        vectors = self.check_input(vectors)
+        rng = np.random.default_rng(self.seed)
+        rows = (np.sort(rng.choice(len(vectors), self.max_points, replace=False)) if len(vectors) > self.max_points
+                else np.arange(len(vectors)))
+        self.reducer = umap.UMAP(n_neighbors=min(self.n_neighbors, len(rows) - 1), n_components=self.n_components,
+                                 min_dist=0.0, metric=self.metric, random_state=self.seed, n_jobs=1)
+        embedded = self.reducer.fit_transform(vectors[rows])
+        self.width = vectors.shape[1]
+        self.kmeans = KMeans(self.n_clusters, seed=self.seed, use_gpu=self.use_gpu).fit(embedded)
+        self.fit_clusters = np.full(len(vectors), -1, dtype=np.int64)
+        self.fit_clusters[rows], _ = self.kmeans.predict(embedded)
+        return self
+
+    def predict(self, vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        if self.reducer is None:
+            raise RuntimeError("umap_kmeans: call fit() before predict()")
+        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        if vectors.shape[1] != self.width:
+            raise ValueError(f"umap_kmeans: embeddings have width {vectors.shape[1]}, fitted on {self.width}")
+        return self.kmeans.predict(np.ascontiguousarray(self.reducer.transform(vectors), dtype=np.float32))
+
+
+def manifold_kmeans(vectors: np.ndarray, n_clusters: int, n_components: int = 10, n_neighbors: int = 15,
+                    max_points: int = 50_000, metric: str = "cosine", seed: int = 0) -> np.ndarray:
+    """vectors (N, D) float32 -> clusters (N,) int64 of `UMAPKMeans` fitted on them, -1 for rows
+    outside its UMAP sample."""
+    return UMAPKMeans(n_clusters, n_components, n_neighbors, max_points, metric, seed).fit(vectors).fit_clusters
