@@ -163,7 +163,8 @@ def main(argv=None):
 
 
 def print_table(rows: list[dict]) -> None:
-    print(f"\n{'dataset':<36}{'method':<10}{'ACC':>16}{'NMI':>16}{'ARI':>16}{'fit s':>9}")
+    width = max([10] + [len(row["method"]) + 2 for row in rows])
+    print(f"\n{'dataset':<36}{'method':<{width}}{'ACC':>16}{'NMI':>16}{'ARI':>16}{'fit s':>9}")
     groups = {}
     for row in rows:
         groups.setdefault((row["dataset"], row["method"]), []).append(row)
@@ -173,7 +174,7 @@ def print_table(rows: list[dict]) -> None:
             values = np.array([r[key] for r in group])
             cells.append(f"{values.mean():.3f} ± {values.std():.3f}")
         fit = np.mean([r["fit_seconds"] for r in group])
-        print(f"{dataset:<36}{method:<10}{cells[0]:>16}{cells[1]:>16}{cells[2]:>16}{fit:>9.2f}")
+        print(f"{dataset:<36}{method:<{width}}{cells[0]:>16}{cells[1]:>16}{cells[2]:>16}{fit:>9.2f}")
 
 
 if __name__ == "__main__":

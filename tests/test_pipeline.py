@@ -47,3 +47,11 @@ def test_every_experiment_config_composes_and_builds_its_method(experiment, comp
     cfg = compose_config([f"experiment={experiment}"])
     method = build_method(cfg.method)
     assert method.n_clusters == cfg.data.num_clusters
+
+
+@pytest.mark.parametrize("method_name", sorted(p.stem for p in (REPO / "configs" / "method").glob("*.yaml")))
+def test_every_method_config_composes_and_builds(method_name, compose_config):
+    from raycluster.pipeline import build_method
+
+    method = build_method(compose_config([f"method={method_name}"]).method)
+    assert method.n_clusters == 10     # the embedded default's digits

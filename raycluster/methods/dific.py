@@ -38,7 +38,8 @@ were not at hand offline, so every value below is ours and stated):
   default (`manifold` in configs/method/dific.yaml) the warm-up clusters are k-means on a UMAP
   embedding of S* (kmeans.UMAPKMeans, N2D's recipe: 10-d, 15-NN, min_dist 0; 0.90 on the same S*),
   and the head's prototypes start at their mean S* directions; `manifold: null` is the paper's
-  plain k-means. Guidance itself is unchanged.
+  plain k-means. Guidance itself is unchanged. Whole pipeline (bench/quality.py, mnist-test):
+  head ACC 0.905 after guidance from the UMAP clusters, 0.778 from plain k-means.
 - Cluster guidance. After the warm-up (distillation alone; clusters as above), a
   clustering head on S* is trained with a neighbourhood-consistency loss plus a balance term,
   and this loss also updates the extractor: for an anchor i and one of its k nearest
