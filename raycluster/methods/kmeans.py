@@ -76,7 +76,6 @@ class KMeans(ClusteringMethod):
         return probabilities.argmax(axis=1).astype(np.int64), probabilities.max(axis=1).astype(np.float32)
 
 
-
 class UMAPKMeans(ClusteringMethod):
     """k-means on a UMAP embedding of the vectors (N2D, McConville et al. 2019, without its
     autoencoder): a baseline on any features, and how DiFiC clusters its warm-up S*.
