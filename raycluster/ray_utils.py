@@ -16,6 +16,11 @@ def ensure_ray(address: Optional[str] = None, num_cpus: Optional[int] = None) ->
 
     if ray.is_initialized():
         return
+    # Ray's progress bars replace builtins.print with a Python function a few seconds after
+    # ray.init; numba then fails to compile anything that calls numba.get_num_threads() in the
+    # driver (pynndescent, so UMAP on >= 4096 rows: umap_kmeans, DiFiC's warm-up clusters, the
+    # report's map). Keep print as it is.
+    os.environ.setdefault("RAY_TQDM_PATCH_PRINT", "0")
     address = address or os.environ.get("RAY_ADDRESS")
     if address:
         ray.init(address=address, log_to_driver=True)

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from raycluster.methods.kmeans import KMeans, UMAPKMeans, manifold_kmeans
-from raycluster.metrics import cluster_acc
+from raycluster.metrics import cluster_acc, size_entropy
 
 
 def test_kmeans_recovers_separated_blobs_with_confidences():
@@ -18,6 +18,42 @@ def test_kmeans_recovers_separated_blobs_with_confidences():
         model.predict(np.zeros((2, 3), np.float32))
     with pytest.raises(RuntimeError, match="fit"):
         KMeans(4).predict(vectors)
+
+
+def test_spherical_kmeans_keeps_the_restart_with_the_highest_summed_cosine():
+    from sklearn.datasets import make_blobs
+
+    vectors, _ = make_blobs(2000, n_features=16, centers=30, cluster_std=2.0, random_state=0)
+    vectors = (vectors / np.linalg.norm(vectors, axis=1, keepdims=True)).astype(np.float32)
+
+    def summed_cosine(model):
+        return float((vectors @ model.centroids.T).max(axis=1).sum())
+
+    for seed in range(3):   # n_init=1 runs the first of the n_init=10 restarts
+        first = summed_cosine(KMeans(30, n_init=1, seed=seed, spherical=True).fit(vectors))
+        best = summed_cosine(KMeans(30, n_init=10, seed=seed, spherical=True).fit(vectors))
+        assert best >= first - 1e-3   # FAISS maximises the cosine sum; keeping the lowest kept the worst
+
+
+def three_equal_clusters_one_wide():
+    """900 x 2: a wide uniform strip and two tight blobs 2 apart, 300 each. k-means' lowest
+    objective halves the strip and merges the blobs; one cluster per group costs ~2% more."""
+    rng = np.random.default_rng(0)
+    strip = np.c_[rng.uniform(-10, -10 + np.sqrt(33), 300), rng.normal(0, 0.3, 300)]
+    blobs = [np.c_[rng.normal(centre, 0.3, 300), rng.normal(0, 0.3, 300)] for centre in (2, 4)]
+    return np.vstack([strip, *blobs]).astype(np.float32), np.repeat([0, 1, 2], 300)
+
+
+def test_balance_tolerance_prefers_even_sizes_among_near_tied_restarts():
+    vectors, labels = three_equal_clusters_one_wide()
+    lowest, _ = KMeans(3, seed=0).fit(vectors).predict(vectors)
+    assert cluster_acc(labels, lowest) < 0.6 and size_entropy(lowest, 3) < 0.85
+    balanced, _ = KMeans(3, seed=0, balance_tolerance=0.05).fit(vectors).predict(vectors)
+    assert cluster_acc(labels, balanced) == 1.0
+    far, _ = KMeans(3, seed=0, balance_tolerance=0.005).fit(vectors).predict(vectors)
+    assert cluster_acc(labels, far) < 0.6          # a 2% costlier solution is no near-tie at 0.5%
+    with pytest.raises(ValueError, match="balance_tolerance"):
+        KMeans(3, balance_tolerance=-0.1)
 
 
 def test_manifold_kmeans_follows_curved_clusters_that_kmeans_cuts_across():
