@@ -49,13 +49,13 @@ class DiFiC(TorchMethod):
         self.optim = OptimConfig(**(optim or {}))     # the guidance stage's schedule
         self.train = TrainConfig(**(train or {}))
         self.knn, self.index_spec, self.index_shards = knn, IndexSpec(**(index or {"kind": "flat"})), index_shards
-        self.manifold = dict(manifold) if manifold else None   # kmeans.manifold_kmeans settings; None: k-means on S*
+        self.manifold = dict(manifold) if manifold else None   # kmeans.UMAPKMeans settings; None: k-means on S*
         if self.manifold is not None:
             import inspect
 
-            from raycluster.methods.kmeans import manifold_kmeans
+            from raycluster.methods.kmeans import UMAPKMeans
 
-            known = set(inspect.signature(manifold_kmeans).parameters) - {"vectors", "n_clusters", "seed"}
+            known = set(inspect.signature(UMAPKMeans).parameters) - {"n_clusters", "seed", "use_gpu"}
             if set(self.manifold) - known:
                 raise ValueError(f"dific: unknown manifold setting(s) {sorted(set(self.manifold) - known)}; "
                                  f"known: {sorted(known)}")

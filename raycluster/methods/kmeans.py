@@ -146,10 +146,7 @@ class UMAPKMeans(ClusteringMethod):
         return self.kmeans.predict(np.ascontiguousarray(self.reducer.transform(vectors), dtype=np.float32))
 
 
-def manifold_kmeans(vectors: np.ndarray, n_clusters: int, n_components: int = 10, n_neighbors: int = 15,
-                    max_points: int = 50_000, metric: str = "cosine", seed: int = 0, n_init: int = 10,
-                    balance_tolerance: float = 0.0) -> np.ndarray:
-    """vectors (N, D) float32 -> clusters (N,) int64 of `UMAPKMeans` fitted on them, -1 for rows
-    outside its UMAP sample."""
-    return UMAPKMeans(n_clusters, n_components, n_neighbors, max_points, metric, seed, n_init=n_init,
-                      balance_tolerance=balance_tolerance).fit(vectors).fit_clusters
+def manifold_kmeans(vectors: np.ndarray, n_clusters: int, **settings) -> np.ndarray:
+    """vectors (N, D) float32 -> clusters (N,) int64 of `UMAPKMeans(n_clusters, **settings)` fitted
+    on them, -1 for rows outside its UMAP sample."""
+    return UMAPKMeans(n_clusters, **settings).fit(vectors).fit_clusters
