@@ -109,7 +109,9 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--methods", nargs="+", default=METHODS, choices=METHODS)
     parser.add_argument("--datasets", nargs="+", default=DATASETS, choices=DATASETS)
-    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--seeds", type=int, default=3, help="run seeds 0 .. N-1")
+    parser.add_argument("--seed-ids", type=int, nargs="+", default=None,
+                        help="run exactly these seeds, in this order, instead of 0 .. N-1")
     parser.add_argument("--tiny-classes", type=int, default=20, help="Tiny-ImageNet classes (202 = all)")
     parser.add_argument("--cache-dir", default="outputs/cache", help="shards and embeddings, reused across runs")
     parser.add_argument("--method-overrides", nargs="*", default=[], help="extra Hydra overrides, e.g. method.n_init=1")
@@ -140,7 +142,7 @@ def main(argv=None):
         for method in methods:
             if method in IMAGE_METHODS and dataset not in IMAGE_METHODS[method]:
                 continue   # reads images of one shape: not applicable to this dataset
-            for seed in range(args.seeds):
+            for seed in args.seed_ids if args.seed_ids is not None else range(args.seeds):
                 for name, result in run_method(method, dataset, vectors, labels, k, seed, args):
                     row = {"bench": "quality", "dataset": label, "method": name, "seed": seed, "n": int(len(labels)),
                            "k": k, **{key: round(value, 4) if key != "fit_seconds" else value

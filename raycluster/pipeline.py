@@ -28,13 +28,21 @@ log = logging.getLogger(__name__)
 
 def ensure_shards(data) -> dict:
     """Build the shards from `data.source` unless they exist; returns {"shards", "samples", "built"}
-    (samples: from the manifest, None for shards written elsewhere without one)."""
+    (samples: from the manifest, None for shards written elsewhere without one).
+
+    Shards that `data.source` builds are complete only once their manifest exists (written last):
+    a folder of shards without one is a build that was interrupted, and is built again rather
+    than read as a smaller dataset."""
+    buildable = data.source is not None and isinstance(data.shards, str) and "{" not in data.shards
     try:
         shards = resolve_shards(data.shards)
         manifest = read_manifest(os.path.dirname(shards[0])) if shards else None
-        return {"shards": len(shards), "samples": (manifest or {}).get("num_samples"), "built": False}
+        if manifest is not None or not buildable:
+            return {"shards": len(shards), "samples": (manifest or {}).get("num_samples"), "built": False}
+        log.warning("%s holds %d shard(s) but no manifest: an interrupted build; building the shards again",
+                    data.shards, len(shards))
     except ShardNotFoundError:
-        if data.source is None or not isinstance(data.shards, str) or "{" in data.shards:
+        if not buildable:
             raise
     source = data.source
     log.info("building shards for %s from %s into %s", data.name, source.kind, data.shards)

@@ -1,10 +1,11 @@
 import json
+import os
 
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from raycluster.pipeline import postprocess, run_train
+from raycluster.pipeline import ensure_shards, postprocess, run_train
 
 from tests.conftest import REPO
 
@@ -29,6 +30,18 @@ def test_k_larger_than_n_is_a_clear_error(ray_local, compose_config, tmp_path):
     cfg = compose_config(["data.source.limit=40", "data.num_clusters=50"])
     with pytest.raises(ValueError, match="k=50 clusters is more than the 40 samples"):
         run_train(cfg)
+
+
+def test_an_interrupted_shard_build_is_built_again_not_read_as_a_smaller_dataset(compose_config):
+    cfg = compose_config(["data.source.limit=300", "data.samples_per_shard=100"])
+    assert ensure_shards(cfg.data) == {"shards": 3, "samples": 300, "built": True}
+    # what a build killed after its first shard leaves: one complete shard, no manifest
+    folder = cfg.data.shards
+    os.remove(os.path.join(folder, "manifest.json"))
+    os.remove(os.path.join(folder, "shard-000001.tar"))
+    os.remove(os.path.join(folder, "shard-000002.tar"))
+    assert ensure_shards(cfg.data) == {"shards": 3, "samples": 300, "built": True}
+    assert ensure_shards(cfg.data)["built"] is False   # complete now: reused
 
 
 def test_postprocess_pca_and_l2():
