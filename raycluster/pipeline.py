@@ -15,7 +15,7 @@ import numpy as np
 
 from raycluster.config import RunConfig
 from raycluster.data.builtin import samples_from_source
-from raycluster.data.shards import ShardNotFoundError, read_manifest, resolve_shards, write_shards
+from raycluster.data.shards import ShardNotFoundError, build_interrupted, read_manifest, resolve_shards, write_shards
 from raycluster.data.store import EmbeddingStore, Embeddings, unit_rows, write_assignments
 from raycluster.features.extract import run_extraction
 from raycluster.io import atomic_write_bytes
@@ -30,16 +30,15 @@ def ensure_shards(data) -> dict:
     """Build the shards from `data.source` unless they exist; returns {"shards", "samples", "built"}
     (samples: from the manifest, None for shards written elsewhere without one).
 
-    Shards that `data.source` builds are complete only once their manifest exists (written last):
-    a folder of shards without one is a build that was interrupted, and is built again rather
-    than read as a smaller dataset."""
+    Shards whose build was interrupted (`build_interrupted`: a prefix of the dataset) are built
+    again, not read as a smaller dataset."""
     buildable = data.source is not None and isinstance(data.shards, str) and "{" not in data.shards
     try:
         shards = resolve_shards(data.shards)
-        manifest = read_manifest(os.path.dirname(shards[0])) if shards else None
-        if manifest is not None or not buildable:
+        if not (buildable and build_interrupted(data.shards)):
+            manifest = read_manifest(os.path.dirname(shards[0])) if shards else None
             return {"shards": len(shards), "samples": (manifest or {}).get("num_samples"), "built": False}
-        log.warning("%s holds %d shard(s) but no manifest: an interrupted build; building the shards again",
+        log.warning("%s holds %d shard(s) of a build that was interrupted; building the shards again",
                     data.shards, len(shards))
     except ShardNotFoundError:
         if not buildable:

@@ -5,6 +5,8 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
+from raycluster.data.builtin import samples_from_source
+from raycluster.data.shards import write_shards
 from raycluster.pipeline import ensure_shards, postprocess, run_train
 
 from tests.conftest import REPO
@@ -34,14 +36,26 @@ def test_k_larger_than_n_is_a_clear_error(ray_local, compose_config, tmp_path):
 
 def test_an_interrupted_shard_build_is_built_again_not_read_as_a_smaller_dataset(compose_config):
     cfg = compose_config(["data.source.limit=300", "data.samples_per_shard=100"])
+
+    def killed_after(count):   # the source stops mid-way, as a killed job would
+        for index, sample in enumerate(samples_from_source("digits", None, None, None)):
+            if index == count:
+                raise KeyboardInterrupt
+            yield sample
+
+    with pytest.raises(KeyboardInterrupt):
+        write_shards(killed_after(150), cfg.data.shards, 100)
+    assert sorted(os.listdir(cfg.data.shards)) == ["build-in-progress.json", "shard-000000.tar"]
     assert ensure_shards(cfg.data) == {"shards": 3, "samples": 300, "built": True}
-    # what a build killed after its first shard leaves: one complete shard, no manifest
-    folder = cfg.data.shards
-    os.remove(os.path.join(folder, "manifest.json"))
-    os.remove(os.path.join(folder, "shard-000001.tar"))
-    os.remove(os.path.join(folder, "shard-000002.tar"))
-    assert ensure_shards(cfg.data) == {"shards": 3, "samples": 300, "built": True}
+    assert "build-in-progress.json" not in os.listdir(cfg.data.shards)
     assert ensure_shards(cfg.data)["built"] is False   # complete now: reused
+
+
+def test_shards_from_elsewhere_without_a_manifest_are_read_as_they_are(compose_config):
+    cfg = compose_config(["data.source.limit=300", "data.samples_per_shard=100"])
+    write_shards(samples_from_source("digits", None, None, 200), cfg.data.shards, 100)
+    os.remove(os.path.join(cfg.data.shards, "manifest.json"))   # e.g. written by another tool
+    assert ensure_shards(cfg.data) == {"shards": 2, "samples": None, "built": False}
 
 
 def test_postprocess_pca_and_l2():

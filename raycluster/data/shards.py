@@ -3,8 +3,10 @@
 Layout written by `write_shards(samples, out_dir)`:
     out_dir/shard-000000.tar ...   members `<key>.<png|jpg>`, `<key>.cls` (when labelled), `<key>.json`
     out_dir/manifest.json          shard names and sample counts, class names; written last
+    out_dir/build-in-progress.json while writing: the source; removed once the manifest exists
 Every file is written to a temporary name and renamed, so a crash leaves no half shard; a
-rerun that finds a manifest reuses the shards. Paths may be local or any fsspec URL.
+rerun that finds a manifest reuses the shards, one that finds `build_interrupted` builds them
+again. Paths may be local or any fsspec URL.
 """
 from __future__ import annotations
 
@@ -24,6 +26,7 @@ from raycluster.io import atomic_write_bytes, url_exists
 log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
+BUILDING = "build-in-progress.json"
 
 
 class ShardNotFoundError(FileNotFoundError):
@@ -53,6 +56,7 @@ def write_shards(samples: Iterable[Sample], out_dir: str, samples_per_shard: int
         raise ValueError(f"samples_per_shard must be >= 1, got {samples_per_shard}")
     fs, root = fsspec.core.url_to_fs(out_dir)
     fs.makedirs(root, exist_ok=True)
+    atomic_write_bytes(f"{out_dir.rstrip('/')}/{BUILDING}", json.dumps({"source": source or {}}).encode())
     shards, classes, seen = [], {}, set()
     buffer, count, mtime = None, 0, time.time()
 
@@ -89,7 +93,15 @@ def write_shards(samples: Iterable[Sample], out_dir: str, samples_per_shard: int
     manifest = {"shards": shards, "num_samples": sum(s["count"] for s in shards),
                 "classes": {str(k): v for k, v in sorted(classes.items())}, "source": source or {}}
     atomic_write_bytes(f"{out_dir.rstrip('/')}/{MANIFEST}", json.dumps(manifest, indent=1).encode())
+    fs.rm(f"{root.rstrip('/')}/{BUILDING}")
     return manifest
+
+
+def build_interrupted(shard_dir: str) -> bool:
+    """Whether `write_shards` began writing into `shard_dir` and never finished (its shards are a
+    prefix of the dataset). Shards written by other tools have neither file and count as complete."""
+    prefix = shard_dir.rstrip("/")
+    return url_exists(f"{prefix}/{BUILDING}") and not url_exists(f"{prefix}/{MANIFEST}")
 
 
 def read_manifest(shard_dir: str) -> Optional[dict]:
