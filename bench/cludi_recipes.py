@@ -1,0 +1,143 @@
+"""CLUDI's recipes trained in one process without Ray, on a GPU when there is one.
+
+    python bench/cludi_recipes.py                      # cludi_paper on ImageNet-50 and digits, 3 seeds
+    python bench/cludi_recipes.py --recipes cludi cludi_paper --datasets digits --seeds 1 --epochs 30
+
+`bench/quality.py` runs CLUDI through the product (Ray Train workers); it skips `cludi_paper` on
+a machine without a GPU. This script runs the loop those workers run (`train.loop.train_epochs`,
+one worker: the same steps per epoch, seeding and schedule) in this process, on cuda when
+available, so the paper recipe can be measured on a GPU machine that has torch but not the
+project's Ray stack. Recipes are read from configs/method/<recipe>.yaml (the `defaults` chain
+followed), so the figures are the config's, not a copy. Labels only score the result.
+
+Datasets: imagenet50-dino-vits16 (2,500 x 384 DINO ViT-S/16 embeddings in ../shared/data or
+$RAYCLUSTER_SHARED_DATA, K = 50) and digits (scikit-learn's 1,797 8x8 digits as pixels in [0, 1],
+as `data=digits backbone=pixels` stores them, K = 10).
+Rows (--json): {"bench", "dataset", "method", "seed", "device", "acc", "nmi", "ari", "fit_seconds",
+"predict_seconds", "epochs"}.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from common import SHARED, append_json_rows
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "method"
+
+
+def recipe(name: str) -> dict:
+    """configs/method/<name>.yaml with its `defaults` merged in: {"model": {...}, "optim": {...}}."""
+    config = yaml.safe_load((CONFIGS / f"{name}.yaml").read_text())
+    merged: dict = {"model": {}, "optim": {}}
+    for parent in [d for d in config.get("defaults", []) if d != "_self_"]:
+        base = recipe(parent)
+        for part in merged:
+            merged[part].update(base[part])
+    for part in merged:
+        merged[part].update(config.get(part) or {})
+    return merged
+
+
+def load_dataset(name: str) -> tuple[np.ndarray, np.ndarray, int]:
+    """-> (features (N, F) float32, labels (N,) int64, K)."""
+    if name == "imagenet50-dino-vits16":
+        import torch
+
+        folder = SHARED / "imagenet50-dino-vits16"
+        features = torch.load(folder / "features_val.pth").float().numpy()
+        return features, torch.load(folder / "labels_val.pth").numpy().astype(np.int64), 50
+    if name == "digits":
+        from sklearn.datasets import load_digits
+
+        digits = load_digits()
+        # as the shards hold them: 0..16 scaled to 8-bit, then read back as [0, 1]
+        pixels = np.round(digits.data * (255.0 / 16.0)) / 255.0
+        return pixels.astype(np.float32), digits.target.astype(np.int64), 10
+    raise ValueError(f"unknown dataset {name!r}")
+
+
+def run(recipe_name: str, dataset: str, seed: int, device: str, epochs: int | None, every: int) -> dict:
+    import torch
+
+    from raycluster.methods.cludi import build_cludi
+    from raycluster.metrics import supervised_metrics
+    from raycluster.train.loop import OptimConfig, make_optimizer, train_epochs
+
+    features, labels, k = load_dataset(dataset)
+    settings = recipe(recipe_name)
+    optim = OptimConfig(**{**settings["optim"], "betas": tuple(settings["optim"]["betas"]),
+                           **({"epochs": epochs} if epochs else {})})
+    torch.manual_seed(seed)        # as a Ray Train worker seeds before building the model
+    np.random.seed(seed * 1000)    # rank 0's numpy seed (feature-dropout rates)
+    model = build_cludi({**settings["model"], "n_clusters": k, "feature_dim": features.shape[1]}).to(device)
+    optimizer = make_optimizer(model, optim)
+    on_device = torch.from_numpy(features).to(device)
+    steps = max(1, math.ceil(len(features) / optim.batch_size))
+
+    def report(epoch, terms, clusters, seen):
+        if (epoch + 1) % every == 0 or epoch + 1 == optim.epochs:
+            teacher = supervised_metrics(labels[seen], clusters)
+            print(f"    {recipe_name} {dataset} seed {seed} epoch {epoch + 1}/{optim.epochs}: loss "
+                  f"{terms['loss']:.4f} teacher ACC {teacher['acc']:.3f} NMI {teacher['nmi']:.3f} "
+                  f"{terms['epoch_seconds']:.2f}s/epoch", flush=True)
+
+    start = time.time()
+    train_epochs(model, on_device, optim, optimizer, steps, seed=seed, on_epoch_end=report)
+    if device == "cuda":
+        torch.cuda.synchronize()
+    fit_seconds = time.time() - start
+    model.eval()
+    torch.manual_seed(seed)        # as CLUDI.predict: the draws are random
+    start = time.time()
+    cluster, _ = model.predict(on_device)
+    predict_seconds = time.time() - start
+    scores = supervised_metrics(labels, cluster.cpu().numpy())
+    return {"bench": "cludi_recipes", "dataset": dataset, "method": recipe_name, "seed": seed, "device": device,
+            **{key: round(value, 4) for key, value in scores.items()}, "fit_seconds": round(fit_seconds, 1),
+            "predict_seconds": round(predict_seconds, 1), "epochs": optim.epochs}
+
+
+def main(argv=None):
+    import torch
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--recipes", nargs="+", default=["cludi_paper"], choices=["cludi", "cludi_paper"])
+    parser.add_argument("--datasets", nargs="+", default=["imagenet50-dino-vits16", "digits"],
+                        choices=["imagenet50-dino-vits16", "digits"])
+    parser.add_argument("--seeds", type=int, default=3, help="seeds 0 .. N-1")
+    parser.add_argument("--seed-ids", type=int, nargs="+", default=None, help="exactly these seeds")
+    parser.add_argument("--epochs", type=int, default=None, help="override the recipe's epochs (schedule too)")
+    parser.add_argument("--every", type=int, default=20, help="print the teacher's batch scores every N epochs")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--json", default=None, help="append the rows as JSON lines")
+    args = parser.parse_args(argv)
+    if args.device == "cpu" and "cludi_paper" in args.recipes and not args.epochs:
+        print("note: cludi_paper on CPU takes hours (NOTES-cludi: 11-17 s a step on 2 cores)", flush=True)
+
+    rows = []
+    for dataset in args.datasets:
+        for name in args.recipes:
+            for seed in args.seed_ids if args.seed_ids is not None else range(args.seeds):
+                row = run(name, dataset, seed, args.device, args.epochs, args.every)
+                rows.append(row)
+                print(f"  {name} {dataset} seed {seed}: ACC {row['acc']:.4f} NMI {row['nmi']:.4f} "
+                      f"ARI {row['ari']:.4f} fit {row['fit_seconds']}s predict {row['predict_seconds']}s", flush=True)
+                append_json_rows(args.json, [row])
+    print(f"\n{'dataset':<26}{'recipe':<14}{'device':<8}{'ACC':>16}{'NMI':>16}{'ARI':>16}{'fit s':>9}")
+    for dataset in args.datasets:
+        for name in args.recipes:
+            group = [row for row in rows if row["dataset"] == dataset and row["method"] == name]
+            cells = "".join(f"{np.mean([r[m] for r in group]):>9.3f} ± {np.std([r[m] for r in group]):.3f}"
+                            for m in ("acc", "nmi", "ari"))
+            print(f"{dataset:<26}{name:<14}{args.device:<8}{cells}{np.mean([r['fit_seconds'] for r in group]):>9.0f}")
+    return rows
+
+
+if __name__ == "__main__":
+    main()
