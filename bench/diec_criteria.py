@@ -1,7 +1,11 @@
 """Which label-free criterion would pick DiEC's (layer, timestep) well? Spearman with ACC per cell.
 
     python bench/diec_criteria.py --unet outputs/bench/quality/mnist-test/diec/seed0/diec/pretrained
-The UNet is one DiEC pretrained (bench/quality.py --methods diec leaves it there). On the same
+    python bench/diec_criteria.py --pretrain-epochs 60 --output outputs/bench/diec_unet60   # GPU
+The UNet is one DiEC pretrained (bench/quality.py --methods diec leaves it there), or, with
+`--pretrain-epochs N`, one pretrained here first: configs/method/diec.yaml's pretraining (UNet,
+schedule, EMA) with N epochs, on all 10,000 MNIST test digits, in this process (the loop a Ray
+Train worker runs) on cuda when available; it is saved to `--output`. On the same
 1,000-image MNIST subset as the search (seed 0), for every (block, timestep) cell: k-means ACC
 (labels) and five label-free scores of the partition - Calinski-Harabasz (DiEC's), silhouette
 (standardised Euclidean; cosine on raw activations), -Davies-Bouldin, and split-half stability
@@ -37,9 +41,42 @@ def scores(embeddings: np.ndarray, labels: np.ndarray, k: int) -> dict:
             "stability": adjusted_rand_score(first.predict(standardised[half:]), second.labels_)}
 
 
+def pretrain_here(images: np.ndarray, epochs: int, output: str) -> str:
+    """images (N, 28, 28) uint8 -> a UNet folder: diec.yaml's pretraining with `epochs`, trained in this process."""
+    from pathlib import Path
+
+    import torch
+    import yaml
+
+    from raycluster.diffusion.objective import build_denoiser
+    from raycluster.diffusion.pretrain import pretraining_setup
+    from raycluster.diffusion.unet import save_unet
+    from raycluster.train.loop import make_optimizer, train_epochs
+
+    settings = yaml.safe_load((Path(__file__).resolve().parents[1] / "configs/method/diec.yaml").read_text())["pretrain"]
+    config, optim = pretraining_setup((1, 28, 28), settings["unet"], {**settings["optim"], "epochs": epochs},
+                                      settings["ema_decay"])
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    torch.manual_seed(0)
+    model = build_denoiser(config).to(device)
+    pixels = torch.from_numpy(images.reshape(len(images), -1).astype(np.float32) / 255).to(device)
+    steps = int(np.ceil(len(pixels) / optim.batch_size))
+
+    def report(epoch, terms, *_):
+        print(f"pretrain epoch {epoch + 1}/{epochs} ({device}): loss {terms['loss']:.4f} "
+              f"{terms['epoch_seconds']:.1f}s", flush=True)
+
+    train_epochs(model, pixels, optim, make_optimizer(model, optim), steps, on_epoch_end=report)
+    save_unet(model.ema.module.cpu(), model.scheduler, output)
+    return output
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--unet", required=True, help="a pretrained DiEC UNet folder")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--unet", help="a pretrained DiEC UNet folder")
+    source.add_argument("--pretrain-epochs", type=int, help="pretrain one here first, for this many epochs")
+    parser.add_argument("--output", default="outputs/bench/diec_criteria_unet", help="where --pretrain-epochs saves")
     parser.add_argument("--timesteps", type=int, nargs="+", default=[0, 50, 100, 200, 400])
     parser.add_argument("--subset", type=int, default=1000)
     parser.add_argument("--pool", type=int, default=4)
@@ -54,6 +91,8 @@ def main(argv=None):
     from raycluster.features.unet import layer_names, unet_features
 
     images, labels = mnist_arrays(str(SHARED / "mnist-test"))
+    if args.pretrain_epochs:
+        args.unet = pretrain_here(images, args.pretrain_epochs, args.output)
     rows = np.random.default_rng(0).permutation(len(images))[:args.subset]   # the search's subset (seed 0)
     pixels = torch.from_numpy(images[rows].reshape(len(rows), -1).astype(np.float32) / 255)
     labels = labels[rows]

@@ -3,8 +3,8 @@
     python jobs/pretrain_diffusion.py experiment=diec_mnist output_dir=outputs/diec_mnist
     python jobs/tune.py experiment=diec_mnist output_dir=outputs/diec_mnist      # DiEC's COL/COT search
     python jobs/train.py experiment=diec_mnist output_dir=outputs/diec_mnist     # reuses both
-DiEC: a grid over method.search.layers x method.search.timesteps, each trial scored by the
-Calinski-Harabasz index of k-means on a subset; heatmaps (criterion, and ACC when labels
+DiEC: a grid over method.search.layers x method.search.timesteps, each trial scored by
+method.search.criterion (silhouette, or chi: Calinski-Harabasz) of k-means on a subset; heatmaps (criterion, and ACC when labels
 exist: logged, never used) and search.json under <output_dir>/diec/search/.
 """
 from raycluster.cli import hydra_job

@@ -120,10 +120,10 @@ def test_pretrain_then_tune_then_train_jobs_reuse_each_stage(ray_local, compose_
     assert pretrained["epochs"] == 2 and os.path.exists(f"{work}/pretrained/unet/config.json")
     tuned = run_tune(cfg)
     search = json.load(open(f"{work}/search/search.json"))
-    assert len(search["rows"]) == 6 and search["criterion"] == "calinski_harabasz"
-    best = max(search["rows"], key=lambda r: r["chi"])
+    assert len(search["rows"]) == 6 and search["criterion"] == "silhouette"
+    best = max(search["rows"], key=lambda r: r["silhouette"])
     assert (tuned["layer"], tuned["timestep"]) == (best["layer"], best["timestep"])   # arg-max of the criterion
-    assert sorted(os.path.basename(p) for p in tuned["heatmaps"]) == ["heatmap_acc.png", "heatmap_chi.png"]
+    assert sorted(os.path.basename(p) for p in tuned["heatmaps"]) == ["heatmap_acc.png", "heatmap_silhouette.png"]
     summary = run_train(cfg)
     stages = summary["method_stages"]
     assert "pretrain_seconds" not in stages and "search_seconds" not in stages   # both reused

@@ -10,21 +10,33 @@ from raycluster.tune.layer_timestep import clusterability, plot_heatmaps
 from tests.test_cludi import mixture
 
 
-def test_calinski_harabasz_prefers_separated_clusters():
+def test_both_criteria_prefer_separated_clusters():
     separated, _ = mixture(n_per=50, k=3, dim=16, spread=0.2)
     rng = np.random.default_rng(0)
     shuffled = rng.permuted(separated, axis=0)   # same values, structure destroyed per column
     good, clusters = clusterability(separated, 3)
     bad, _ = clusterability(shuffled, 3)
-    assert good > 10 * bad and len(np.unique(clusters)) == 3
+    assert good["chi"] > 10 * bad["chi"] and len(np.unique(clusters)) == 3
+    assert good["silhouette"] > 0.5 > 0.1 > bad["silhouette"]
+
+
+def test_unknown_criterion_is_one_clear_error():
+    from raycluster.methods.diec_method import DiEC
+
+    with pytest.raises(ValueError, match="unknown search criterion 'silhouete'"):
+        DiEC(10, search={"criterion": "silhouete"})
+    with pytest.raises(ValueError, match=r"unknown search setting\(s\) \['timestep'\]"):
+        DiEC(10, search={"timestep": [0]})
 
 
 def test_heatmaps_box_the_label_free_choice(tmp_path):
-    rows = [{"layer": layer, "timestep": t, "chi": chi, "acc": acc}
+    rows = [{"layer": layer, "timestep": t, "chi": chi, "silhouette": chi / 10, "acc": acc}
             for (layer, t, chi, acc) in [("mid", 0, 5.0, 0.5), ("mid", 100, 9.0, 0.7),
                                          ("up_0", 0, 3.0, 0.6), ("up_0", 100, 4.0, 0.4)]]
-    paths = plot_heatmaps(rows, ["mid", "up_0"], [0, 100], str(tmp_path))
+    paths = plot_heatmaps(rows, ["mid", "up_0"], [0, 100], str(tmp_path), "chi")
     assert [p.rsplit("/", 1)[1] for p in paths] == ["heatmap_chi.png", "heatmap_acc.png"]
+    paths = plot_heatmaps(rows, ["mid", "up_0"], [0, 100], str(tmp_path / "s"))
+    assert [p.rsplit("/", 1)[1] for p in paths] == ["heatmap_silhouette.png", "heatmap_acc.png"]
     assert all(open(p, "rb").read(8) == b"\x89PNG\r\n\x1a\n" for p in paths)
     unlabeled = [{**r, "acc": float("nan")} for r in rows]
     assert len(plot_heatmaps(unlabeled, ["mid", "up_0"], [0, 100], str(tmp_path / "u"))) == 1

@@ -15,6 +15,20 @@ from raycluster.train.loop import OptimConfig
 log = logging.getLogger(__name__)
 
 
+def pretraining_setup(image_shape: Sequence[int], unet: Optional[dict] = None, optim: Optional[dict] = None,
+                      ema_decay: float = 0.999) -> tuple[dict, OptimConfig]:
+    """The denoiser's model config (SMALL_UNET + overrides) and its optimiser schedule (defaults +
+    overrides): what `pretrain_unet` trains, for callers that run the loop themselves."""
+    from raycluster.diffusion.unet import SMALL_UNET
+
+    channels = image_shape[0]
+    config = {"unet": {**SMALL_UNET, "in_channels": channels, "out_channels": channels, **dict(unet or {})},
+              "image_shape": list(image_shape), "ema_decay": ema_decay}
+    optim = OptimConfig(**{"lr": 1e-3, "min_lr": 1e-5, "weight_decay": 0.0, "betas": (0.9, 0.999), "grad_clip": 1.0,
+                           "batch_size": 128, "epochs": 10, **dict(optim or {})})
+    return config, optim
+
+
 def pretrain_unet(pixels: np.ndarray, image_shape: Sequence[int], output_dir: str, unet: Optional[dict] = None,
                   optim: Optional[dict] = None, train: Optional[TrainConfig] = None, use_gpu: bool = False,
                   storage_path: str = "outputs/pretrain", run_name: str = "pretrain_diffusion", seed: int = 0,
@@ -22,17 +36,14 @@ def pretrain_unet(pixels: np.ndarray, image_shape: Sequence[int], output_dir: st
     """pixels: (N, C*H*W) float32 in [0, 1]. Trains, saves `output_dir/{unet,scheduler}` and
     returns {"seconds", "final_loss", "epochs"}. unet: UNet2DModel config (default SMALL_UNET)."""
     from raycluster.diffusion.objective import build_denoiser
-    from raycluster.diffusion.unet import SMALL_UNET, save_unet
+    from raycluster.diffusion.unet import save_unet
     from raycluster.train.run import fit_with_ray_train
 
     channels, height, width = image_shape
     if pixels.ndim != 2 or pixels.shape[1] != channels * height * width:
         raise ValueError(f"pretrain: rows of width {pixels.shape[1:]} do not match image_shape {list(image_shape)}")
-    config = {"unet": {**SMALL_UNET, "in_channels": channels, "out_channels": channels, **dict(unet or {})},
-              "image_shape": list(image_shape), "ema_decay": ema_decay}
+    config, optim = pretraining_setup(image_shape, unet, optim, ema_decay)
     start = time.time()
-    optim = OptimConfig(**{"lr": 1e-3, "min_lr": 1e-5, "weight_decay": 0.0, "betas": (0.9, 0.999), "grad_clip": 1.0,
-                           "batch_size": 128, "epochs": 10, **dict(optim or {})})
     state = fit_with_ray_train(build_denoiser, config, pixels, optim, train or TrainConfig(), use_gpu, storage_path,
                                run_name, seed)
     model = build_denoiser(state["model_config"])

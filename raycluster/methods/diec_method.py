@@ -28,6 +28,9 @@ from raycluster.train.loop import OptimConfig
 log = logging.getLogger(__name__)
 
 
+SEARCH_KEYS = {"layers", "timesteps", "subset", "draws", "cpus_per_trial", "max_concurrent", "criterion"}
+
+
 class DiEC(TorchMethod):
     name = "diec"
     model_factory = "raycluster.methods.diec.build_diec"
@@ -41,6 +44,12 @@ class DiEC(TorchMethod):
         self.pretrain = dict(pretrain or {})
         self.layer, self.timestep = layer, timestep
         self.search = dict(search or {})
+        from raycluster.tune.layer_timestep import check_criterion
+
+        unknown = set(self.search) - SEARCH_KEYS
+        if unknown:   # a typo here would otherwise be ignored until after the pretraining
+            raise ValueError(f"diec: unknown search setting(s) {sorted(unknown)}; known: {sorted(SEARCH_KEYS)}")
+        check_criterion(self.search.get("criterion", "silhouette"))
         self.model_overrides = dict(model or {})
         self.optim = OptimConfig(**(optim or {}))
         self.train = TrainConfig(**(train or {}))
@@ -90,7 +99,8 @@ class DiEC(TorchMethod):
                                            draws=self.search.get("draws", 2), seed=self.seed,
                                            pool=self.model_overrides.get("pool", 1),
                                            cpus_per_trial=self.search.get("cpus_per_trial", 1.0),
-                                           max_concurrent=self.search.get("max_concurrent", 2))
+                                           max_concurrent=self.search.get("max_concurrent", 2),
+                                           criterion=self.search.get("criterion", "silhouette"))
             found = {"layer": result.layer, "timestep": result.timestep, "best_by_acc": result.best_by_acc,
                      "heatmaps": result.heatmaps}
             self.stages["search_seconds"] = time.time() - start

@@ -1,8 +1,9 @@
 """`jobs/tune.py`: the configured method's label-free search on Ray Tune.
 
 - DiEC (`method=diec`, `experiment=diec_mnist`): the (layer, timestep) grid of
-  `raycluster.tune.layer_timestep`, scored by the Calinski-Harabasz index; writes
-  `<method.work_dir>/search/` (search.json, heatmap_chi.png, heatmap_acc.png when labelled),
+  `raycluster.tune.layer_timestep`, chosen by `method.search.criterion` (silhouette by
+  default, or chi); writes `<method.work_dir>/search/` (search.json, heatmap_<criterion>.png,
+  heatmap_acc.png when labelled),
   which a later `jobs/train.py` with the same output_dir reuses.
 - CLUDI (`method=cludi`): ASHA over `tune.space` (`raycluster.tune.asha`), chosen by the
   silhouette criterion; writes `<output_dir>/tune/search.json` with every trial and how the
