@@ -10,10 +10,11 @@ Labels, when given, only add `acc` to the trial's report for the second heatmap.
 Default criterion: silhouette, not the paper's CH. On a UNet pretrained to a low loss (60
 epochs on the 10,000 MNIST test digits, `bench/diec_criteria.py --pretrain-epochs 60`, H100) the
 35 cells' Spearman correlation with ACC was 0.77 for silhouette and 0.56 for CH; silhouette
-picked `mid` t=200 (ACC 0.819, best cell 0.855), CH picked `up_0` t=0 (0.413): CH rewards the
+picked `mid` t=200 (ACC 0.819, best cell 0.855), CH picked `up_0` t=0 (0.413); a second such
+UNet: silhouette 0.740, CH 0.355, best 0.775 (Spearman 0.77 / 0.51). CH rewards the
 noise-free t=0 activations of the decoder, whose dispersion ratio is high for reasons other
 than classes. On under-trained UNets (8 epochs) both pick poor cells. Labels were used to make
-this choice (one UNet, one subset); `criterion: chi` keeps the paper's.
+this choice (two UNets, one subset); `criterion: chi` keeps the paper's.
 """
 from __future__ import annotations
 
