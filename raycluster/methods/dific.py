@@ -54,7 +54,8 @@ were not at hand offline, so every value below is ours and stated):
   third of the restarts does not (0.849, 0.991); 5 of 5 UMAP seeds pick the latter with the
   tolerance, 1 of 10 without. On seed 0's S* both rules pick the same (0.90). At mask_threshold
   0.3 three seeds ended at 0.905 / 0.854 / 0.718 (seed 2's S*: 10-NN label agreement 0.84 vs
-  0.90); at 0.1 seed 2 ends at 0.926 (agreement 0.91), seeds 0 and 1 not yet re-measured.
+  0.90); at 0.1 seeds 0 / 1 / 2 end at 0.914 / 0.933 / 0.926 (warm-up clusters 0.913 / 0.928 /
+  0.916, S* 10-NN label agreement 0.90 / 0.90 / 0.91; README has the table).
 - Cluster guidance. After the warm-up (distillation alone; clusters as above), a
   clustering head on S* is trained with a neighbourhood-consistency loss plus a balance term,
   and this loss also updates the extractor: for an anchor i and one of its k nearest
