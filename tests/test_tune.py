@@ -49,6 +49,8 @@ def test_agreement_ranks_the_label_free_choice_by_acc():
     assert result["trials"] == 3 and result["chosen_acc"] == 0.7 and result["best_acc"] == 0.8
     assert result["chosen_rank_by_acc"] == 2 and 0 < result["spearman_silhouette_acc"] <= 1
     assert agreement(trials[:1]) is None
+    tied = [{**t, "acc": 0.5} for t in trials[:3]]   # constant ACC: rank correlation undefined
+    assert agreement(tied)["spearman_silhouette_acc"] is None
 
 
 @pytest.mark.slow

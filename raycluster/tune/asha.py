@@ -107,7 +107,9 @@ def agreement(trials: list) -> Optional[dict]:
         return None
     chosen = max(scored, key=lambda t: t["silhouette"])
     by_acc = sorted(scored, key=lambda t: -t["acc"])
+    silhouettes, accs = [t["silhouette"] for t in scored], [t["acc"] for t in scored]
+    # a rank correlation is undefined when either side is constant: None, not NaN (not valid JSON)
+    constant = len(set(silhouettes)) < 2 or len(set(accs)) < 2
     return {"trials": len(scored), "chosen_acc": chosen["acc"], "best_acc": by_acc[0]["acc"],
             "chosen_rank_by_acc": by_acc.index(chosen) + 1,
-            "spearman_silhouette_acc": float(spearmanr([t["silhouette"] for t in scored],
-                                                       [t["acc"] for t in scored]).statistic)}
+            "spearman_silhouette_acc": None if constant else float(spearmanr(silhouettes, accs).statistic)}
