@@ -12,7 +12,11 @@ followed), so the figures are the config's, not a copy. Labels only score the re
 
 Datasets: imagenet50-dino-vits16 (2,500 x 384 DINO ViT-S/16 embeddings in ../shared/data or
 $RAYCLUSTER_SHARED_DATA, K = 50) and digits (scikit-learn's 1,797 8x8 digits as pixels in [0, 1],
-as `data=digits backbone=pixels` stores them, K = 10).
+as `data=digits backbone=pixels` stores them, K = 10): fitted and scored on the same points.
+imagenet50-train-split is the paper's setting: fit on the ImageNet-50 *train* embeddings
+(`features_train.pth` / `labels_train.pth` beside the val files; the public code's train.pth,
+64,947 x 384), score on the 2,500 val embeddings. shared/data does not hold the train files
+today, so that dataset is reported as skipped, with the path it looked for.
 Rows (--json): {"bench", "dataset", "method", "seed", "device", "acc", "nmi", "ari", "fit_seconds",
 "predict_seconds", "epochs"}.
 """
@@ -44,21 +48,41 @@ def recipe(name: str) -> dict:
     return merged
 
 
-def load_dataset(name: str) -> tuple[np.ndarray, np.ndarray, int]:
-    """-> (features (N, F) float32, labels (N,) int64, K)."""
-    if name == "imagenet50-dino-vits16":
-        import torch
+DATASETS = ["imagenet50-dino-vits16", "digits", "imagenet50-train-split"]
 
-        folder = SHARED / "imagenet50-dino-vits16"
-        features = torch.load(folder / "features_val.pth").float().numpy()
-        return features, torch.load(folder / "labels_val.pth").numpy().astype(np.int64), 50
+
+class Skip(Exception):
+    """A dataset whose files are absent; the reason is printed and the bench goes on."""
+
+
+def load_embeddings(split: str) -> tuple[np.ndarray, np.ndarray]:
+    """ImageNet-50 DINO embeddings of `split` ("val" or "train") -> (features (N, 384) float32, labels (N,) int64)."""
+    import torch
+
+    folder = SHARED / "imagenet50-dino-vits16"
+    paths = [folder / f"features_{split}.pth", folder / f"labels_{split}.pth"]
+    missing = [str(path) for path in paths if not path.exists()]
+    if missing:
+        raise Skip(f"{', '.join(missing)} not found")
+    return torch.load(paths[0]).float().numpy(), torch.load(paths[1]).numpy().astype(np.int64)
+
+
+def load_dataset(name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int]:
+    """-> (fit features (N, F) float32, fit labels (N,) int64, scored features (M, F), scored labels (M,), K).
+    Labels of the fit split only feed the printed teacher scores."""
+    if name == "imagenet50-dino-vits16":
+        features, labels = load_embeddings("val")
+        return features, labels, features, labels, 50
+    if name == "imagenet50-train-split":
+        return (*load_embeddings("train"), *load_embeddings("val"), 50)
     if name == "digits":
         from sklearn.datasets import load_digits
 
         digits = load_digits()
         # as the shards hold them: 0..16 scaled to 8-bit, then read back as [0, 1]
-        pixels = np.round(digits.data * (255.0 / 16.0)) / 255.0
-        return pixels.astype(np.float32), digits.target.astype(np.int64), 10
+        pixels = (np.round(digits.data * (255.0 / 16.0)) / 255.0).astype(np.float32)
+        labels = digits.target.astype(np.int64)
+        return pixels, labels, pixels, labels, 10
     raise ValueError(f"unknown dataset {name!r}")
 
 
@@ -69,7 +93,7 @@ def run(recipe_name: str, dataset: str, seed: int, device: str, epochs: int | No
     from raycluster.metrics import supervised_metrics
     from raycluster.train.loop import OptimConfig, make_optimizer, train_epochs
 
-    features, labels, k = load_dataset(dataset)
+    features, labels, scored_features, scored_labels, k = load_dataset(dataset)
     settings = recipe(recipe_name)
     optim = OptimConfig(**{**settings["optim"], "betas": tuple(settings["optim"]["betas"]),
                            **({"epochs": epochs} if epochs else {})})
@@ -95,10 +119,11 @@ def run(recipe_name: str, dataset: str, seed: int, device: str, epochs: int | No
     model.eval()
     torch.manual_seed(seed)        # as CLUDI.predict: the draws are random
     start = time.time()
-    cluster, _ = model.predict(on_device)
+    cluster, _ = model.predict(torch.from_numpy(scored_features).to(device))
     predict_seconds = time.time() - start
-    scores = supervised_metrics(labels, cluster.cpu().numpy())
+    scores = supervised_metrics(scored_labels, cluster.cpu().numpy())
     return {"bench": "cludi_recipes", "dataset": dataset, "method": recipe_name, "seed": seed, "device": device,
+            "fit_points": len(features), "scored_points": len(scored_features),
             **{key: round(value, 4) for key, value in scores.items()}, "fit_seconds": round(fit_seconds, 1),
             "predict_seconds": round(predict_seconds, 1), "epochs": optim.epochs}
 
@@ -108,8 +133,7 @@ def main(argv=None):
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--recipes", nargs="+", default=["cludi_paper"], choices=["cludi", "cludi_paper"])
-    parser.add_argument("--datasets", nargs="+", default=["imagenet50-dino-vits16", "digits"],
-                        choices=["imagenet50-dino-vits16", "digits"])
+    parser.add_argument("--datasets", nargs="+", default=["imagenet50-dino-vits16", "digits"], choices=DATASETS)
     parser.add_argument("--seeds", type=int, default=3, help="seeds 0 .. N-1")
     parser.add_argument("--seed-ids", type=int, nargs="+", default=None, help="exactly these seeds")
     parser.add_argument("--epochs", type=int, default=None, help="override the recipe's epochs (schedule too)")
@@ -120,8 +144,14 @@ def main(argv=None):
     if args.device == "cpu" and "cludi_paper" in args.recipes and not args.epochs:
         print("note: cludi_paper on CPU takes hours (NOTES-cludi: 11-17 s a step on 2 cores)", flush=True)
 
-    rows = []
+    rows, skipped = [], {}
     for dataset in args.datasets:
+        try:
+            load_dataset(dataset)
+        except Skip as reason:
+            skipped[dataset] = str(reason)
+            print(f"SKIPPED {dataset}: {reason}", flush=True)
+            continue
         for name in args.recipes:
             for seed in args.seed_ids if args.seed_ids is not None else range(args.seeds):
                 row = run(name, dataset, seed, args.device, args.epochs, args.every)
@@ -130,12 +160,14 @@ def main(argv=None):
                       f"ARI {row['ari']:.4f} fit {row['fit_seconds']}s predict {row['predict_seconds']}s", flush=True)
                 append_json_rows(args.json, [row])
     print(f"\n{'dataset':<26}{'recipe':<14}{'device':<8}{'ACC':>16}{'NMI':>16}{'ARI':>16}{'fit s':>9}")
-    for dataset in args.datasets:
+    for dataset in [d for d in args.datasets if d not in skipped]:
         for name in args.recipes:
             group = [row for row in rows if row["dataset"] == dataset and row["method"] == name]
             cells = "".join(f"{np.mean([r[m] for r in group]):>9.3f} ± {np.std([r[m] for r in group]):.3f}"
                             for m in ("acc", "nmi", "ari"))
             print(f"{dataset:<26}{name:<14}{args.device:<8}{cells}{np.mean([r['fit_seconds'] for r in group]):>9.0f}")
+    for dataset, reason in skipped.items():
+        print(f"skipped {dataset}: {reason}")
     return rows
 
 

@@ -11,7 +11,10 @@ Datasets (real data from ../shared/data, or $RAYCLUSTER_SHARED_DATA; digits ship
   tinyimagenet-effnet-lite0  Tiny-ImageNet val photos -> shards -> pretrained EfficientNet-Lite0
                              features (cached in --cache-dir between runs); first 20 classes by default
 A dataset whose files are absent is reported as skipped, with the reason, never silently.
-Methods that read images (diec, dific) run on the datasets listed in IMAGE_METHODS only.
+Methods that read images (diec, dific) run on the datasets listed in IMAGE_METHODS only, with the
+experiment config named there (dific: dific_mnist_fast); `--experiment dific=dific_mnist` picks another:
+
+    python bench/quality.py --methods kmeans dific --datasets mnist-test --seeds 3   # DiFiC's issue figures
 Rows (--json): {"bench", "dataset", "method", "seed", "acc", "nmi", "ari", "fit_seconds", ...}.
 """
 from __future__ import annotations
@@ -34,8 +37,9 @@ METHODS = ["kmeans", "umap_kmeans", "temi", "cludi", "cludi_paper", "diec", "dif
 # Recipes too slow for a CPU: skipped (and said so) unless a GPU is present.
 GPU_ONLY = {"cludi_paper": "paper recipe (8 x 25 teacher chain, 200 epochs, 64 x 50 inference): hours on CPU"}
 # Methods that read images, not embeddings: the datasets they apply to and the experiment config
-# they run with (the same one `python jobs/train.py experiment=...` runs).
-IMAGE_METHODS = {"diec": {"mnist-test": "experiment=diec_mnist"}, "dific": {"mnist-test": "experiment=dific_mnist"}}
+# they run with (the same one `python jobs/train.py experiment=...` runs). DiFiC's default is the
+# config sized for 45 minutes on 2 cores; `--experiment dific=dific_mnist` runs the longer one.
+IMAGE_METHODS = {"diec": {"mnist-test": "experiment=diec_mnist"}, "dific": {"mnist-test": "experiment=dific_mnist_fast"}}
 
 
 class Skip(Exception):
@@ -77,6 +81,14 @@ def load_dataset(name: str, args):
 DATASETS = ["imagenet50-dino-vits16", "digits", "mnist-test", "tinyimagenet-effnet-lite0"]
 
 
+def image_experiment(method: str, dataset: str, args) -> str | None:
+    """The experiment override an image method runs with on `dataset` (None for embedding methods):
+    `--experiment METHOD=NAME` replaces IMAGE_METHODS' default, e.g. dific=dific_mnist."""
+    default = IMAGE_METHODS.get(method, {}).get(dataset)
+    chosen = args.experiment.get(method)
+    return f"experiment={chosen}" if default and chosen else default
+
+
 def run_method(method: str, dataset: str, vectors: np.ndarray, labels: np.ndarray, k: int, seed: int, args) -> list:
     """Fit from scratch in `<output-root>/<dataset>/<method>/seed<N>` (emptied first, kept after:
     DiEC leaves its heatmaps and UNet there). Returns [(method name, metrics)]: one row, plus
@@ -86,7 +98,7 @@ def run_method(method: str, dataset: str, vectors: np.ndarray, labels: np.ndarra
 
     output_dir = os.path.join(args.output_root, dataset, method, f"seed{seed}")
     shutil.rmtree(output_dir, ignore_errors=True)
-    experiment = IMAGE_METHODS.get(method, {}).get(dataset)
+    experiment = image_experiment(method, dataset, args)
     cfg = compose([experiment or f"method={method}", f"seed={seed}", f"data.num_clusters={k}",
                    f"output_dir={output_dir}", *args.method_overrides])
     ensure_ray(None, None)
@@ -115,9 +127,16 @@ def main(argv=None):
     parser.add_argument("--tiny-classes", type=int, default=20, help="Tiny-ImageNet classes (202 = all)")
     parser.add_argument("--cache-dir", default="outputs/cache", help="shards and embeddings, reused across runs")
     parser.add_argument("--method-overrides", nargs="*", default=[], help="extra Hydra overrides, e.g. method.n_init=1")
+    parser.add_argument("--experiment", nargs="*", default=[], metavar="METHOD=NAME",
+                        help="run an image method with another experiment config, e.g. dific=dific_mnist")
     parser.add_argument("--json", default=None, help="append one row per (dataset, method, seed) as JSON lines")
     parser.add_argument("--output-root", default="outputs/bench/quality", help="per-run folders (emptied per run)")
     args = parser.parse_args(argv)
+    experiments = dict(item.split("=", 1) for item in args.experiment if "=" in item)
+    unknown = [item for item in args.experiment if "=" not in item] + [m for m in experiments if m not in IMAGE_METHODS]
+    if unknown:
+        parser.error(f"--experiment takes METHOD=NAME for a method in {sorted(IMAGE_METHODS)}; got {unknown}")
+    args.experiment = experiments
 
     rows, skipped = [], {}
     import torch
@@ -145,8 +164,8 @@ def main(argv=None):
             for seed in args.seed_ids if args.seed_ids is not None else range(args.seeds):
                 for name, result in run_method(method, dataset, vectors, labels, k, seed, args):
                     row = {"bench": "quality", "dataset": label, "method": name, "seed": seed, "n": int(len(labels)),
-                           "k": k, **{key: round(value, 4) if key != "fit_seconds" else value
-                                      for key, value in result.items()}}
+                           "k": k, "experiment": image_experiment(method, dataset, args),
+                           **{key: round(value, 4) if key != "fit_seconds" else value for key, value in result.items()}}
                     rows.append(row)
                     print(f"  {name} seed {seed}: ACC {row['acc']:.4f} NMI {row['nmi']:.4f} ARI {row['ari']:.4f} "
                           f"fit {row['fit_seconds']:.2f}s", flush=True)
@@ -157,7 +176,9 @@ def main(argv=None):
     print("diec rows: configs/experiment/diec_mnist.yaml (UNet pretrained on the same images, COL/COT searched "
           "without labels, DEC fine-tune), fit = that whole pipeline; diec_init_kmeans: k-means on the COL/COT "
           "embeddings before the fine-tune")
-    print("dific rows: configs/experiment/dific_mnist.yaml (from scratch: warm-up distillation, warm-up clusters + "
+    for method, name in args.experiment.items():
+        print(f"{method} rows: configs/experiment/{name}.yaml (--experiment), not the default named below")
+    print("dific rows: configs/experiment/dific_mnist_fast.yaml (from scratch: warm-up distillation, warm-up clusters + "
           "k-NN graph of S*, neighbour-guided head), fit = that whole pipeline; dific_init_kmeans: k-means on S* after "
           "the warm-up; dific_init_manifold: k-means on a UMAP of that S* (the warm-up clusters the head starts from)")
     append_json_rows(args.json, rows)
