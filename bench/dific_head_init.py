@@ -1,0 +1,92 @@
+"""DiFiC's guidance start: how much of the warm-up clusters the clustering head keeps at step 0.
+
+    python bench/dific_head_init.py --run outputs/bench/quality/mnist-test/dific/seed0 --seed 0
+    python bench/dific_head_init.py --run RUN --seed 1 --experiment dific_mnist --json rows.jsonl
+
+Reads a finished (or warmed-up) DiFiC run on the MNIST test split (`<run>/dific/warmup.pt`, as
+`bench/quality.py` or `jobs/train.py experiment=dific_mnist*` leave it), computes S* for the 10,000
+digits in this process (no Ray), redoes the warm-up clusters exactly as the method does (k-means on
+a UMAP of S*, `method.manifold`), and scores three partitions against the labels:
+- `warmup_clusters`: the clusters guidance is given (the bench's `dific_init_manifold`);
+- `mean_direction_head`: argmax of the cosine-prototype head as guidance starts, prototypes = the
+  clusters' mean S* directions (what dific_method.py does today);
+- `fitted_head`: the same head with its prototypes fitted to the clusters by cross-entropy
+  (`--steps` full-batch Adam steps, S* fixed), a candidate start not used by the method.
+`agreement` is the share of images a head assigns to their warm-up cluster. Labels only score.
+Rows (--json): {"bench", "dataset", "method", "seed", "acc", "nmi", "ari", "agreement"}.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+
+import numpy as np
+
+from common import SHARED, append_json_rows
+
+
+def head_assignments(unit_words, prototypes, temperature: float):
+    """(N, D) unit S*, (K, D) prototypes -> (N, K) logits of DiFiC's cosine-prototype head."""
+    import torch.nn.functional as F
+
+    return unit_words @ F.normalize(prototypes, dim=1).T / temperature
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--run", required=True, help="a DiFiC run's output_dir (holds dific/warmup.pt)")
+    parser.add_argument("--seed", type=int, required=True, help="the run's seed (UMAP and k-means restarts)")
+    parser.add_argument("--experiment", default="dific_mnist_fast", help="the run's experiment config")
+    parser.add_argument("--steps", type=int, default=300, help="cross-entropy steps of the fitted head")
+    parser.add_argument("--cache-dir", default="outputs/cache", help="where bench/quality.py stored the pixels")
+    parser.add_argument("--json", default=None, help="append the rows as JSON lines")
+    args = parser.parse_args(argv)
+    warmup = os.path.join(args.run, "dific", "warmup.pt")
+    if not os.path.exists(warmup):
+        parser.error(f"{warmup} not found: run the DiFiC warm-up first (bench/quality.py --methods dific)")
+
+    import torch
+    import torch.nn.functional as F
+
+    from raycluster.config import compose
+    from raycluster.data.store import EmbeddingStore
+    from raycluster.methods.dific import build_dific
+    from raycluster.methods.kmeans import manifold_kmeans
+    from raycluster.metrics import supervised_metrics
+    from raycluster.pipeline import build_method
+
+    cfg = compose([f"experiment={args.experiment}", f"seed={args.seed}", f"cache_dir={args.cache_dir}",
+                   f"data.source.path={SHARED / 'mnist-test'}", f"output_dir={args.run}"])
+    store = EmbeddingStore(cfg.embeddings_path).load()
+    method = build_method(cfg.method)
+    model = build_dific({**method.base_config(), "guidance": False, "init_from": warmup})
+    words = model.embed(torch.from_numpy(store.vectors.astype(np.float32)))
+    unit = F.normalize(words, dim=1)
+    clusters = manifold_kmeans(unit.numpy(), method.n_clusters, seed=args.seed, **method.manifold)
+    temperature = model.config.head_temperature
+
+    mean_directions = torch.stack([unit[torch.from_numpy(clusters == k)].mean(0) for k in range(method.n_clusters)])
+    prototypes = torch.nn.Parameter(mean_directions.clone())
+    optimizer = torch.optim.Adam([prototypes], lr=1e-2)
+    target = torch.from_numpy(clusters).long()
+    for _ in range(args.steps):
+        loss = F.cross_entropy(head_assignments(unit, prototypes, temperature), target)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+
+    partitions = {"warmup_clusters": clusters,
+                  "mean_direction_head": head_assignments(unit, mean_directions, temperature).argmax(1).numpy(),
+                  "fitted_head": head_assignments(unit, prototypes.detach(), temperature).argmax(1).numpy()}
+    rows = [{"bench": "dific_head_init", "dataset": "mnist-test", "method": name, "seed": args.seed,
+             **{key: round(value, 4) for key, value in supervised_metrics(store.labels, assigned).items()},
+             "agreement": round(float((assigned == clusters).mean()), 4)} for name, assigned in partitions.items()]
+    print(f"\n{'partition':<22}{'ACC':>8}{'NMI':>8}{'ARI':>8}{'agreement':>11}   (seed {args.seed}, {args.run})")
+    for row in rows:
+        print(f"{row['method']:<22}{row['acc']:>8.4f}{row['nmi']:>8.4f}{row['ari']:>8.4f}{row['agreement']:>11.4f}")
+    append_json_rows(args.json, rows)
+    return rows
+
+
+if __name__ == "__main__":
+    main()
