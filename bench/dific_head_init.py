@@ -25,13 +25,6 @@ import numpy as np
 from common import SHARED, append_json_rows
 
 
-def head_assignments(unit_words, prototypes, temperature: float):
-    """(N, D) unit S*, (K, D) prototypes -> (N, K) logits of DiFiC's cosine-prototype head."""
-    import torch.nn.functional as F
-
-    return unit_words @ F.normalize(prototypes, dim=1).T / temperature
-
-
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--run", required=True, help="a DiFiC run's output_dir (holds dific/warmup.pt)")
@@ -50,7 +43,8 @@ def main(argv=None):
 
     from raycluster.config import compose
     from raycluster.data.store import EmbeddingStore
-    from raycluster.methods.dific import build_dific
+    from raycluster.methods.dific import build_dific, cosine_head_logits
+    from raycluster.methods.dific_method import mean_directions, unit_rows
     from raycluster.methods.kmeans import manifold_kmeans
     from raycluster.metrics import supervised_metrics
     from raycluster.pipeline import build_method
@@ -60,24 +54,25 @@ def main(argv=None):
     store = EmbeddingStore(cfg.embeddings_path).load()
     method = build_method(cfg.method)
     model = build_dific({**method.base_config(), "guidance": False, "init_from": warmup})
-    words = model.embed(torch.from_numpy(store.vectors.astype(np.float32)))
-    unit = F.normalize(words, dim=1)
-    clusters = manifold_kmeans(unit.numpy(), method.n_clusters, seed=args.seed, **method.manifold)
-    temperature = model.config.head_temperature
+    # the method's own steps (DiFiC.warmup_clusters): unit-length S*, k-means on its UMAP, mean directions
+    unit = unit_rows(model.embed(torch.from_numpy(store.vectors.astype(np.float32))).numpy())
+    clusters = manifold_kmeans(unit, method.n_clusters, seed=args.seed, **method.manifold)
+    # the method falls back to k-means centroids for an empty cluster; none is empty on MNIST
+    start = torch.from_numpy(mean_directions(unit, clusters, np.zeros((method.n_clusters, unit.shape[1]), np.float32)))
+    unit, temperature = torch.from_numpy(unit), model.config.head_temperature
 
-    mean_directions = torch.stack([unit[torch.from_numpy(clusters == k)].mean(0) for k in range(method.n_clusters)])
-    prototypes = torch.nn.Parameter(mean_directions.clone())
+    prototypes = torch.nn.Parameter(start.clone())
     optimizer = torch.optim.Adam([prototypes], lr=1e-2)
     target = torch.from_numpy(clusters).long()
     for _ in range(args.steps):
-        loss = F.cross_entropy(head_assignments(unit, prototypes, temperature), target)
+        loss = F.cross_entropy(cosine_head_logits(unit, prototypes, temperature), target)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
 
     partitions = {"warmup_clusters": clusters,
-                  "mean_direction_head": head_assignments(unit, mean_directions, temperature).argmax(1).numpy(),
-                  "fitted_head": head_assignments(unit, prototypes.detach(), temperature).argmax(1).numpy()}
+                  "mean_direction_head": cosine_head_logits(unit, start, temperature).argmax(1).numpy(),
+                  "fitted_head": cosine_head_logits(unit, prototypes.detach(), temperature).argmax(1).numpy()}
     rows = [{"bench": "dific_head_init", "dataset": "mnist-test", "method": name, "seed": args.seed,
              **{key: round(value, 4) for key, value in supervised_metrics(store.labels, assigned).items()},
              "agreement": round(float((assigned == clusters).mean()), 4)} for name, assigned in partitions.items()]

@@ -198,6 +198,12 @@ def image_space_weights(alphas_cumprod: torch.Tensor, steps: torch.Tensor, max_w
 
 
 # -- cluster guidance -------------------------------------------------------------------------
+def cosine_head_logits(words: torch.Tensor, prototypes: torch.Tensor, temperature: float) -> torch.Tensor:
+    """(B, word_dim) S*, (K, word_dim) prototypes -> (B, K) logits <S*/|S*|, c_k/|c_k|> / temperature
+    of the clustering head (float32)."""
+    return F.normalize(words.float(), dim=1) @ F.normalize(prototypes.float(), dim=1).T / temperature
+
+
 def neighbor_consistency(anchor_probs: torch.Tensor, neighbor_probs: torch.Tensor) -> torch.Tensor:
     """-mean log <p_i, p_j> over (anchor, neighbour) pairs; both (B, K) rows summing to 1."""
     return -torch.log((anchor_probs * neighbor_probs).sum(1).clamp_min(1e-8)).mean()
@@ -391,8 +397,7 @@ class DiFiCModel(torch.nn.Module):
 
     def head_probs(self, words: torch.Tensor) -> torch.Tensor:
         """(B, word_dim) -> (B, K) cluster probabilities of the cosine-prototype head."""
-        logits = F.normalize(words.float(), dim=1) @ F.normalize(self.prototypes, dim=1).T
-        return torch.softmax(logits / self.config.head_temperature, dim=1)
+        return torch.softmax(cosine_head_logits(words, self.prototypes, self.config.head_temperature), dim=1)
 
     def denoising(self, latents: torch.Tensor, context: torch.Tensor, mask: Optional[torch.Tensor]) -> torch.Tensor:
         noise = torch.randn_like(latents)

@@ -30,6 +30,18 @@ from raycluster.train.loop import OptimConfig
 log = logging.getLogger(__name__)
 
 
+def unit_rows(words: np.ndarray) -> np.ndarray:
+    """(N, D) float32 S* -> the same rows scaled to unit length (N, D) float32."""
+    return words / np.linalg.norm(words, axis=1, keepdims=True).clip(1e-8)
+
+
+def mean_directions(unit: np.ndarray, clusters: np.ndarray, fallback: np.ndarray) -> np.ndarray:
+    """(N, D) unit S*, (N,) int cluster ids (-1: not clustered) -> (K, D) mean S* of each cluster,
+    K = len(fallback); a cluster with no rows keeps its row of `fallback` (K, D)."""
+    return np.stack([unit[clusters == k].mean(0) if (clusters == k).any() else fallback[k]
+                     for k in range(len(fallback))])
+
+
 class DiFiC(TorchMethod):
     name = "dific"
     model_factory = "raycluster.methods.dific.build_dific"
@@ -118,7 +130,7 @@ class DiFiC(TorchMethod):
         scored = labels is not None and (labels >= 0).all()
         model = build_dific({**self.base_config(), "guidance": False, "init_from": warmup})
         words = model.embed(torch.from_numpy(pixels)).numpy()
-        normalised = words / np.linalg.norm(words, axis=1, keepdims=True).clip(1e-8)   # the head is cosine
+        normalised = unit_rows(words)   # the head is cosine
         kmeans = KMeans(self.n_clusters, seed=self.seed).fit(normalised)
         clusters, _ = kmeans.predict(normalised)
         prototypes = kmeans.centroids
@@ -126,8 +138,7 @@ class DiFiC(TorchMethod):
             self.stages["init_kmeans"] = supervised_metrics(labels, clusters)
         if self.manifold is not None:
             clusters = manifold_kmeans(normalised, self.n_clusters, seed=self.seed, **self.manifold)
-            prototypes = np.stack([normalised[clusters == k].mean(0) if (clusters == k).any() else prototypes[k]
-                                   for k in range(self.n_clusters)])
+            prototypes = mean_directions(normalised, clusters, prototypes)
             if scored:
                 sampled = clusters >= 0
                 self.stages["init_manifold"] = supervised_metrics(labels[sampled], clusters[sampled])
