@@ -86,14 +86,15 @@ def load_dataset(name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndar
     raise ValueError(f"unknown dataset {name!r}")
 
 
-def run(recipe_name: str, dataset: str, seed: int, device: str, epochs: int | None, every: int) -> dict:
+def run(recipe_name: str, dataset: str, data: tuple, seed: int, device: str, epochs: int | None, every: int) -> dict:
+    """Fit `recipe_name` on `data` (what load_dataset(dataset) returns) with `seed`; -> one row."""
     import torch
 
     from raycluster.methods.cludi import build_cludi
     from raycluster.metrics import supervised_metrics
     from raycluster.train.loop import OptimConfig, make_optimizer, train_epochs
 
-    features, labels, scored_features, scored_labels, k = load_dataset(dataset)
+    features, labels, scored_features, scored_labels, k = data
     settings = recipe(recipe_name)
     optim = OptimConfig(**{**settings["optim"], "betas": tuple(settings["optim"]["betas"]),
                            **({"epochs": epochs} if epochs else {})})
@@ -147,14 +148,14 @@ def main(argv=None):
     rows, skipped = [], {}
     for dataset in args.datasets:
         try:
-            load_dataset(dataset)
+            data = load_dataset(dataset)
         except Skip as reason:
             skipped[dataset] = str(reason)
             print(f"SKIPPED {dataset}: {reason}", flush=True)
             continue
         for name in args.recipes:
             for seed in args.seed_ids if args.seed_ids is not None else range(args.seeds):
-                row = run(name, dataset, seed, args.device, args.epochs, args.every)
+                row = run(name, dataset, data, seed, args.device, args.epochs, args.every)
                 rows.append(row)
                 print(f"  {name} {dataset} seed {seed}: ACC {row['acc']:.4f} NMI {row['nmi']:.4f} "
                       f"ARI {row['ari']:.4f} fit {row['fit_seconds']}s predict {row['predict_seconds']}s", flush=True)
