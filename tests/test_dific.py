@@ -101,6 +101,20 @@ def test_recorded_masks_follow_the_proxy_tokens_attention():
     assert mask.shape == (len(images), 1, 8, 8) and mask.min() >= 0 and mask.max() <= 1
 
 
+def test_mask_pass_stops_after_the_last_cross_attention_and_leaves_training_forwards_whole():
+    torch.manual_seed(0)
+    model = build_dific(scratch_config()).eval()
+    images = model.images(torch.from_numpy(tiny_patterns(4)[0]))
+    context = model.condition(model.proxy_words(images)).detach()
+    calls = []
+    handle = model.unet.conv_out.register_forward_hook(lambda *args: calls.append(1))
+    model.object_masks(images, context)
+    assert calls == [] and len(model.recorded) == len(model.recorders)   # all maps, no output layer
+    model.denoising(images, context, None)
+    handle.remove()
+    assert calls == [1] and all(not r.active and r.stop_at is None for r in model.recorders.values())
+
+
 def test_guidance_step_trains_extractor_head_and_scratch_diffusion_model():
     torch.manual_seed(0)
     pixels, _ = tiny_patterns()

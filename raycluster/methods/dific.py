@@ -141,15 +141,23 @@ def proxy_word(text_encoder, position: int, word_embeddings: torch.Tensor):
 
 
 # -- cross-attention masks --------------------------------------------------------------------
+class AllMapsRecorded(Exception):
+    """Raised by the recorder that completes a mask pass's maps: the layers after the last
+    cross-attention cannot change them, so the pass stops there."""
+
+
 class ProxyAttentionRecorder:
     """A diffusers attention processor for cross-attention layers that records, when `active`,
     each layer's attention probabilities on token `position` (B, H*W), averaged over heads, then
-    lets the library's default processor compute the output (so nothing else changes)."""
+    lets the library's default processor compute the output (so nothing else changes).
+    With `stop_at` set, the recorder whose map makes `recorded` that long raises AllMapsRecorded
+    (a mask pass needs no UNet output: from scratch on MNIST the up blocks after the last
+    cross-attention are ~half of the pass, and the pass ~a fifth of a training step)."""
 
     def __init__(self, position: int, recorded: list):
         from diffusers.models.attention_processor import AttnProcessor2_0
 
-        self.position, self.recorded, self.active = position, recorded, False
+        self.position, self.recorded, self.active, self.stop_at = position, recorded, False, None
         self.inner = AttnProcessor2_0()
 
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, **kwargs):
@@ -159,6 +167,8 @@ class ProxyAttentionRecorder:
             key = attn.head_to_batch_dim(attn.to_k(context))
             probs = attn.get_attention_scores(query, key, None)              # (B*heads, HW, L)
             self.recorded.append(probs[:, :, self.position].reshape(len(hidden_states), attn.heads, -1).mean(1))
+            if self.stop_at is not None and len(self.recorded) >= self.stop_at:
+                raise AllMapsRecorded
         return self.inner(attn, hidden_states, encoder_hidden_states, attention_mask, temb, **kwargs)
 
 
@@ -387,12 +397,17 @@ class DiFiCModel(torch.nn.Module):
         steps = torch.full((len(latents),), self.config.mask_timestep, device=latents.device, dtype=torch.long)
         self.recorded.clear()
         for recorder in self.recorders.values():
-            recorder.active = True
+            recorder.active, recorder.stop_at = True, len(self.recorders)
         try:
             self.unet(self.scheduler.add_noise(latents, noise, steps), steps, encoder_hidden_states=context)
+        except AllMapsRecorded:   # every cross-attention layer has been recorded: the rest is skipped
+            pass
         finally:
             for recorder in self.recorders.values():
-                recorder.active = False
+                recorder.active, recorder.stop_at = False, None
+        if len(self.recorded) != len(self.recorders):
+            raise RuntimeError(f"dific: the mask pass recorded {len(self.recorded)} of {len(self.recorders)} "
+                               "cross-attention maps")
         return attention_mask_from_maps(self.recorded, latents.shape[-1], self.config.mask_threshold)
 
     def head_probs(self, words: torch.Tensor) -> torch.Tensor:

@@ -36,7 +36,10 @@ def learning_rate(step: int, total_steps: int, warmup_steps: int, lr: float, min
 
 
 def make_optimizer(model, optim: OptimConfig) -> torch.optim.Optimizer:
-    return torch.optim.AdamW(model.parameter_groups(optim.lr, optim.weight_decay), lr=optim.lr, betas=optim.betas)
+    """AdamW over `model.parameter_groups`; fused (one kernel for all parameters, on CPU as on
+    CUDA): the per-parameter loop cost DiFiC ~4% of a CPU step (6.4M weights in ~300 tensors)."""
+    return torch.optim.AdamW(model.parameter_groups(optim.lr, optim.weight_decay), lr=optim.lr, betas=optim.betas,
+                             fused=True)
 
 
 def train_epochs(model, features: torch.Tensor, optim: OptimConfig, optimizer: torch.optim.Optimizer,
