@@ -88,12 +88,16 @@ def finetune_here(unet: str, layer: str, timestep: int, images: np.ndarray, labe
     from raycluster.train.loop import make_optimizer, train_epochs
 
     settings = yaml.safe_load((Path(__file__).resolve().parents[1] / "configs/method/diec.yaml").read_text())
-    method = DiEC(10, unet=unet, layer=layer, timestep=timestep, model=settings["model"], optim=settings["optim"])
+    method = DiEC(10, unet=unet, layer=layer, timestep=timestep, model=settings["model"], optim=settings["optim"],
+                  manifold=settings.get("manifold"))
     pixels = images.reshape(len(images), -1).astype(np.float32) / 255
-    config = method.model_config(unet, layer, timestep, pixels, labels)   # k-means start, scored in stages
+    config, initial = method.model_config(unet, layer, timestep, pixels, labels)   # the start, scored in stages
     device = "cuda" if torch.cuda.is_available() else "cpu"
     torch.manual_seed(0)
     model = build_diec(config).to(device)
+    if initial is not None:   # what a Ray Train worker gets: the initial clusters and its rows' ids
+        model.attach_context(initial)
+        model.attach_shard(torch.arange(len(pixels)))
     on_device = torch.from_numpy(pixels).to(device)
     steps = int(np.ceil(len(pixels) / method.optim.batch_size))
 
@@ -107,7 +111,8 @@ def finetune_here(unet: str, layer: str, timestep: int, images: np.ndarray, labe
     rows = [{"bench": "diec_criteria", "dataset": "mnist-test", "method": name, "layer": layer, "timestep": timestep,
              **{k: round(v, 4) for k, v in scores.items()}}
             for name, scores in (("diec_init_kmeans", method.stages["init_kmeans"]),
-                                 ("diec", supervised_metrics(labels, cluster.cpu().numpy())))]
+                                 ("diec_init_manifold", method.stages.get("init_manifold")),
+                                 ("diec", supervised_metrics(labels, cluster.cpu().numpy()))) if scores]
     for row in rows:
         print(f"{row['method']} at {layer} t={timestep}: ACC {row['acc']:.4f} NMI {row['nmi']:.4f} ARI {row['ari']:.4f}")
     return rows

@@ -69,6 +69,33 @@ def test_a_training_step_sends_gradients_to_the_unet_and_the_centres():
     assert cluster.shape == (120,) and ((confidence > 0) & (confidence <= 1)).all()
 
 
+def test_initial_clusters_are_the_first_target_then_dec_takes_over():
+    torch.manual_seed(0)
+    model = build_diec(diec_config(initial_target_epochs=1))
+    pixels, labels = tiny_patterns()
+    initial = (labels + 1) % 3
+    initial[:5] = -1                                  # rows the start left without a cluster
+    shard = torch.arange(len(pixels) - 1, -1, -1)     # this worker holds the rows in reverse order
+    model.attach_context(initial)
+    model.attach_shard(shard)
+    model.on_epoch_start(torch.from_numpy(pixels)[shard], epoch=0)
+    expected = torch.from_numpy(initial)[shard]
+    known = expected >= 0
+    assert (model.targets[known].argmax(1) == expected[known]).all() and (model.targets[known].max(1).values == 1).all()
+    assert (model.targets[~known].max(1).values < 1).all()   # DEC's soft p where there is no cluster
+    model.on_epoch_start(torch.from_numpy(pixels)[shard], epoch=1)
+    assert (model.targets.max(1).values < 1).all()           # then DEC's p everywhere
+    assert torch.allclose(model.targets.sum(1), torch.ones(len(pixels)), atol=1e-6)
+
+
+def test_cluster_means_start_dec_from_the_clusters_found():
+    from raycluster.methods.diec_method import cluster_means
+
+    embeddings = np.array([[0, 0], [2, 0], [10, 10], [7, 7]], np.float32)
+    means = cluster_means(embeddings, np.array([0, 0, 1, -1]), np.full((3, 2), -5.0))
+    assert means.tolist() == [[1, 0], [10, 10], [-5, -5]]   # -1 rows ignored; an empty cluster keeps its fallback
+
+
 def test_wrong_number_of_centres_is_one_clear_error():
     with pytest.raises(ValueError, match="needs 3 initial centres"):
         build_diec(diec_config(centers=[[0.0] * 16] * 2))
@@ -91,6 +118,28 @@ def test_two_worker_finetune_decreases_the_loss_and_resumes(ray_local, tmp_path)
     resumed = fit_with_ray_train(factory, config, pixels, optim, workers, False, str(tmp_path), "diec", labels=labels)
     assert resumed["metrics"]["resumed_from_epoch"] == 2   # continued after epoch index 1, did not restart
     assert resumed["metrics"]["train/loss"] < first["metrics"]["train/loss"]
+
+
+@pytest.mark.slow
+def test_initial_clusters_reach_each_worker_by_dataset_row(ray_local, tmp_path):
+    """Initial clusters (a relabelling of the classes) travel as shared context; each of two
+    workers must look its own rows up by dataset id, or the model learns scrambled targets."""
+    from raycluster.config import TrainConfig
+    from raycluster.methods.diec import build_diec as factory
+    from raycluster.metrics import supervised_metrics
+    from raycluster.train.loop import OptimConfig
+    from raycluster.train.run import fit_with_ray_train
+
+    pixels, labels = tiny_patterns()
+    initial = (labels + 1) % 3
+    optim = OptimConfig(epochs=3, batch_size=40, lr=3e-3, min_lr=3e-3, warmup_epochs=0, weight_decay=0.0)
+    state = fit_with_ray_train(factory, diec_config(denoise_weight=0.0, initial_target_epochs=3), pixels, optim,
+                               TrainConfig(num_workers=2, cpus_per_worker=0.5), False, str(tmp_path), "diec",
+                               labels=labels, context={"initial_clusters": initial})
+    model = factory(state["model_config"])
+    model.load_state_dict(state["model"])
+    cluster, _ = model.predict(torch.from_numpy(pixels))
+    assert (cluster.numpy() == initial).mean() > 0.95   # the targets' own cluster ids, not a permutation
 
 
 DIGITS_DIEC = ["method=diec", "data.source.limit=300", "method.image_shape=[1,8,8]",

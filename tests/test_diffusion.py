@@ -16,8 +16,18 @@ def test_pixels_map_to_centred_padded_model_input():
     assert images.shape == (2, 1, 8, 8)
     assert images[0, 0, 1, 1] == 1.0 and images[0, 0, 1, 2] == 0.0   # [0, 1] -> [-1, 1], offset by 1
     assert (images[:, :, 0, :] == -1).all() and (images[:, :, :, -1] == -1).all()   # background padding
-    with pytest.raises(ValueError, match="do not fit"):
-        to_model_input(torch.zeros(1, 100), (1, 10, 10), 8)
+
+
+def test_larger_images_are_downscaled_to_the_sample_size_then_padded():
+    square = to_model_input(torch.ones(3, 28 * 28) * 0.75, (1, 28, 28), 16)
+    assert square.shape == (3, 1, 16, 16)
+    assert torch.allclose(square, torch.full_like(square, 0.5))   # a flat image stays flat: no padding
+    stroke = torch.zeros(1, 1, 28, 28)
+    stroke[..., :, 12:16] = 1.0                                       # a vertical bar in the middle
+    resized = to_model_input(stroke.flatten(1), (1, 28, 28), 16)[0, 0]
+    assert resized[:, 7:9].min() > 0.9 and resized[:, 0].max() < -0.999  # kept in place, background stays
+    wide = to_model_input(torch.ones(1, 20 * 10), (1, 10, 20), 8)[0, 0]   # aspect kept: 10x20 -> 4x8, padded
+    assert torch.allclose(wide[2:6], torch.ones(4, 8)) and (wide[:2] == -1).all() and (wide[6:] == -1).all()
 
 
 def test_saved_unet_loads_back_with_its_scheduler(tmp_path):

@@ -65,6 +65,7 @@ class DiECConfig:
     alpha: float = 1.0                 # Student-t degrees of freedom
     denoise_weight: float = 1.0        # lambda
     target_update_epochs: int = 1
+    initial_target_epochs: int = 1     # epochs whose target is the initial clusters, when attached
     train_draws: int = 1               # noise draws per embedding in a training step
     eval_draws: int = 4                # ... when predicting / refreshing the target
     num_train_timesteps: int = 1000
@@ -100,6 +101,8 @@ class DiECModel(torch.nn.Module):
                              f"{None if centers is None else tuple(centers.shape)}")
         self.centers = torch.nn.Parameter(centers)
         self.targets: Optional[torch.Tensor] = None   # (N_local, K), not checkpointed: recomputed
+        self.initial_clusters: Optional[torch.Tensor] = None   # (N,) dataset-wide, -1: none (attach_context)
+        self.shard_rows: Optional[torch.Tensor] = None         # (N_local,) dataset ids of this worker's rows
 
     def images(self, pixels: torch.Tensor) -> torch.Tensor:
         from raycluster.diffusion.unet import to_model_input
@@ -126,17 +129,33 @@ class DiECModel(torch.nn.Module):
         """q (N, K) for all rows."""
         return student_t_assignments(self.embeddings(pixels, draws, seed), self.centers.detach(), self.config.alpha)
 
+    def attach_context(self, initial_clusters) -> None:
+        """The initial clusters (N,) int64 of every row (-1: none), the first epochs' target."""
+        self.initial_clusters = torch.as_tensor(initial_clusters, dtype=torch.int64)
+
+    def attach_shard(self, shard_rows) -> None:
+        """Dataset ids (N_local,) int64 of this worker's rows, in the order training sees them."""
+        self.shard_rows = torch.as_tensor(shard_rows, dtype=torch.int64)
+
     def on_epoch_start(self, pixels: torch.Tensor, epoch: int) -> None:
-        """Recompute p over this worker's rows every `target_update_epochs` (and after a resume)."""
+        """Recompute p over this worker's rows every `target_update_epochs` (and after a resume).
+        With initial clusters attached, p is their one-hot for the first `initial_target_epochs`
+        (rows without one get DEC's p): the embedding is first pulled towards the clusters the
+        start found, which nearest-centre q alone would not reproduce (see the module docstring)."""
         import torch.distributed as dist
 
-        if self.targets is not None and epoch % self.config.target_update_epochs:
+        initial = self.initial_clusters is not None and epoch < self.config.initial_target_epochs
+        if self.targets is not None and epoch % self.config.target_update_epochs and not initial:
             return
         q = self.soft_assignments(pixels, self.config.eval_draws, seed=epoch)
         frequencies = q.sum(dim=0)
         if dist.is_initialized():
             dist.all_reduce(frequencies)   # f_j over the whole data set, not just this shard
         self.targets = target_distribution(q, frequencies)
+        if initial:
+            clusters = self.initial_clusters[self.shard_rows].to(q.device)
+            known = clusters >= 0
+            self.targets[known] = torch.nn.functional.one_hot(clusters[known], self.config.n_clusters).to(q.dtype)
 
     def parameter_groups(self, lr: float, weight_decay: float) -> list[dict]:
         return [{"params": list(self.unet.parameters()), "weight_decay": weight_decay},

@@ -23,12 +23,24 @@ import numpy as np
 
 from raycluster.config import TrainConfig
 from raycluster.methods.base import TorchMethod
+from raycluster.methods.kmeans import check_manifold
 from raycluster.train.loop import OptimConfig
 
 log = logging.getLogger(__name__)
 
 
 SEARCH_KEYS = {"layers", "timesteps", "subset", "draws", "cpus_per_trial", "max_concurrent", "criterion"}
+
+
+def cluster_means(embeddings: np.ndarray, clusters: np.ndarray, fallback: np.ndarray) -> np.ndarray:
+    """(N, D) embeddings, (N,) clusters (-1: none) -> (K, D) mean of each cluster's rows; a
+    cluster with no rows keeps its `fallback` (K, D) row."""
+    means = np.array(fallback, dtype=np.float32, copy=True)
+    for cluster in range(len(means)):
+        members = clusters == cluster
+        if members.any():
+            means[cluster] = embeddings[members].mean(0)
+    return means
 
 
 class DiEC(TorchMethod):
@@ -38,7 +50,8 @@ class DiEC(TorchMethod):
     def __init__(self, n_clusters: int, image_shape=(1, 28, 28), unet=None, pretrain: Optional[dict] = None,
                  layer: Optional[str] = None, timestep: Optional[int] = None, search: Optional[dict] = None,
                  model: Optional[dict] = None, optim: Optional[dict] = None, train: Optional[dict] = None,
-                 use_gpu: bool = False, seed: int = 0, work_dir: str = "outputs/diec", max_failures: int = 0):
+                 manifold: Optional[dict] = None, use_gpu: bool = False, seed: int = 0, work_dir: str = "outputs/diec",
+                 max_failures: int = 0):
         super().__init__(n_clusters)
         self.image_shape = tuple(image_shape)
         self.pretrain = dict(pretrain or {})
@@ -51,6 +64,7 @@ class DiEC(TorchMethod):
             raise ValueError(f"diec: unknown search setting(s) {sorted(unknown)}; known: {sorted(SEARCH_KEYS)}")
         check_criterion(self.search.get("criterion", "silhouette"))
         self.model_overrides = dict(model or {})
+        self.manifold = check_manifold(manifold, "diec")   # kmeans.UMAPKMeans settings; None: k-means start
         self.optim = OptimConfig(**(optim or {}))
         self.train = TrainConfig(**(train or {}))
         # Ray Tune trials and Train workers run in their own working directories: local paths
@@ -109,24 +123,40 @@ class DiEC(TorchMethod):
         return found["layer"], int(found["timestep"])
 
     # -- stage 3 -------------------------------------------------------------------------
-    def model_config(self, unet: str, layer: str, timestep: int, pixels: np.ndarray, labels=None) -> dict:
-        """The fine-tune model's config: centres by k-means on the COL/COT embeddings of all rows."""
+    def model_config(self, unet: str, layer: str, timestep: int, pixels: np.ndarray,
+                     labels=None) -> tuple[dict, Optional[np.ndarray]]:
+        """The fine-tune model's config and the initial clusters (N,) int64 (-1: outside UMAP's
+        sample), or None. k-means on the COL/COT embeddings of all rows always runs (the bench's
+        `init_kmeans` row); without `manifold` its centres start DEC (the paper's start); with it,
+        the clusters of k-means on a UMAP embedding start it: centres are their means in the
+        embedding space, and they are the first `initial_target_epochs`' target."""
         import torch
 
         from raycluster.methods.diec import build_diec
-        from raycluster.methods.kmeans import KMeans
+        from raycluster.methods.kmeans import KMeans, manifold_kmeans
         from raycluster.metrics import supervised_metrics
 
+        start = time.time()
+        scored = labels is not None and (labels >= 0).all()
         config = {**self.model_overrides, "n_clusters": self.n_clusters, "unet": unet, "image_shape": self.image_shape,
                   "layer": layer, "timestep": timestep}
         probe = build_diec({**config, "centers": np.zeros((self.n_clusters, 1)).tolist()})   # centres unused here
         embeddings = probe.embeddings(torch.from_numpy(pixels), probe.config.eval_draws, self.seed).numpy()
         scale = float(np.sqrt((embeddings.std(0) ** 2).mean()) + 1e-8)
-        kmeans = KMeans(self.n_clusters, seed=self.seed).fit(embeddings / scale)
-        clusters, _ = kmeans.predict(embeddings / scale)
-        self.stages["init_kmeans"] = (supervised_metrics(labels, clusters) if labels is not None and (labels >= 0).all()
-                                      else {})
-        return {**config, "embedding_scale": scale, "centers": kmeans.centroids.tolist()}
+        embeddings /= scale
+        kmeans = KMeans(self.n_clusters, seed=self.seed).fit(embeddings)
+        clusters, _ = kmeans.predict(embeddings)
+        centers, initial = kmeans.centroids, None
+        if scored:
+            self.stages["init_kmeans"] = supervised_metrics(labels, clusters)
+        if self.manifold is not None:
+            initial = manifold_kmeans(embeddings, self.n_clusters, seed=self.seed, **self.manifold)
+            centers = cluster_means(embeddings, initial, centers)
+            if scored:
+                sampled = initial >= 0
+                self.stages["init_manifold"] = supervised_metrics(labels[sampled], initial[sampled])
+        self.stages["init_seconds"] = round(time.time() - start, 1)
+        return {**config, "embedding_scale": scale, "centers": centers.tolist()}, initial
 
     def fit(self, vectors: np.ndarray, labels: Optional[np.ndarray] = None) -> "DiEC":
         from raycluster.methods.diec import build_diec
@@ -139,10 +169,12 @@ class DiEC(TorchMethod):
                              f"{expected} (DiEC reads pixels: backbone=pixels)")
         unet = self.pretrained_unet(pixels)
         layer, timestep = self.layer_and_timestep(pixels, unet, labels)
-        config = self.model_config(unet, layer, timestep, pixels, labels)
+        config, initial = self.model_config(unet, layer, timestep, pixels, labels)
+        log.warning("DiEC start: %s", {k: v for k, v in self.stages.items() if k.startswith("init")})
         start = time.time()
         state = fit_with_ray_train(build_diec, config, pixels, self.optim, self.train, self.use_gpu,
-                                   os.path.join(self.work_dir, "train"), "diec", self.seed, labels, self.max_failures)
+                                   os.path.join(self.work_dir, "train"), "diec", self.seed, labels, self.max_failures,
+                                   context=None if initial is None else {"initial_clusters": initial})
         self.stages["finetune_seconds"] = time.time() - start
         return self._restore(state)
 

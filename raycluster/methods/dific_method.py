@@ -24,6 +24,7 @@ import numpy as np
 
 from raycluster.config import TrainConfig
 from raycluster.methods.base import TorchMethod
+from raycluster.methods.kmeans import check_manifold
 from raycluster.neighbors.index import IndexSpec
 from raycluster.train.loop import OptimConfig
 
@@ -61,16 +62,7 @@ class DiFiC(TorchMethod):
         self.optim = OptimConfig(**(optim or {}))     # the guidance stage's schedule
         self.train = TrainConfig(**(train or {}))
         self.knn, self.index_spec, self.index_shards = knn, IndexSpec(**(index or {"kind": "flat"})), index_shards
-        self.manifold = dict(manifold) if manifold else None   # kmeans.UMAPKMeans settings; None: k-means on S*
-        if self.manifold is not None:
-            import inspect
-
-            from raycluster.methods.kmeans import UMAPKMeans
-
-            known = set(inspect.signature(UMAPKMeans).parameters) - {"n_clusters", "seed", "use_gpu"}
-            if set(self.manifold) - known:
-                raise ValueError(f"dific: unknown manifold setting(s) {sorted(set(self.manifold) - known)}; "
-                                 f"known: {sorted(known)}")
+        self.manifold = check_manifold(manifold, "dific")   # kmeans.UMAPKMeans settings; None: k-means on S*
         self.use_gpu, self.seed, self.max_failures = use_gpu, seed, max_failures
         # Ray Train workers run in their own working directories: paths must be absolute
         self.work_dir = work_dir if "://" in work_dir else os.path.abspath(work_dir)

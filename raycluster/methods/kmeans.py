@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+from typing import Optional
 
 import numpy as np
 
@@ -150,3 +151,16 @@ def manifold_kmeans(vectors: np.ndarray, n_clusters: int, **settings) -> np.ndar
     """vectors (N, D) float32 -> clusters (N,) int64 of `UMAPKMeans(n_clusters, **settings)` fitted
     on them, -1 for rows outside its UMAP sample."""
     return UMAPKMeans(n_clusters, **settings).fit(vectors).fit_clusters
+
+
+def check_manifold(manifold: Optional[dict], method: str) -> Optional[dict]:
+    """A method's `manifold` setting (UMAPKMeans keyword arguments, or None: no UMAP), with one
+    readable error for a key UMAPKMeans does not take (a typo would otherwise surface late)."""
+    import inspect
+
+    if not manifold:
+        return None
+    known = set(inspect.signature(UMAPKMeans).parameters) - {"n_clusters", "seed", "use_gpu"}
+    if set(manifold) - known:
+        raise ValueError(f"{method}: unknown manifold setting(s) {sorted(set(manifold) - known)}; known: {sorted(known)}")
+    return dict(manifold)

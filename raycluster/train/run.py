@@ -89,10 +89,13 @@ def train_loop_per_worker(config: dict) -> None:
     rows = list(ray.train.get_dataset_shard("train").iter_batches(batch_size=65536, batch_format="numpy"))
     features = torch.from_numpy(np.concatenate([r["features"] for r in rows])).float().to(device)
     labels = np.concatenate([r["label"] for r in rows])
-    if shared:      # dataset-wide ids, to look rows up in the shared context
-        row_ids = torch.from_numpy(np.concatenate([r["index"] for r in rows]))
-    elif getattr(model, "local_row_ids", False):   # DEC: per-row targets of this worker's rows
+    shard_rows = torch.from_numpy(np.concatenate([r["index"] for r in rows]))   # dataset-wide ids
+    if hasattr(model, "attach_shard"):   # DEC: which rows of the shared context are this worker's
+        model.attach_shard(shard_rows)
+    if getattr(model, "local_row_ids", False):   # DEC: per-row targets of this worker's rows
         row_ids = torch.arange(len(features))
+    elif shared:    # dataset-wide ids, to look rows up in the shared context
+        row_ids = shard_rows
     else:
         row_ids = None
     total = torch.tensor([len(features)])
