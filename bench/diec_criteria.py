@@ -12,8 +12,9 @@ Train worker runs) on cuda when available; it is saved to `--output`. On the sam
 (ARI between k-means fitted on one half and on the other, both labelling the second half).
 Prints the table, then per criterion its Spearman correlation with ACC and the cell it picks.
 With `--finetune`, DiEC's third stage follows in this process on the cell `--criterion` picks:
-centres by k-means on that cell's embeddings of all 10,000 digits (`DiEC.model_config`), then
-configs/method/diec.yaml's DEC fine-tune (`train_epochs`, one worker), then ACC of the result.
+configs/method/diec.yaml's start on that cell's embeddings of all 10,000 digits (`DiEC.model_config`:
+k-means, and k-means on a UMAP of them when `manifold` is set), then its DEC fine-tune
+(`train_epochs`, one worker), then ACC of each.
 """
 from __future__ import annotations
 

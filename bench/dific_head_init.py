@@ -44,8 +44,8 @@ def main(argv=None):
     from raycluster.config import compose
     from raycluster.data.store import EmbeddingStore
     from raycluster.methods.dific import build_dific, cosine_head_logits
-    from raycluster.methods.dific_method import mean_directions, unit_rows
-    from raycluster.methods.kmeans import manifold_kmeans
+    from raycluster.methods.dific_method import unit_rows
+    from raycluster.methods.kmeans import cluster_means, manifold_kmeans
     from raycluster.metrics import supervised_metrics
     from raycluster.pipeline import build_method
 
@@ -58,7 +58,7 @@ def main(argv=None):
     unit = unit_rows(model.embed(torch.from_numpy(store.vectors.astype(np.float32))).numpy())
     clusters = manifold_kmeans(unit, method.n_clusters, seed=args.seed, **method.manifold)
     # the method falls back to k-means centroids for an empty cluster; none is empty on MNIST
-    start = torch.from_numpy(mean_directions(unit, clusters, np.zeros((method.n_clusters, unit.shape[1]), np.float32)))
+    start = torch.from_numpy(cluster_means(unit, clusters, np.zeros((method.n_clusters, unit.shape[1]), np.float32)))
     unit, temperature = torch.from_numpy(unit), model.config.head_temperature
 
     prototypes = torch.nn.Parameter(start.clone())

@@ -92,7 +92,8 @@ def image_experiment(method: str, dataset: str, args) -> str | None:
 def run_method(method: str, dataset: str, vectors: np.ndarray, labels: np.ndarray, k: int, seed: int, args) -> list:
     """Fit from scratch in `<output-root>/<dataset>/<method>/seed<N>` (emptied first, kept after:
     DiEC leaves its heatmaps and UNet there). Returns [(method name, metrics)]: one row, plus
-    `diec_init_kmeans` (k-means on the COL/COT embeddings) for DiEC, `dific_init_kmeans` (k-means on
+    `diec_init_kmeans` (k-means on the COL/COT embeddings) and `diec_init_manifold` (k-means on a
+    UMAP of them, DEC's start) for DiEC, `dific_init_kmeans` (k-means on
     the warm-up S*) and `dific_init_manifold` (k-means on a UMAP of it) for DiFiC."""
     import shutil
 
@@ -175,7 +176,7 @@ def main(argv=None):
     print("cludi rows: the CPU recipe (configs/method/cludi.yaml); cludi_paper: the public code's recipe")
     print("diec rows: configs/experiment/diec_mnist.yaml (UNet pretrained on the same images, COL/COT searched "
           "without labels, DEC fine-tune), fit = that whole pipeline; diec_init_kmeans: k-means on the COL/COT "
-          "embeddings before the fine-tune")
+          "embeddings before the fine-tune; diec_init_manifold: k-means on a UMAP of them (DEC's start)")
     for method, name in args.experiment.items():
         print(f"{method} rows: configs/experiment/{name}.yaml (--experiment), not the default named below")
     print("dific rows: configs/experiment/dific_mnist.yaml (from scratch: warm-up distillation, warm-up clusters + "

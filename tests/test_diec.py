@@ -88,12 +88,11 @@ def test_initial_clusters_are_the_first_target_then_dec_takes_over():
     assert torch.allclose(model.targets.sum(1), torch.ones(len(pixels)), atol=1e-6)
 
 
-def test_cluster_means_start_dec_from_the_clusters_found():
-    from raycluster.methods.diec_method import cluster_means
+def test_a_typo_in_the_manifold_settings_fails_before_any_stage():
+    from raycluster.methods.diec_method import DiEC
 
-    embeddings = np.array([[0, 0], [2, 0], [10, 10], [7, 7]], np.float32)
-    means = cluster_means(embeddings, np.array([0, 0, 1, -1]), np.full((3, 2), -5.0))
-    assert means.tolist() == [[1, 0], [10, 10], [-5, -5]]   # -1 rows ignored; an empty cluster keeps its fallback
+    with pytest.raises(ValueError, match=r"diec: unknown manifold setting\(s\) \['n_neighbor'\]"):
+        DiEC(10, manifold={"n_neighbor": 15})
 
 
 def test_wrong_number_of_centres_is_one_clear_error():

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from raycluster.methods.kmeans import KMeans, UMAPKMeans, manifold_kmeans
+from raycluster.methods.kmeans import KMeans, UMAPKMeans, cluster_means, manifold_kmeans, start_clusters
 from raycluster.metrics import cluster_acc, size_entropy
 
 
@@ -69,6 +69,25 @@ def test_manifold_kmeans_follows_curved_clusters_that_kmeans_cuts_across():
     assert (sampled == -1).sum() == 200 and set(np.unique(sampled[sampled >= 0])) == {0, 1}
     with pytest.raises(ValueError, match="k=3 clusters is more than the 2 samples"):
         manifold_kmeans(vectors[:2], 3)
+
+
+def test_start_clusters_scores_both_starts_and_centres_the_manifold_clusters():
+    from sklearn.datasets import make_moons
+
+    vectors, labels = make_moons(600, noise=0.04, random_state=0)
+    vectors = vectors.astype(np.float32)
+    centers, initial, scores = start_clusters(vectors, 2, manifold={"n_components": 2, "metric": "euclidean"},
+                                              labels=labels)
+    assert scores["init_kmeans"]["acc"] < 0.9 < 0.97 < scores["init_manifold"]["acc"]
+    assert np.allclose(centers, [vectors[initial == k].mean(0) for k in range(2)], atol=1e-5)
+    plain_centers, none, plain_scores = start_clusters(vectors, 2, labels=np.full(600, -1))
+    assert none is None and plain_scores == {} and plain_centers.shape == (2, 2)   # unknown labels: no scores
+
+
+def test_cluster_means_ignore_unclustered_rows_and_keep_a_fallback_for_empty_clusters():
+    vectors = np.array([[0, 0], [2, 0], [10, 10], [7, 7]], np.float32)
+    means = cluster_means(vectors, np.array([0, 0, 1, -1]), np.full((3, 2), -5.0))
+    assert means.tolist() == [[1, 0], [10, 10], [-5, -5]]
 
 
 def test_umap_kmeans_predicts_new_rows_through_the_fitted_map():

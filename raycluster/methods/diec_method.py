@@ -7,9 +7,11 @@ fit(pixels) on pixel rows (N, C*H*W) in [0, 1] (`backbone=pixels`):
 2. COL/COT: `layer`/`timestep` as given, or (null) the Ray Tune search of
    `raycluster.tune.layer_timestep` over `search.layers x search.timesteps`, writing
    `<work_dir>/search/` (search.json, heatmaps; reused when search.json exists).
-3. DEC fine-tune at (COL, COT) with Ray Train (`raycluster.methods.diec`), centres from k-means
-   on the COL/COT embeddings; checkpoints per epoch under `<work_dir>/train`, resume by rerun.
-`stages` records each stage's seconds and, for the bench, k-means on the COL/COT embeddings.
+3. DEC fine-tune at (COL, COT) with Ray Train (`raycluster.methods.diec`), started from k-means
+   on a UMAP embedding of the COL/COT embeddings (`manifold`; null: k-means on the embeddings);
+   checkpoints per epoch under `<work_dir>/train`, resume by rerun.
+`stages` records each stage's seconds and, for the bench, the two starts' scores (k-means on the
+COL/COT embeddings, and on their UMAP) when labels are given.
 """
 from __future__ import annotations
 
@@ -30,17 +32,6 @@ log = logging.getLogger(__name__)
 
 
 SEARCH_KEYS = {"layers", "timesteps", "subset", "draws", "cpus_per_trial", "max_concurrent", "criterion"}
-
-
-def cluster_means(embeddings: np.ndarray, clusters: np.ndarray, fallback: np.ndarray) -> np.ndarray:
-    """(N, D) embeddings, (N,) clusters (-1: none) -> (K, D) mean of each cluster's rows; a
-    cluster with no rows keeps its `fallback` (K, D) row."""
-    means = np.array(fallback, dtype=np.float32, copy=True)
-    for cluster in range(len(means)):
-        members = clusters == cluster
-        if members.any():
-            means[cluster] = embeddings[members].mean(0)
-    return means
 
 
 class DiEC(TorchMethod):
@@ -133,28 +124,16 @@ class DiEC(TorchMethod):
         import torch
 
         from raycluster.methods.diec import build_diec
-        from raycluster.methods.kmeans import KMeans, manifold_kmeans
-        from raycluster.metrics import supervised_metrics
+        from raycluster.methods.kmeans import start_clusters
 
         start = time.time()
-        scored = labels is not None and (labels >= 0).all()
         config = {**self.model_overrides, "n_clusters": self.n_clusters, "unet": unet, "image_shape": self.image_shape,
                   "layer": layer, "timestep": timestep}
         probe = build_diec({**config, "centers": np.zeros((self.n_clusters, 1)).tolist()})   # centres unused here
         embeddings = probe.embeddings(torch.from_numpy(pixels), probe.config.eval_draws, self.seed).numpy()
         scale = float(np.sqrt((embeddings.std(0) ** 2).mean()) + 1e-8)
-        embeddings /= scale
-        kmeans = KMeans(self.n_clusters, seed=self.seed).fit(embeddings)
-        clusters, _ = kmeans.predict(embeddings)
-        centers, initial = kmeans.centroids, None
-        if scored:
-            self.stages["init_kmeans"] = supervised_metrics(labels, clusters)
-        if self.manifold is not None:
-            initial = manifold_kmeans(embeddings, self.n_clusters, seed=self.seed, **self.manifold)
-            centers = cluster_means(embeddings, initial, centers)
-            if scored:
-                sampled = initial >= 0
-                self.stages["init_manifold"] = supervised_metrics(labels[sampled], initial[sampled])
+        centers, initial, scores = start_clusters(embeddings / scale, self.n_clusters, self.seed, self.manifold, labels)
+        self.stages.update(scores)
         self.stages["init_seconds"] = round(time.time() - start, 1)
         return {**config, "embedding_scale": scale, "centers": centers.tolist()}, initial
 

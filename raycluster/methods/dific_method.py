@@ -36,13 +36,6 @@ def unit_rows(words: np.ndarray) -> np.ndarray:
     return words / np.linalg.norm(words, axis=1, keepdims=True).clip(1e-8)
 
 
-def mean_directions(unit: np.ndarray, clusters: np.ndarray, fallback: np.ndarray) -> np.ndarray:
-    """(N, D) unit S*, (N,) int cluster ids (-1: not clustered) -> (K, D) mean S* of each cluster,
-    K = len(fallback); a cluster with no rows keeps its row of `fallback` (K, D)."""
-    return np.stack([unit[clusters == k].mean(0) if (clusters == k).any() else fallback[k]
-                     for k in range(len(fallback))])
-
-
 class DiFiC(TorchMethod):
     name = "dific"
     model_factory = "raycluster.methods.dific.build_dific"
@@ -114,8 +107,7 @@ class DiFiC(TorchMethod):
         import torch
 
         from raycluster.methods.dific import build_dific
-        from raycluster.methods.kmeans import KMeans, manifold_kmeans
-        from raycluster.metrics import supervised_metrics
+        from raycluster.methods.kmeans import start_clusters
         from raycluster.neighbors.graph import neighbor_table
 
         start = time.time()
@@ -123,17 +115,8 @@ class DiFiC(TorchMethod):
         model = build_dific({**self.base_config(), "guidance": False, "init_from": warmup})
         words = model.embed(torch.from_numpy(pixels)).numpy()
         normalised = unit_rows(words)   # the head is cosine
-        kmeans = KMeans(self.n_clusters, seed=self.seed).fit(normalised)
-        clusters, _ = kmeans.predict(normalised)
-        prototypes = kmeans.centroids
-        if scored:
-            self.stages["init_kmeans"] = supervised_metrics(labels, clusters)
-        if self.manifold is not None:
-            clusters = manifold_kmeans(normalised, self.n_clusters, seed=self.seed, **self.manifold)
-            prototypes = mean_directions(normalised, clusters, prototypes)
-            if scored:
-                sampled = clusters >= 0
-                self.stages["init_manifold"] = supervised_metrics(labels[sampled], clusters[sampled])
+        prototypes, _, scores = start_clusters(normalised, self.n_clusters, self.seed, self.manifold, labels)
+        self.stages.update(scores)
         table = neighbor_table(normalised, self.knn, self.index_spec, self.index_shards, self.seed)
         if scored:
             self.stages["knn_label_agreement"] = round(float((labels[table] == labels[:, None]).mean()), 4)

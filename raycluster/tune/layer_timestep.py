@@ -13,8 +13,11 @@ epochs on the 10,000 MNIST test digits, `bench/diec_criteria.py --pretrain-epoch
 picked `mid` t=200 (ACC 0.819, best cell 0.855), CH picked `up_0` t=0 (0.413); a second such
 UNet: silhouette 0.740, CH 0.355, best 0.775 (Spearman 0.77 / 0.51). CH rewards the
 noise-free t=0 activations of the decoder, whose dispersion ratio is high for reasons other
-than classes. On under-trained UNets (8 epochs) both pick poor cells. Labels were used to make
-this choice (two UNets, one subset); `criterion: chi` keeps the paper's.
+than classes. On under-trained UNets (8 epochs at 32 px) both pick poor cells. The CPU config's
+UNet (16 px, 20 epochs, loss 0.032; `bench/diec_criteria.py --unet ...`) agrees: Spearman 0.93
+for silhouette, 0.82 for CH; silhouette picks the best cell by ACC (`up_0` t=100, 0.770), CH
+`up_0` t=200 (0.728). Labels were used to make this choice (three UNets, one subset);
+`criterion: chi` keeps the paper's.
 """
 from __future__ import annotations
 
