@@ -169,8 +169,10 @@ def test_pretrain_then_tune_then_train_jobs_reuse_each_stage(ray_local, compose_
     tuned = run_tune(cfg)
     search = json.load(open(f"{work}/search/search.json"))
     assert len(search["rows"]) == 6 and search["criterion"] == "silhouette"
-    best = max(search["rows"], key=lambda r: r["silhouette"])
-    assert (tuned["layer"], tuned["timestep"]) == (best["layer"], best["timestep"])   # arg-max of the criterion
+    from raycluster.tune.layer_timestep import choose_cell
+
+    best = choose_cell(search["rows"], "silhouette", search["tie_tolerance"])
+    assert search["tie_tolerance"] == 0.02 and (tuned["layer"], tuned["timestep"]) == (best["layer"], best["timestep"])
     assert sorted(os.path.basename(p) for p in tuned["heatmaps"]) == ["heatmap_acc.png", "heatmap_silhouette.png"]
     summary = run_train(cfg)
     stages = summary["method_stages"]

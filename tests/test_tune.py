@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from raycluster.tune.asha import agreement
-from raycluster.tune.layer_timestep import clusterability, plot_heatmaps
+from raycluster.tune.layer_timestep import choose_cell, clusterability, plot_heatmaps
 
 from tests.test_cludi import mixture
 
@@ -27,6 +27,16 @@ def test_unknown_criterion_is_one_clear_error():
         DiEC(10, search={"criterion": "silhouete"})
     with pytest.raises(ValueError, match=r"unknown search setting\(s\) \['timestep'\]"):
         DiEC(10, search={"timestep": [0]})
+
+
+def test_near_ties_go_to_the_smaller_timestep():
+    rows = [{"layer": "up_0", "timestep": 200, "silhouette": 0.2097}, {"layer": "up_0", "timestep": 100, "silhouette": 0.2063},
+            {"layer": "mid", "timestep": 50, "silhouette": 0.1877}]
+    assert choose_cell(rows, "silhouette")["timestep"] == 200                       # plain arg-max
+    assert choose_cell(rows, "silhouette", 0.02)["timestep"] == 100                 # within 2%: smaller t
+    assert choose_cell(rows, "silhouette", 0.2)["layer"] == "mid"                   # a wide band reaches t=50
+    negative = [{"layer": "a", "timestep": 9, "chi": -1.0}, {"layer": "b", "timestep": 1, "chi": -1.01}]
+    assert choose_cell(negative, "chi", 0.02)["timestep"] == 1                      # relative to |best|
 
 
 def test_heatmaps_box_the_label_free_choice(tmp_path):

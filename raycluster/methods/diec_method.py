@@ -31,7 +31,7 @@ from raycluster.train.loop import OptimConfig
 log = logging.getLogger(__name__)
 
 
-SEARCH_KEYS = {"layers", "timesteps", "subset", "draws", "cpus_per_trial", "max_concurrent", "criterion"}
+SEARCH_KEYS = {"layers", "timesteps", "subset", "draws", "cpus_per_trial", "max_concurrent", "criterion", "tie_tolerance"}
 
 
 class DiEC(TorchMethod):
@@ -105,7 +105,8 @@ class DiEC(TorchMethod):
                                            pool=self.model_overrides.get("pool", 1),
                                            cpus_per_trial=self.search.get("cpus_per_trial", 1.0),
                                            max_concurrent=self.search.get("max_concurrent", 2),
-                                           criterion=self.search.get("criterion", "silhouette"))
+                                           criterion=self.search.get("criterion", "silhouette"),
+                                           tie_tolerance=self.search.get("tie_tolerance", 0.0))
             found = {"layer": result.layer, "timestep": result.timestep, "best_by_acc": result.best_by_acc,
                      "heatmaps": result.heatmaps}
             self.stages["search_seconds"] = time.time() - start

@@ -4,7 +4,8 @@ Each trial is one (layer, timestep): noise-averaged pooled UNet activations of a
 subset (`raycluster.features.unet.unet_features`), standardised per dimension, k-means with K
 clusters, scored by two label-free criteria: the Calinski-Harabasz index (`chi`, between- over
 within-cluster dispersion; the paper's OTS criterion) and the mean silhouette (`silhouette`,
-Euclidean on the standardised activations). The choice is the arg-max of `criterion`.
+Euclidean on the standardised activations). The choice is the arg-max of `criterion`, or with
+`tie_tolerance` the smallest timestep among the near-best cells (`choose_cell`).
 Labels, when given, only add `acc` to the trial's report for the second heatmap.
 
 Default criterion: silhouette, not the paper's CH. On a UNet pretrained to a low loss (60
@@ -38,6 +39,16 @@ def check_criterion(criterion: str) -> str:
     if criterion not in CRITERIA:
         raise ValueError(f"diec: unknown search criterion {criterion!r}; known: {sorted(CRITERIA)}")
     return criterion
+
+
+def choose_cell(rows: Sequence[dict], criterion: str, tie_tolerance: float = 0.0) -> dict:
+    """The chosen trial row: among rows whose `criterion` is within `tie_tolerance` (relative) of
+    the best, the one at the smallest timestep (then the higher score). Why: a near tie in a
+    criterion measured on a 1,000-image subset is noise, while a smaller t is a less noisy
+    embedding (the fine-tune sees one noise draw per step). 0: the plain arg-max."""
+    best = max(row[criterion] for row in rows)
+    near = [row for row in rows if row[criterion] >= best - tie_tolerance * abs(best)]
+    return min(near, key=lambda row: (row["timestep"], -row[criterion]))
 
 
 def clusterability(embeddings: np.ndarray, n_clusters: int, seed: int = 0) -> tuple[dict, np.ndarray]:
@@ -97,10 +108,11 @@ def search_layer_timestep(pixels: np.ndarray, unet, image_shape: Sequence[int], 
                           timesteps: Sequence[int], n_clusters: int, output_dir: str,
                           labels: Optional[np.ndarray] = None, subset: int = 2000, draws: int = 2,
                           seed: int = 0, pool: int = 1, cpus_per_trial: float = 1.0,
-                          max_concurrent: int = 2, criterion: str = "silhouette") -> SearchResult:
+                          max_concurrent: int = 2, criterion: str = "silhouette",
+                          tie_tolerance: float = 0.0) -> SearchResult:
     """Grid (layers x timesteps) as Ray Tune trials on a random `subset` of the rows; writes
-    `search.json` + heatmaps under `output_dir` and returns the arg-max of `criterion`
-    (a key of CRITERIA).
+    `search.json` + heatmaps under `output_dir` and returns `choose_cell` of `criterion`
+    (a key of CRITERIA) with `tie_tolerance`.
     unet: a diffusers folder / hub name, or a config dict (random init: tests only)."""
     import json
 
@@ -130,18 +142,20 @@ def search_layer_timestep(pixels: np.ndarray, unet, image_shape: Sequence[int], 
     rows = [{"layer": r.config["layer"], "timestep": int(r.config["timestep"]),
              **{key: float(r.metrics[key]) for key in (*CRITERIA, "acc")}, "dim": int(r.metrics["dim"])}
             for r in results]
-    best = max(rows, key=lambda r: r[criterion])
-    heatmaps = plot_heatmaps(rows, list(layers), list(timesteps), output_dir, criterion)
+    best = choose_cell(rows, criterion, tie_tolerance)
+    heatmaps = plot_heatmaps(rows, list(layers), list(timesteps), output_dir, criterion, best)
     result = SearchResult(best["layer"], best["timestep"], rows, heatmaps)
     atomic_write_bytes(os.path.join(output_dir, "search.json"), json.dumps(
-        {"layer": result.layer, "timestep": result.timestep, "criterion": criterion, "subset": len(rows_subset),
+        {"layer": result.layer, "timestep": result.timestep, "criterion": criterion, "tie_tolerance": tie_tolerance,
+         "subset": len(rows_subset),
          "draws": draws, "rows": rows, "best_by_acc": result.best_by_acc, "heatmaps": heatmaps}, indent=1).encode())
     return result
 
 
-def plot_heatmaps(rows: list, layers: list, timesteps: list, output_dir: str, criterion: str = "silhouette") -> list:
+def plot_heatmaps(rows: list, layers: list, timesteps: list, output_dir: str, criterion: str = "silhouette",
+                  best: Optional[dict] = None) -> list:
     """`heatmap_<criterion>.png` and, when labels were given, `heatmap_acc.png`;
-    the label-free choice is boxed on both so their agreement is visible."""
+    the label-free choice (`best`, default the arg-max) is boxed on both so their agreement is visible."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -149,7 +163,7 @@ def plot_heatmaps(rows: list, layers: list, timesteps: list, output_dir: str, cr
 
     from raycluster.io import atomic_write_bytes
 
-    best = max(rows, key=lambda r: r[criterion])
+    best = best or max(rows, key=lambda r: r[criterion])
     paths = []
     for metric, title in ((criterion, f"{CRITERIA[criterion]} (label-free criterion)"), ("acc", "ACC (labels; not used)")):
         grid = np.full((len(layers), len(timesteps)), np.nan)
