@@ -155,7 +155,8 @@ def search_layer_timestep(pixels: np.ndarray, unet, image_shape: Sequence[int], 
 def plot_heatmaps(rows: list, layers: list, timesteps: list, output_dir: str, criterion: str = "silhouette",
                   best: Optional[dict] = None) -> list:
     """`heatmap_<criterion>.png` and, when labels were given, `heatmap_acc.png`;
-    the label-free choice (`best`, default the arg-max) is boxed on both so their agreement is visible."""
+    the label-free choice (`best`, default `choose_cell` without a tolerance: the arg-max) is
+    boxed on both so their agreement is visible."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -163,7 +164,7 @@ def plot_heatmaps(rows: list, layers: list, timesteps: list, output_dir: str, cr
 
     from raycluster.io import atomic_write_bytes
 
-    best = best or max(rows, key=lambda r: r[criterion])
+    best = best or choose_cell(rows, criterion)
     paths = []
     for metric, title in ((criterion, f"{CRITERIA[criterion]} (label-free criterion)"), ("acc", "ACC (labels; not used)")):
         grid = np.full((len(layers), len(timesteps)), np.nan)
