@@ -76,12 +76,26 @@ class TrainConfig:
 
 
 @dataclass
+class StreamConfig:
+    """How the stages after extraction read the store (raycluster.data.rows, raycluster.assign)."""
+
+    local_bytes: int = 268435456     # stores up to this size (256 MiB) stream in the driver process;
+                                     # larger ones through Ray Data tasks and actor pools
+    batch_rows: int = 16384          # rows per streamed batch
+    predict_concurrency: int = 1     # assignment actors (the maximum of the pool)
+    predict_num_cpus: float = 1.0
+    predict_num_gpus: float = 0.0
+    sample_rows: int = 20000         # rows read whole for label-free metrics and the report
+
+
+@dataclass
 class ClusterConfig:
     address: Optional[str] = None   # null: start local Ray; "auto" / "ray://host:10001": connect
     num_cpus: Optional[int] = None  # local Ray only; null: every core
     use_gpu: bool = False
     extract: ExtractConfig = field(default_factory=ExtractConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    stream: StreamConfig = field(default_factory=StreamConfig)
 
 
 @dataclass

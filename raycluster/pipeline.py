@@ -1,7 +1,9 @@
 """The main job as a library call: shards -> embeddings -> method -> assignments + metrics.
 
 Every stage is skipped when its output exists (shards with a manifest, embedding parts per
-shard), so a rerun after a crash redoes only what is missing.
+shard), so a rerun after a crash redoes only what is missing. After extraction nothing of size
+N reaches the driver: the method fits in a Ray task (`raycluster.fitting`), rows are assigned
+as a stream (`raycluster.assign`), metrics come from summed counts plus a bounded sample.
 """
 from __future__ import annotations
 
@@ -11,17 +13,21 @@ import os
 import time
 from dataclasses import asdict
 
-import numpy as np
-
+from raycluster.assign import PoolSettings, assign_rows
 from raycluster.config import RunConfig
 from raycluster.data.builtin import samples_from_source
+from raycluster.data.rows import StoreRows
 from raycluster.data.shards import ShardNotFoundError, build_interrupted, read_manifest, resolve_shards, write_shards
-from raycluster.data.store import EmbeddingStore, Embeddings, unit_rows, write_assignments
+from raycluster.data.store import EmbeddingStore
 from raycluster.features.extract import run_extraction
+from raycluster.fitting import fit_off_driver
 from raycluster.io import atomic_write_bytes
 from raycluster.methods.base import save_fitted
-from raycluster.metrics import label_free_metrics, supervised_metrics
+from raycluster.metrics import silhouette_sample
+from raycluster.postprocess import PCA_SAMPLE, Postprocess
 from raycluster.ray_utils import ensure_ray
+from raycluster.report.build import ReportData
+from raycluster.runs import POSTPROCESS_FILE, load_run_summary  # noqa: F401  (load_run_summary: re-exported)
 
 log = logging.getLogger(__name__)
 
@@ -61,19 +67,6 @@ def ensure_embeddings(cfg: RunConfig):
     return shards, run_extraction(cfg.data, cfg.backbone, cfg.cluster, cfg.embeddings_path)
 
 
-def postprocess(vectors: np.ndarray, pca_dim, l2_normalize: bool, seed: int = 0) -> np.ndarray:
-    """Optional PCA to `pca_dim` (fit on all N), then optional L2 normalisation. (N, D) float32."""
-    if pca_dim:
-        from sklearn.decomposition import PCA
-
-        if pca_dim > min(vectors.shape):
-            raise ValueError(f"backbone.pca_dim={pca_dim} exceeds min(N, D) = {min(vectors.shape)}")
-        vectors = PCA(pca_dim, random_state=seed).fit_transform(vectors).astype(np.float32)
-    if l2_normalize:
-        vectors = unit_rows(vectors)
-    return np.ascontiguousarray(vectors, dtype=np.float32)
-
-
 def build_method(method_cfg: dict):
     from hydra.utils import instantiate
 
@@ -82,70 +75,93 @@ def build_method(method_cfg: dict):
     return instantiate(method_cfg, _convert_="all")
 
 
-def fit_predict(cfg: RunConfig, embeddings: Embeddings) -> dict:
-    """Fit the configured method on the store's vectors; returns assignments, metrics and timings."""
-    vectors = postprocess(embeddings.vectors, cfg.backbone.pca_dim, cfg.backbone.l2_normalize, cfg.seed)
-    method = build_method(cfg.method)
+def open_rows(cfg: RunConfig) -> StoreRows:
+    """The store as the method sees it: post-processing fitted on a bounded sample."""
+    settings = cfg.cluster.stream
+    rows = StoreRows(EmbeddingStore(cfg.embeddings_path), local_bytes=settings.local_bytes,
+                     batch_rows=settings.batch_rows)
+    if cfg.backbone.pca_dim:
+        sample = rows.sample(PCA_SAMPLE, cfg.seed).vectors
+        return rows.with_postprocess(Postprocess.fit(sample, cfg.backbone.pca_dim, cfg.backbone.l2_normalize, cfg.seed))
+    return rows.with_postprocess(Postprocess(cfg.backbone.l2_normalize))
+
+
+def fit_and_assign(cfg: RunConfig, method, rows: StoreRows, assignments_dir: str) -> dict:
+    """Fit off the driver, assign every row (streamed), score; the driver holds O(K x D + sample).
+
+    Returns {"method" (fitted), "metrics", "report_data" (raycluster.report.ReportData)}."""
+    if rows.n_rows < method.n_clusters:
+        raise ValueError(f"{method.name}: k={method.n_clusters} clusters is more than the {rows.n_rows} samples")
+    settings = cfg.cluster.stream
     start = time.time()
-    method.fit(vectors, embeddings.labels if embeddings.has_labels else None)  # labels: logged metrics only
+    log.info("fit: %s on %d rows x %d (in a Ray task)", method.name, rows.n_rows, rows.dim)
+    method = fit_off_driver(method, rows, with_labels=True)   # labels: logged metrics only
     fit_seconds = time.time() - start
-    cluster, confidence = method.predict(vectors)
-    metrics = {"fit_seconds": fit_seconds}
-    if embeddings.has_labels:
-        metrics.update(supervised_metrics(embeddings.labels, cluster))
-    metrics.update(label_free_metrics(vectors, cluster, method.n_clusters, cfg.seed))
-    metrics["mean_confidence"] = float(confidence.mean())
-    return {"method": method, "vectors": vectors, "cluster": cluster, "confidence": confidence, "metrics": metrics}
+    log.info("fit: done in %.1fs", fit_seconds)
+
+    start = time.time()
+    fraction = min(1.0, settings.sample_rows / rows.n_rows)
+    pool = PoolSettings(settings.batch_rows, settings.predict_concurrency, settings.predict_num_cpus,
+                        settings.predict_num_gpus)
+    stats, picked = assign_rows(method, rows, assignments_dir, fraction, cfg.seed, pool)
+    assign_seconds = time.time() - start
+    data = ReportData.from_sample(stats, rows.sample(settings.sample_rows, cfg.seed), picked)
+    metrics = {"fit_seconds": fit_seconds, "assign_seconds": round(assign_seconds, 2), **stats.metrics(),
+               "silhouette": silhouette_sample(data.vectors, data.cluster, seed=cfg.seed),
+               "silhouette_sample_rows": int(min(len(data.cluster), 5000))}
+    return {"method": method, "metrics": metrics, "report_data": data}
 
 
 def run_train(cfg: RunConfig) -> dict:
     """Run the whole pipeline for one config; returns the summary dict (also saved as JSON)."""
     start = time.time()
+    method = build_method(cfg.method)   # a bad method setting fails here, before any work
     os.makedirs(cfg.output_dir, exist_ok=True)
     shards, extraction = ensure_embeddings(cfg)
     store = EmbeddingStore(cfg.embeddings_path)
-    embeddings = store.load()
-    result = fit_predict(cfg, embeddings)
-    assignments = os.path.join(cfg.output_dir, "assignments.parquet")
-    write_assignments(assignments, embeddings.keys, result["cluster"], result["confidence"])
-    save_fitted(result["method"], os.path.join(cfg.output_dir, "method.pkl"))   # for jobs/predict.py
+    rows = open_rows(cfg)
+    paths = {name: os.path.join(cfg.output_dir, name) for name in
+             ("assignments.parquet", "method.pkl", POSTPROCESS_FILE, "summary.json")}
+    result = fit_and_assign(cfg, method, rows, paths["assignments.parquet"])
+    save_fitted(result["method"], paths["method.pkl"])   # for jobs/predict.py
+    rows.postprocess.save(paths[POSTPROCESS_FILE])
     corrupt_total = sum(part.get("corrupt", 0) for part in store.part_metadata())
     summary = {
         "data": cfg.data.name, "backbone": cfg.backbone.name, "method": result["method"].name, "seed": cfg.seed,
-        "weights": extraction.weights, "samples": int(len(embeddings.keys)), "dim": int(embeddings.vectors.shape[1]),
+        "weights": extraction.weights, "samples": rows.n_rows, "dim": rows.dim,
+        "stored_dim": rows.stored_dim,
         "k": result["method"].n_clusters, "shards": shards["shards"], "shards_built": shards["built"],
         "shards_embedded_now": extraction.shards_written, "shards_reused": extraction.shards_skipped,
         "corrupt_skipped": corrupt_total, "extract_seconds": round(extraction.seconds, 2),
         "metrics": result["metrics"], "method_stages": getattr(result["method"], "stages", {}),
+        "driver_peak_rss_gib": driver_peak_rss_gib(),
         "total_seconds": round(time.time() - start, 2),
-        "outputs": {"assignments": assignments, "embeddings": cfg.embeddings_path,
-                    "method": os.path.join(cfg.output_dir, "method.pkl"),
-                    "summary": os.path.join(cfg.output_dir, "summary.json")},
+        "outputs": {"assignments": paths["assignments.parquet"], "embeddings": cfg.embeddings_path,
+                    "method": paths["method.pkl"], "postprocess": paths[POSTPROCESS_FILE],
+                    "summary": paths["summary.json"]},
         "postprocess": {"pca_dim": cfg.backbone.pca_dim, "l2_normalize": cfg.backbone.l2_normalize},
         "config": {"method": cfg.method, "backbone": cfg.backbone.extractor, "data.shards": cfg.data.shards,
                    "cluster.address": cfg.cluster.address},
     }
     if cfg.report:
-        from raycluster.report import write_report
+        from raycluster.report import ReportOptions, write_report
 
-        report = write_report(os.path.join(cfg.output_dir, "report"), summary, embeddings.keys, result["vectors"],
-                              result["cluster"], result["confidence"],
-                              embeddings.labels if embeddings.has_labels else None, store)
+        report = write_report(os.path.join(cfg.output_dir, "report"), summary, result["report_data"], store,
+                              ReportOptions(seed=cfg.seed))
         summary["outputs"]["report"] = report["path"]
         summary["report_seconds"] = report["seconds"]
-        summary["total_seconds"] = round(time.time() - start, 2)
+    summary["driver_peak_rss_gib"] = driver_peak_rss_gib()
+    summary["total_seconds"] = round(time.time() - start, 2)
     atomic_write_bytes(summary["outputs"]["summary"], json.dumps(summary, indent=1, default=float).encode())
     log.info("summary\n%s", format_summary(summary))
     return summary
 
 
-def load_run_summary(run_dir: str) -> dict:
-    """The summary.json of a finished `run_train` output_dir; one clear error when there is none."""
-    path = os.path.join(run_dir, "summary.json")
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"{path} not found: run_dir must be a finished jobs/train.py output_dir")
-    with open(path) as handle:
-        return json.load(handle)
+def driver_peak_rss_gib() -> float:
+    """This process's resident-memory high-water mark (Linux reports KiB)."""
+    import resource
+
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 3)
 
 
 def format_summary(summary: dict) -> str:
@@ -165,8 +181,9 @@ def format_summary(summary: dict) -> str:
                  f"silhouette {silhouette if silhouette is None else round(silhouette, 4)}  "
                  f"mean confidence {metrics['mean_confidence']:.3f}")
     report = f"  report {summary['report_seconds']}s" if "report_seconds" in summary else ""
-    lines.append(f"  time: extract {summary['extract_seconds']}s  fit {metrics['fit_seconds']:.2f}s{report}  "
-                 f"total {summary['total_seconds']}s")
+    lines.append(f"  time: extract {summary['extract_seconds']}s  fit {metrics['fit_seconds']:.2f}s  "
+                 f"assign {metrics.get('assign_seconds', 0)}s{report}  total {summary['total_seconds']}s  "
+                 f"(driver peak memory {summary.get('driver_peak_rss_gib')} GiB)")
     for name, value in summary.get("method_stages", {}).items():   # e.g. DiEC: pretrain, search, fine-tune
         lines.append(f"  {summary['method']} {name}: {round(value, 2) if isinstance(value, float) else value}")
     lines += [f"  {name}: {path}" for name, path in summary["outputs"].items()]

@@ -38,6 +38,18 @@ class ClusteringMethod:
     def predict(self, vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         raise NotImplementedError
 
+    def fit_rows(self, rows, with_labels: bool = False) -> "ClusteringMethod":
+        """Fit on a `raycluster.data.rows.StoreRows`. This default reads every row into the
+        process it runs in (`raycluster.fitting` runs it in a Ray task, not the driver); methods
+        that scale past one process's memory override it (k-means: a sample, then Lloyd passes).
+        with_labels: pass known labels to `fit` for its logged metrics."""
+        data = rows.load()
+        return self.fit(data.vectors, data.labels if with_labels and data.has_labels else None)
+
+    def fit_resources(self) -> dict:
+        """Ray resources of the task that runs `fit_rows`."""
+        return {"num_cpus": 1}
+
 
 class TorchMethod(ClusteringMethod):
     """A method whose model is a torch module, built from a plain config dict by the function
@@ -46,6 +58,11 @@ class TorchMethod(ClusteringMethod):
 
     model_factory: str = ""   # "package.module.function"
     model = None
+
+    def fit_resources(self) -> dict:
+        # The work runs in Ray Train / Tune workers with their own resources; the task that
+        # drives them must not hold a CPU they need.
+        return {"num_cpus": 0}
 
     def _restore(self, state: dict) -> "TorchMethod":
         """Rebuild the model from a {"model_config", "model"} state (a checkpoint or a saved file)."""

@@ -6,7 +6,9 @@
 
 Relative links only and no scripts from anywhere: it opens from disk, offline. The folder is
 built under a temporary name and renamed into place, so a crash never leaves half a report.
-Output size is bounded whatever N is: the map is a sample, thumbnails are capped per cluster.
+Output size and memory are bounded whatever N is: counts come summed over every row, vectors
+only for a uniform sample (the map, the members shown, the silhouette), thumbnails are capped
+per cluster and read only from the shards that hold them.
 """
 from __future__ import annotations
 
@@ -23,7 +25,8 @@ import numpy as np
 
 from raycluster.data.shards import read_manifest
 from raycluster.data.store import EmbeddingStore
-from raycluster.metrics import silhouette_sample, size_entropy
+from raycluster.assign import AssignmentStats
+from raycluster.metrics import count_entropy, silhouette_sample
 from raycluster.report import plots
 from raycluster.report.select import bounded_sample, representative_members
 from raycluster.report.thumbnails import thumbnail_names, write_thumbnails
@@ -38,77 +41,105 @@ class ReportOptions:
     central: int = 8             # thumbnails of the most central members per cluster
     uncertain: int = 4           # thumbnails of the least confident members per cluster
     thumb_size: int = 96         # thumbnail box, pixels
+    sample_rows: int = 20000     # rows whose vectors the report reads (map, members, silhouette)
     seed: int = 0
 
 
-def write_report(report_dir: str, summary: dict, keys: np.ndarray, vectors: np.ndarray, cluster: np.ndarray,
-                 confidence: np.ndarray, labels: Optional[np.ndarray] = None, store: Optional[EmbeddingStore] = None,
+@dataclass
+class ReportData:
+    """What a report is drawn from, bounded whatever N is: counts over every row (`stats`) and a
+    uniform sample of rows. keys (m,) str; vectors (m, D) float32 in the space the method
+    clustered; cluster (m,) int64; confidence (m,) float32."""
+
+    stats: AssignmentStats
+    keys: np.ndarray
+    vectors: np.ndarray
+    cluster: np.ndarray
+    confidence: np.ndarray
+
+    @classmethod
+    def from_arrays(cls, keys, vectors, cluster, confidence, n_clusters: int, labels=None) -> "ReportData":
+        """Every row in memory (small runs, tests): counts from all of them, the sample = all."""
+        cluster = np.asarray(cluster, dtype=np.int64)
+        confidence = np.asarray(confidence, dtype=np.float32)
+        if not (len(keys) == len(vectors) == len(cluster) == len(confidence)):
+            raise ValueError("report inputs differ in length: keys, vectors, cluster, confidence")
+        stats = AssignmentStats(n_clusters)
+        stats.update(cluster, confidence, np.full(len(cluster), -1) if labels is None else np.asarray(labels, np.int64))
+        return cls(stats, np.asarray(keys, dtype=object), vectors, cluster, confidence)
+
+    @classmethod
+    def from_sample(cls, stats: AssignmentStats, sample, picked: dict) -> "ReportData":
+        """Join a `StoreRows.sample` (keys, vectors) with the assignments of the same keys."""
+        import pandas as pd
+
+        where = pd.Index(picked["key"]).get_indexer(sample.keys)
+        keep = where >= 0
+        return cls(stats, sample.keys[keep], sample.vectors[keep], np.asarray(picked["cluster"], np.int64)[where[keep]],
+                   np.asarray(picked["confidence"], np.float32)[where[keep]])
+
+
+def write_report(report_dir: str, summary: dict, data: ReportData, store: Optional[EmbeddingStore] = None,
                  options: ReportOptions = ReportOptions()) -> dict:
     """Write the report folder for one clustering.
 
-    summary: the run's summary dict (data, method, k, timings, metrics...). keys (N,) str;
-    vectors (N, D) float32, the space the method clustered; cluster (N,) int in [0, k);
-    confidence (N,) float; labels (N,) int or None. store: the embedding store, whose parts
-    name the shards that hold each key (thumbnails); None or a store without shards gives a
-    report without images. Returns {"path", "seconds", "bytes", "thumbnails", "map_method", ...}.
+    summary: the run's summary dict (data, method, k, timings, metrics...). data: counts over
+    every row and a sample of rows (`ReportData`). store: the embedding store, whose parts name
+    the shards that hold each key (thumbnails); None or a store without shards gives a report
+    without images. Returns {"path", "seconds", "bytes", "thumbnails", "map_method", ...}.
     """
     start = time.time()
     n_clusters = int(summary["k"])
-    cluster = np.asarray(cluster, dtype=np.int64)
-    confidence = np.asarray(confidence, dtype=np.float32)
-    if not (len(keys) == len(vectors) == len(cluster) == len(confidence)):
-        raise ValueError("report inputs differ in length: keys, vectors, cluster, confidence")
-    if len(cluster) and (cluster.min() < 0 or cluster.max() >= n_clusters):
+    stats = data.stats
+    if len(data.cluster) and (data.cluster.min() < 0 or data.cluster.max() >= n_clusters):
         raise ValueError(f"cluster ids must lie in [0, {n_clusters})")
     temp_dir = f"{report_dir.rstrip('/')}.tmp-{uuid.uuid4().hex[:8]}"
     assets = os.path.join(temp_dir, "assets")
     os.makedirs(assets)
 
-    sizes = np.bincount(cluster, minlength=n_clusters)
-    sample = bounded_sample(len(cluster), options.map_points, options.seed)
-    coords, map_method = plots.embed_2d(vectors[sample], options.map_method, options.seed)
-    plots.map_png(os.path.join(assets, "map.png"), coords, cluster[sample], n_clusters,
-                  f"{map_method} of {len(sample):,} of {len(cluster):,} embeddings, coloured by cluster")
+    sizes, n_rows = stats.sizes, stats.rows
+    sample = bounded_sample(len(data.cluster), options.map_points, options.seed)
+    coords, map_method = plots.embed_2d(data.vectors[sample], options.map_method, options.seed)
+    plots.map_png(os.path.join(assets, "map.png"), coords, data.cluster[sample], n_clusters,
+                  f"{map_method} of {len(sample):,} of {n_rows:,} embeddings, coloured by cluster")
     plots.sizes_png(os.path.join(assets, "sizes.png"), sizes)
-    plots.confidence_png(os.path.join(assets, "confidence.png"), confidence)
+    plots.confidence_png(os.path.join(assets, "confidence.png"), stats.confidence_hist)
 
     # shards named by the store's parts (none for imported embeddings): thumbnails, class names
     shard_urls = [meta["shard"] for meta in store.part_metadata() if meta.get("shard")] if store is not None else []
-    class_names = _class_names(shard_urls, labels)
-    table = None
-    if labels is not None:
-        labels = np.asarray(labels, dtype=np.int64)
-        table = np.zeros((n_clusters, int(labels.max()) + 1), dtype=np.int64)
-        np.add.at(table, (cluster, labels), 1)
+    table = stats.table if stats.has_labels else None
+    class_names = _class_names(shard_urls, table.shape[1] if table is not None else 0)
+    if table is not None:
         plots.contingency_png(os.path.join(assets, "contingency.png"), table, class_names)
 
-    members = representative_members(vectors, cluster, confidence, n_clusters, options.central, options.uncertain)
+    members = representative_members(data.vectors, data.cluster, data.confidence, n_clusters, options.central,
+                                     options.uncertain)
     thumbs = {"written": {}, "missing": [], "unreadable": [], "shards_read": 0}
     if shard_urls:
         wanted = np.concatenate([np.concatenate([m["central"], m["uncertain"]]) for m in members.values()])
-        thumbs = write_thumbnails(store, dict(zip(keys[wanted], thumbnail_names(wanted))),
+        thumbs = write_thumbnails(store, dict(zip(data.keys[wanted], thumbnail_names(wanted))),
                                   os.path.join(temp_dir, "thumbs"), options.thumb_size)
 
-    mean_confidence = np.bincount(cluster, weights=confidence, minlength=n_clusters) / np.maximum(sizes, 1)
+    mean_confidence = stats.confidence_sum / np.maximum(sizes, 1)
     cards = []
     for cid in np.argsort(-sizes, kind="stable"):
-        card = {"id": int(cid), "size": int(sizes[cid]), "share": sizes[cid] / max(len(cluster), 1),
+        card = {"id": int(cid), "size": int(sizes[cid]), "share": sizes[cid] / max(n_rows, 1),
                 "mean_confidence": float(mean_confidence[cid]),
-                "central": _thumbs(members[cid]["central"], keys, confidence, thumbs["written"]),
-                "uncertain": _thumbs(members[cid]["uncertain"], keys, confidence, thumbs["written"])}
+                "central": _thumbs(members[cid]["central"], data.keys, data.confidence, thumbs["written"]),
+                "uncertain": _thumbs(members[cid]["uncertain"], data.keys, data.confidence, thumbs["written"])}
         if table is not None and sizes[cid]:
             majority = int(table[cid].argmax())
             card.update(majority=class_names[majority], purity=table[cid, majority] / sizes[cid])
         cards.append(card)
 
     metrics = dict(summary.get("metrics", {}))
-    if metrics.get("silhouette") is None and len(cluster) > 1:
-        metrics["silhouette"] = silhouette_sample(vectors, cluster, seed=options.seed)
-    metrics.setdefault("size_entropy", size_entropy(cluster, n_clusters))
+    if metrics.get("silhouette") is None and len(data.cluster) > 1:
+        metrics["silhouette"] = silhouette_sample(data.vectors, data.cluster, seed=options.seed)
+    metrics.setdefault("size_entropy", count_entropy(sizes, n_clusters))
     context = {
         "summary": summary, "metrics": metrics, "cards": cards, "has_labels": table is not None,
         "has_images": bool(thumbs["written"]), "map_method": map_method, "map_points": len(sample),
-        "n": len(cluster), "k": n_clusters, "empty_clusters": int((sizes == 0).sum()),
+        "n": n_rows, "sample_rows": len(data.cluster), "k": n_clusters, "empty_clusters": int((sizes == 0).sum()),
         "thumbs": {key: len(value) for key, value in thumbs.items() if key != "shards_read"},
         "config": json.dumps(summary.get("config", {}), indent=1, default=str),
         "options": options, "generated": time.strftime("%Y-%m-%d %H:%M:%S"),
@@ -126,29 +157,22 @@ def write_report(report_dir: str, summary: dict, keys: np.ndarray, vectors: np.n
 
 
 def report_run(run_dir: str, options: ReportOptions = ReportOptions()) -> dict:
-    """Build `run_dir/report/` from a finished run's summary.json, assignments.parquet and the
-    embedding store the summary names."""
-    import pyarrow.parquet as pq
-
-    from raycluster.pipeline import load_run_summary, postprocess
+    """Build `run_dir/report/` from a finished run's summary.json, its assignments (streamed for
+    the counts) and a sample of the embedding store the summary names."""
+    from raycluster.assign import read_assignment_stats
+    from raycluster.data.rows import StoreRows
+    from raycluster.runs import load_postprocess, load_run_summary
 
     summary = load_run_summary(run_dir)
     store = EmbeddingStore(summary["outputs"]["embeddings"])
-    embeddings = store.load()
-    assignments = pq.read_table(os.path.join(run_dir, "assignments.parquet")).to_pandas()
-    import pandas as pd
-
-    rows = pd.Index(embeddings.keys).get_indexer(assignments["key"])
-    if (rows < 0).any() or len(rows) != len(embeddings.keys):
+    rows = StoreRows(store, load_postprocess(run_dir, summary))
+    fraction = min(1.0, options.sample_rows / max(rows.n_rows, 1))
+    stats, picked = read_assignment_stats(summary["outputs"]["assignments"], int(summary["k"]), fraction, options.seed)
+    if stats.rows != rows.n_rows:
         raise ValueError(f"assignments in {run_dir} do not match the embedding store "
-                         f"{store.root} ({len(assignments)} rows vs {len(embeddings.keys)} embeddings)")
-    post = summary.get("postprocess", {})
-    vectors = postprocess(embeddings.vectors[rows], post.get("pca_dim"), post.get("l2_normalize", False),
-                          summary.get("seed", 0))
-    labels = embeddings.labels[rows] if embeddings.has_labels else None
-    return write_report(os.path.join(run_dir, "report"), summary, embeddings.keys[rows], vectors,
-                        assignments["cluster"].to_numpy(), assignments["confidence"].to_numpy(), labels, store,
-                        options)
+                         f"{store.root} ({stats.rows} rows vs {rows.n_rows} embeddings)")
+    data = ReportData.from_sample(stats, rows.sample(options.sample_rows, options.seed), picked)
+    return write_report(os.path.join(run_dir, "report"), summary, data, store, options)
 
 
 def _thumbs(indices: np.ndarray, keys: np.ndarray, confidence: np.ndarray, written: dict) -> list[dict]:
@@ -156,9 +180,8 @@ def _thumbs(indices: np.ndarray, keys: np.ndarray, confidence: np.ndarray, writt
             for i in indices if keys[i] in written]
 
 
-def _class_names(shard_urls: list[str], labels: Optional[np.ndarray]) -> list[str]:
+def _class_names(shard_urls: list[str], count: int) -> list[str]:
     """Class names from the shards' manifest when there is one, else the label ids."""
-    count = int(np.max(labels)) + 1 if labels is not None and len(labels) else 0
     names = (read_manifest(os.path.dirname(shard_urls[0])) or {}).get("classes", {}) if shard_urls else {}
     return [str(names.get(str(i), i)) for i in range(count)]
 

@@ -81,10 +81,11 @@ def sizes_png(path: str, sizes: np.ndarray) -> None:
     _save(fig, path)
 
 
-def confidence_png(path: str, confidence: np.ndarray) -> None:
-    """Histogram of assignment confidence (all N rows; np.histogram is O(N))."""
+def confidence_png(path: str, counts: np.ndarray) -> None:
+    """Histogram of assignment confidence from (B,) counts of equal-width bins over [0, 1]."""
     plt = _pyplot()
-    counts, edges = np.histogram(confidence, bins=40)
+    counts = np.asarray(counts)
+    edges = np.linspace(0.0, 1.0, len(counts) + 1)
     fig, ax = plt.subplots(figsize=(8, 3), dpi=100)
     ax.bar(edges[:-1], counts, width=np.diff(edges), align="edge", color="#55a868")
     ax.set_xlabel("confidence")

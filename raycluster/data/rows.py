@@ -1,0 +1,144 @@
+"""StoreRows: an embedding store seen through its post-processing, read in bounded pieces.
+
+Everything after extraction reads rows through this class, never the whole matrix at once:
+
+    rows.n_rows, rows.dim                      from Parquet footers (no row is read)
+    rows.sample(n, seed)                       ~n rows chosen by a hash of their key: the same rows
+                                               whichever process asks, in any order of parts
+    rows.map(fn, ...)                          fn(key, label, vectors) on every batch, results yielded
+    rows.load()                                every row (for methods that fit in memory; they run in
+                                               a Ray task, not in the driver)
+
+`map` runs in the calling process when the store is small (under `local_bytes`: start-up of a
+Ray Data pipeline would cost more than the pass) and as Ray Data tasks otherwise; either way
+the caller holds one batch's results at a time.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Iterator, Optional
+
+import numpy as np
+import pyarrow.parquet as pq
+
+from raycluster.data.store import EmbeddingStore, Embeddings, EmbeddingWidthError, embedding_matrix
+from raycluster.postprocess import Postprocess
+
+LOCAL_BYTES = 256 << 20   # stores up to this size stream in-process (the embedded default does)
+BATCH_ROWS = 16384
+
+
+def in_sample(keys, fraction: float, seed: int = 0) -> np.ndarray:
+    """(n,) bool: whether each key is in the `fraction` sample of `seed` (a keyed 64-bit hash of
+    the key below fraction x 2^64), so any process picks the same rows without coordination."""
+    import pandas as pd
+
+    if fraction >= 1.0:
+        return np.ones(len(keys), dtype=bool)
+    hashed = pd.util.hash_array(np.asarray(keys, dtype=object), hash_key=f"raycluster{seed:06d}"[:16])
+    return hashed < np.uint64(min(fraction, 1.0) * float(2 ** 64 - 1))
+
+
+@dataclass
+class StoreRows:
+    store: EmbeddingStore
+    postprocess: Postprocess = field(default_factory=Postprocess)
+    local_bytes: int = LOCAL_BYTES
+    batch_rows: int = BATCH_ROWS
+
+    def __post_init__(self):
+        self.parts = self.store.part_files()
+        if not self.parts:
+            raise FileNotFoundError(f"embedding store {self.store.root!r} has no part files")
+        footers = []
+        for path in self.parts:
+            with self.store.fs.open(path, "rb") as handle:
+                footers.append(pq.read_metadata(handle))
+        self.part_rows = [f.num_rows for f in footers]
+        widths = {f.schema.to_arrow_schema().field("embedding").type.list_size for f in footers}
+        if len(widths) > 1:
+            raise EmbeddingWidthError(f"parts in {self.store.root!r} disagree on embedding width: {sorted(widths)}")
+        self.stored_dim = widths.pop()
+        self.bytes = sum(f.serialized_size + sum(f.row_group(i).total_byte_size for i in range(f.num_row_groups))
+                         for f in footers)
+
+    @property
+    def n_rows(self) -> int:
+        return int(sum(self.part_rows))
+
+    @property
+    def dim(self) -> int:
+        return self.postprocess.out_dim or self.stored_dim
+
+    @property
+    def local(self) -> bool:
+        return self.bytes <= self.local_bytes
+
+    def with_postprocess(self, postprocess: Postprocess) -> "StoreRows":
+        rows = StoreRows.__new__(StoreRows)
+        rows.__dict__.update(self.__dict__, postprocess=postprocess)
+        return rows
+
+    # -- reading ---------------------------------------------------------------------------
+    def _local_batches(self) -> Iterator[tuple]:
+        for path in self.parts:
+            with self.store.fs.open(path, "rb") as handle:
+                for batch in pq.ParquetFile(handle).iter_batches(self.batch_rows, columns=["key", "label", "embedding"]):
+                    yield (np.asarray(batch.column("key").to_pylist(), dtype=object),
+                           batch.column("label").to_numpy(), embedding_matrix(batch.column("embedding")))
+
+    def map(self, fn: Callable, fn_kwargs: Optional[dict] = None, num_cpus: float = 1.0) -> Iterator:
+        """Yield fn(keys (n,) object, labels (n,) int64, vectors (n, dim) float32, **fn_kwargs)
+        for every batch of the store, post-processed. fn's result must be a dict of numpy
+        arrays (Ray Data moves it between processes)."""
+        fn_kwargs = fn_kwargs or {}
+        if self.local:
+            for keys, labels, vectors in self._local_batches():
+                yield fn(keys, labels, self.postprocess(vectors), **fn_kwargs)
+            return
+        dataset = self.store.ray_dataset(self.parts, ["key", "label", "embedding"]).map_batches(
+            _apply, fn_kwargs={"fn": fn, "postprocess": self.postprocess, "fn_kwargs": fn_kwargs},
+            batch_size=self.batch_rows, batch_format="pyarrow", num_cpus=num_cpus)
+        for batch in dataset.iter_batches(batch_size=None, batch_format="numpy"):
+            yield batch
+
+    def sample(self, n: int, seed: int = 0) -> Embeddings:
+        """~n rows (every row when n >= n_rows), post-processed, sorted by key. The rows are those
+        whose key hash falls in the first n / n_rows of the hash range (`in_sample`)."""
+        fraction = min(1.0, n / max(self.n_rows, 1))
+        keys, labels, vectors = [], [], []
+        for batch in self.map(_take_sample, {"fraction": fraction, "seed": seed}):
+            keys.append(np.asarray(batch["key"], dtype=object))
+            labels.append(batch["label"])
+            vectors.append(batch["vectors"])
+        if not keys or not sum(map(len, keys)):
+            raise ValueError(f"a sample of {n} of {self.n_rows} rows in {self.store.root!r} came out empty")
+        keys = np.concatenate(keys)
+        order = np.argsort(keys, kind="stable")
+        return Embeddings(keys[order], np.concatenate(labels)[order],
+                          np.ascontiguousarray(np.concatenate(vectors)[order], dtype=np.float32))
+
+    def load(self) -> Embeddings:
+        """Every row, post-processed, sorted by key: O(N x D) in the calling process."""
+        return self.sample(self.n_rows)
+
+
+def _take_sample(keys, labels, vectors, fraction: float, seed: int) -> dict:
+    keep = in_sample(keys, fraction, seed)
+    return {"key": keys[keep], "label": labels[keep], "vectors": vectors[keep]}
+
+
+def _apply(batch, fn, postprocess: Postprocess, fn_kwargs: dict) -> dict:
+    """Ray Data batch (pyarrow) -> fn's dict of arrays."""
+    keys = np.asarray(batch.column("key").to_pylist(), dtype=object)
+    vectors = postprocess(embedding_matrix(batch.column("embedding")))
+    return fn(keys, batch.column("label").to_numpy(), vectors, **fn_kwargs)
+
+
+def store_rows(root: str, postprocess: Optional[Postprocess] = None, local_bytes: Optional[int] = None) -> StoreRows:
+    """StoreRows over the store at `root` (local path or fsspec URL)."""
+    rows = StoreRows(EmbeddingStore(root), postprocess or Postprocess())
+    if local_bytes is not None:
+        rows.local_bytes = local_bytes
+    return rows
+
