@@ -27,9 +27,8 @@ import time
 import numpy as np
 
 from raycluster.config import compose
-from raycluster.data.store import EmbeddingStore
 from raycluster.metrics import supervised_metrics
-from raycluster.pipeline import build_method, ensure_embeddings, postprocess
+from raycluster.pipeline import build_method, ensure_embeddings, open_rows
 from raycluster.ray_utils import ensure_ray
 from common import SHARED, append_json_rows
 
@@ -52,9 +51,8 @@ def pipeline_features(overrides: list[str], cache_dir: str):
     if cfg.data.source and cfg.data.source.path and not os.path.exists(cfg.data.source.path):
         raise Skip(f"{cfg.data.source.path} not found")
     _, summary = ensure_embeddings(cfg)
-    embeddings = EmbeddingStore(cfg.embeddings_path).load()
-    vectors = postprocess(embeddings.vectors, cfg.backbone.pca_dim, cfg.backbone.l2_normalize)
-    return vectors, embeddings.labels, cfg.data.num_clusters, summary.weights
+    embeddings = open_rows(cfg).load()
+    return embeddings.vectors, embeddings.labels, cfg.data.num_clusters, summary.weights
 
 
 def load_dataset(name: str, args):

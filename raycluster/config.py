@@ -29,7 +29,7 @@ class ConfigError(ValueError):
 class SourceConfig:
     """Where shards are built from when they do not exist yet (jobs/make_shards.py)."""
 
-    kind: str = "digits"          # digits | mnist | folder
+    kind: str = "digits"          # digits | mnist | folder | procedural
     path: Optional[str] = None    # MNIST IDX folder or image root (class sub-folders optional)
     classes: Optional[int] = None  # folder: keep the first N class folders (sorted)
     limit: Optional[int] = None   # keep at most this many samples (smoke tests)

@@ -7,7 +7,7 @@ import pytest
 
 from raycluster.data.builtin import samples_from_source
 from raycluster.data.shards import write_shards
-from raycluster.pipeline import ensure_shards, postprocess, run_train
+from raycluster.pipeline import ensure_shards, run_train
 
 from tests.conftest import REPO
 
@@ -56,14 +56,6 @@ def test_shards_from_elsewhere_without_a_manifest_are_read_as_they_are(compose_c
     write_shards(samples_from_source("digits", None, None, 200), cfg.data.shards, 100)
     os.remove(os.path.join(cfg.data.shards, "manifest.json"))   # e.g. written by another tool
     assert ensure_shards(cfg.data) == {"shards": 2, "samples": None, "built": False}
-
-
-def test_postprocess_pca_and_l2():
-    vectors = np.random.default_rng(0).normal(size=(50, 10)).astype(np.float32)
-    out = postprocess(vectors, pca_dim=4, l2_normalize=True)
-    assert out.shape == (50, 4) and np.allclose(np.linalg.norm(out, axis=1), 1.0, atol=1e-5)
-    with pytest.raises(ValueError, match="pca_dim=20"):
-        postprocess(vectors, pca_dim=20, l2_normalize=False)
 
 
 @pytest.mark.parametrize("experiment", sorted(p.stem for p in (REPO / "configs" / "experiment").glob("*.yaml")))

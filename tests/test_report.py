@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 
-from raycluster.report import ReportOptions, write_report
+from raycluster.report import ReportData, ReportOptions, write_report
 from raycluster.report.select import bounded_sample, representative_members
 
 from conftest import REPO, SHARED_DATA
@@ -61,8 +61,9 @@ def test_embedding_only_report_has_everything_but_thumbnails(tmp_path):
     summary = {"data": "imagenet50-dino-vits16", "backbone": "dino_vits16", "method": "kmeans", "k": 50,
                "dim": 384, "metrics": {"acc": 0.5, "nmi": 0.6, "ari": 0.4}}
     report_dir = tmp_path / "report"
-    info = write_report(str(report_dir), summary, keys, vectors, kmeans.labels_, np.ones(len(vectors)), labels,
-                        store=None, options=ReportOptions(map_points=700, map_method="pca"))
+    data = ReportData.from_arrays(keys, vectors, kmeans.labels_, np.ones(len(vectors)), 50, labels)
+    info = write_report(str(report_dir), summary, data, store=None,
+                        options=ReportOptions(map_points=700, map_method="pca"))
     page = (report_dir / "index.html").read_text()
     assert info["thumbnails"] == 0 and not (report_dir / "thumbs").exists()
     assert page.count("data-cluster=") == 50 and "No thumbnails" in page and "<img src=\"thumbs" not in page
@@ -71,7 +72,7 @@ def test_embedding_only_report_has_everything_but_thumbnails(tmp_path):
                for name in ("map", "sizes", "confidence", "contingency"))
     assert "majority class" in page and "0.5000" in page
     # a second build replaces the first atomically: no temp or old folders left behind
-    write_report(str(report_dir), summary, keys, vectors, kmeans.labels_, np.ones(len(vectors)), None,
+    write_report(str(report_dir), summary, ReportData.from_arrays(keys, vectors, kmeans.labels_, np.ones(len(vectors)), 50),
                  options=ReportOptions(map_points=700, map_method="pca"))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["report"]
     assert "majority class" not in (report_dir / "index.html").read_text()  # no labels, no class rows

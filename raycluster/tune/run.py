@@ -54,8 +54,7 @@ def run_asha(cfg, method) -> dict:
     """CLUDI's hyperparameters by ASHA on the store's embeddings (postprocessed as for training)."""
     from dataclasses import asdict
 
-    from raycluster.data.store import EmbeddingStore
-    from raycluster.pipeline import ensure_embeddings, postprocess
+    from raycluster.pipeline import ensure_embeddings, open_rows
     from raycluster.tune.asha import asha_search
 
     from raycluster.methods.cludi import CludiConfig
@@ -65,8 +64,8 @@ def run_asha(cfg, method) -> dict:
         raise ValueError(f"tune.space names {unknown}, which are not {method.name} model hyperparameters")
     start = time.time()
     ensure_embeddings(cfg)
-    embeddings = EmbeddingStore(cfg.embeddings_path).load()
-    vectors = postprocess(embeddings.vectors, cfg.backbone.pca_dim, cfg.backbone.l2_normalize, cfg.seed)
+    embeddings = open_rows(cfg).load()   # the trials train on every row: O(N x D) here, as in each trial
+    vectors = embeddings.vectors
     optim = asdict(method.optim)
     optim["epochs"] = cfg.tune.epochs or optim["epochs"]
     report = asha_search(vectors, method.model_factory, method.model_config(vectors.shape[1]), optim, cfg.tune.space,
