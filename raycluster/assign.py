@@ -187,9 +187,12 @@ def predicted_batches(method, rows: StoreRows, pool: PoolSettings = PoolSettings
                 for batch in pq.ParquetFile(handle).iter_batches(pool.batch_size, columns=["key", "label", "embedding"]):
                     yield predictor(pa.Table.from_batches([batch]))
         return
+    import ray.data
+
     dataset = rows.store.ray_dataset(rows.parts, ["key", "label", "embedding"]).map_batches(
         Predictor, fn_constructor_args=(method, rows.postprocess), batch_size=pool.batch_size,
-        batch_format="pyarrow", concurrency=pool.concurrency, num_cpus=pool.num_cpus, num_gpus=pool.num_gpus)
+        batch_format="pyarrow", compute=ray.data.ActorPoolStrategy(size=pool.concurrency), num_cpus=pool.num_cpus,
+        num_gpus=pool.num_gpus)
     yield from dataset.iter_batches(batch_size=None, batch_format="pyarrow")
 
 

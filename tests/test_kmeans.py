@@ -100,3 +100,51 @@ def test_umap_kmeans_predicts_new_rows_through_the_fitted_map():
     assert cluster_acc(labels[600:], clusters) > 0.95 and ((confidence > 0) & (confidence <= 1)).all()
     with pytest.raises(ValueError, match="width 3, fitted on 2"):
         model.predict(np.zeros((2, 3), np.float32))
+
+
+def test_lloyd_pass_is_one_exact_lloyd_iteration(tmp_path):
+    from raycluster.data.rows import StoreRows
+    from raycluster.data.store import EmbeddingStore
+    from raycluster.methods.lloyd import lloyd_pass
+
+    rng = np.random.default_rng(0)
+    vectors = rng.normal(size=(900, 5)).astype(np.float32)
+    store = EmbeddingStore(str(tmp_path / "store"))
+    for part in range(3):
+        store.write_part(f"p{part}", [f"k{part}_{i:03d}" for i in range(300)], np.zeros(300, int),
+                         vectors[part * 300:(part + 1) * 300], from_shard=False)
+    centroids = vectors[:4].copy()
+    updated, inertia, counts = lloyd_pass(StoreRows(store, batch_rows=64), centroids)
+    distances = ((vectors[:, None, :] - centroids[None]) ** 2).sum(-1)
+    nearest = distances.argmin(1)
+    assert counts.tolist() == np.bincount(nearest, minlength=4).tolist()
+    assert inertia == pytest.approx(distances.min(1).sum(), rel=1e-4)
+    assert np.allclose(updated, np.stack([vectors[nearest == k].mean(0) for k in range(4)]), atol=1e-5)
+
+
+def test_fit_rows_on_a_sample_then_lloyd_passes_matches_full_kmeans(tmp_path):
+    """A 20 x K sample alone lands a worse objective than full k-means; the refinement passes over
+    every row close the gap (what lets the job fit any N with O(K x D) in the driver)."""
+    from sklearn.datasets import make_blobs
+
+    from raycluster.data.rows import StoreRows
+    from raycluster.data.store import EmbeddingStore
+    from raycluster.methods.lloyd import lloyd_pass
+
+    vectors, labels = make_blobs(20000, n_features=16, centers=40, cluster_std=3.0, random_state=0)
+    vectors = vectors.astype(np.float32)
+    store = EmbeddingStore(str(tmp_path / "store"))
+    for part in range(4):
+        rows = slice(part * 5000, (part + 1) * 5000)
+        store.write_part(f"p{part}", [f"k{i:06d}" for i in range(rows.start, rows.stop)], labels[rows], vectors[rows],
+                         from_shard=False)
+    rows = StoreRows(store)
+    unrefined = KMeans(40, n_init=2, seed=0, max_points_per_centroid=20, refine_passes=0).fit_rows(rows)
+    refined = KMeans(40, n_init=2, seed=0, max_points_per_centroid=20, refine_passes=10).fit_rows(rows)
+    full = KMeans(40, n_init=2, seed=0).fit(vectors)
+    objective = {name: lloyd_pass(rows, model.centroids)[1] for name, model in
+                 (("unrefined", unrefined), ("refined", refined), ("full", full))}
+    assert unrefined.refine_info == {"sample_rows": unrefined.refine_info["sample_rows"], "rows": 20000, "passes": 0}
+    assert 600 < unrefined.refine_info["sample_rows"] < 1000 and refined.refine_info["passes"] >= 2
+    assert objective["refined"] < objective["unrefined"]
+    assert objective["refined"] <= 1.01 * objective["full"], objective

@@ -47,3 +47,17 @@ def test_silhouette_separates_good_from_bad_clusterings():
     bad = metrics.silhouette_sample(vectors, rng.integers(0, 2, 100))
     assert good > 0.8 and bad < 0.2
     assert metrics.silhouette_sample(vectors, np.zeros(100, dtype=int)) is None
+
+
+def test_table_metrics_equal_scikit_learns_scores():
+    from sklearn import metrics as skm
+
+    rng = np.random.default_rng(0)
+    for classes, clusters in ((3, 3), (5, 8), (10, 4)):
+        labels = rng.integers(0, classes, 400)
+        assigned = np.where(rng.uniform(size=400) < 0.6, labels % clusters, rng.integers(0, clusters, 400))
+        table = metrics.contingency(labels, assigned)
+        got = metrics.table_metrics(table)
+        assert got["acc"] == pytest.approx(metrics.cluster_acc(labels, assigned))
+        assert got["nmi"] == pytest.approx(skm.normalized_mutual_info_score(labels, assigned), abs=1e-9)
+        assert got["ari"] == pytest.approx(skm.adjusted_rand_score(labels, assigned), abs=1e-9)

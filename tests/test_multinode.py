@@ -107,3 +107,59 @@ def test_two_nodes_share_work_and_a_lost_node_leaves_resumable_state(tmp_path):
         except ProcessLookupError:
             pass
         ray_cli("stop", "--force", env=env)
+
+
+LOAD_SCRIPT = """
+import sys
+from raycluster.data.store import EmbeddingStore
+print(EmbeddingStore(sys.argv[1]).load().vectors.shape)
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_main_job_on_two_nodes_finishes_under_a_driver_memory_cap_that_a_load_would_break(tmp_path):
+    """50,000 images at 32x32x3 pixels: a 600 MB embedding store. The driver runs under a 1.3 GiB
+    resident-memory cap (tests/memory_capped.py); reading the store into it (the old
+    `EmbeddingStore.load()` path) is killed by that cap, the streamed main job is not."""
+    import ray
+
+    ray.shutdown()
+    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "RAY_AUTH_MODE": "token"}
+    env.pop("RAY_ADDRESS", None)
+    head = ray_cli("start", "--head", "--node-ip-address=127.0.0.1", f"--port={PORT}", "--num-cpus=2",
+                   "--dashboard-host=127.0.0.1", "--dashboard-port=8293", "--disable-usage-stats", env=env)
+    assert head.returncode == 0, head.stderr[-2000:]
+    worker = start_worker_node(env)
+    cap_mib = 1300
+    try:
+        wait_for_nodes(env, 2)
+        job_env = {**env, "RAY_ADDRESS": f"127.0.0.1:{PORT}"}
+        args = [str(REPO / "jobs" / "train.py"), "data=procedural", "data.source.limit=50000",
+                "backbone=pixels", "backbone.extractor.channels=3", "data.num_clusters=64",
+                f"cache_dir={tmp_path}/cache", f"output_dir={tmp_path}/run", "cluster.stream.sample_rows=2000",
+                "cluster.extract.concurrency=2", "cluster.extract.batch_size=256", "method.n_init=2"]
+        job = subprocess.run([sys.executable, str(REPO / "tests" / "memory_capped.py"), str(cap_mib), *args],
+                             env=job_env, capture_output=True, text=True, timeout=800)
+        assert job.returncode == 0, job.stdout[-3000:] + job.stderr[-3000:]
+        summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+        assert summary["samples"] == 50000 and summary["dim"] == 3072
+        assert summary["driver_peak_rss_gib"] * 1024 < cap_mib
+        import pyarrow.parquet as pq
+
+        keys = pq.read_table(summary["outputs"]["assignments"], columns=["key"]).column("key").to_pylist()
+        assert len(keys) == len(set(keys)) == 50000
+        assert summary["metrics"]["clusters_used"] == 64
+
+        load_script = tmp_path / "load_store.py"
+        load_script.write_text(LOAD_SCRIPT)
+        loaded = subprocess.run([sys.executable, str(REPO / "tests" / "memory_capped.py"), str(cap_mib),
+                                 str(load_script), summary["outputs"]["embeddings"]],
+                                env=job_env, capture_output=True, text=True, timeout=300)
+        assert loaded.returncode == 137 and "cap" in loaded.stderr, (loaded.returncode, loaded.stderr[-1000:])
+    finally:
+        try:
+            os.killpg(worker.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        ray_cli("stop", "--force", env=env)
