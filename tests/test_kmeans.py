@@ -123,7 +123,7 @@ def test_lloyd_pass_is_one_exact_lloyd_iteration(tmp_path):
 
 
 def test_fit_rows_on_a_sample_then_lloyd_passes_matches_full_kmeans(tmp_path):
-    """A 20 x K sample alone lands a worse objective than full k-means; the refinement passes over
+    """A 64 x K sample alone lands a worse objective than full k-means; the refinement passes over
     every row close the gap (what lets the job fit any N with O(K x D) in the driver)."""
     from sklearn.datasets import make_blobs
 
@@ -139,12 +139,12 @@ def test_fit_rows_on_a_sample_then_lloyd_passes_matches_full_kmeans(tmp_path):
         store.write_part(f"p{part}", [f"k{i:06d}" for i in range(rows.start, rows.stop)], labels[rows], vectors[rows],
                          from_shard=False)
     rows = StoreRows(store)
-    unrefined = KMeans(40, n_init=2, seed=0, max_points_per_centroid=20, refine_passes=0).fit_rows(rows)
-    refined = KMeans(40, n_init=2, seed=0, max_points_per_centroid=20, refine_passes=10).fit_rows(rows)
+    unrefined = KMeans(40, n_init=2, seed=0, max_points_per_centroid=64, refine_passes=0).fit_rows(rows)
+    refined = KMeans(40, n_init=2, seed=0, max_points_per_centroid=64, refine_passes=10).fit_rows(rows)
     full = KMeans(40, n_init=2, seed=0).fit(vectors)
     objective = {name: lloyd_pass(rows, model.centroids)[1] for name, model in
                  (("unrefined", unrefined), ("refined", refined), ("full", full))}
     assert unrefined.refine_info == {"sample_rows": unrefined.refine_info["sample_rows"], "rows": 20000, "passes": 0}
-    assert 600 < unrefined.refine_info["sample_rows"] < 1000 and refined.refine_info["passes"] >= 2
+    assert 2200 < unrefined.refine_info["sample_rows"] < 2900 and refined.refine_info["passes"] >= 2
     assert objective["refined"] < objective["unrefined"]
     assert objective["refined"] <= 1.01 * objective["full"], objective
