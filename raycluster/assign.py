@@ -21,6 +21,7 @@ import shutil
 import time
 import uuid
 from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 import pyarrow as pa
@@ -113,12 +114,17 @@ class Tally:
                             for name, parts in self.picked.items()}
 
 
+@runtime_checkable
+class HasLevels(Protocol):
+    """A method whose clusters form a tree (hkmeans): every level's cluster per row."""
+
+    def predict_levels(self, vectors: np.ndarray) -> np.ndarray: ...
+
+
 class AssignmentWriter:
     """Parquet parts of at most `rows_per_part` rows in a temporary folder, renamed to `out_dir`
-    on `close()` (the old folder or file is removed only after)."""
-
-    SCHEMA = pa.schema([("key", pa.string()), ("cluster", pa.int64()), ("confidence", pa.float32()),
-                        ("label", pa.int64())])
+    on `close()` (the old folder or file is removed only after). Columns: key string, cluster
+    int64, confidence float32, label int64, then any cluster_l<i> int64."""
 
     def __init__(self, out_dir: str, rows_per_part: int = ROWS_PER_PART):
         self.out_dir, self.rows_per_part = out_dir.rstrip("/"), rows_per_part
@@ -129,9 +135,11 @@ class AssignmentWriter:
     def write(self, table: pa.Table) -> None:
         if self.writer is None or self.in_part >= self.rows_per_part:
             self._close_part()
-            self.writer = pq.ParquetWriter(os.path.join(self.temp, f"part-{self.parts:05d}.parquet"), self.SCHEMA)
+            self.schema = pa.schema([(name, {"key": pa.string(), "confidence": pa.float32()}.get(name, pa.int64()))
+                                     for name in table.column_names])
+            self.writer = pq.ParquetWriter(os.path.join(self.temp, f"part-{self.parts:05d}.parquet"), self.schema)
             self.parts += 1
-        self.writer.write_table(table.cast(self.SCHEMA))
+        self.writer.write_table(table.cast(self.schema))
         self.in_part += table.num_rows
 
     def _close_part(self) -> None:
@@ -162,9 +170,14 @@ class Predictor:
         self.method, self.postprocess = method, postprocess
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        cluster, confidence = self.method.predict(self.postprocess(embedding_matrix(batch.column("embedding"))))
-        return pa.table({"key": batch.column("key"), "cluster": pa.array(np.asarray(cluster, np.int64)),
-                         "confidence": pa.array(np.asarray(confidence, np.float32)), "label": batch.column("label")})
+        vectors = self.postprocess(embedding_matrix(batch.column("embedding")))
+        cluster, confidence = self.method.predict(vectors)
+        columns = {"key": batch.column("key"), "cluster": pa.array(np.asarray(cluster, np.int64)),
+                   "confidence": pa.array(np.asarray(confidence, np.float32)), "label": batch.column("label")}
+        if isinstance(self.method, HasLevels):   # a hierarchy: one column per level, level 1 first
+            levels = self.method.predict_levels(vectors)
+            columns.update({f"cluster_l{i + 1}": pa.array(levels[:, i]) for i in range(levels.shape[1])})
+        return pa.table(columns)
 
 
 @dataclass

@@ -28,15 +28,24 @@ LOCAL_BYTES = 256 << 20   # stores up to this size stream in-process (the embedd
 BATCH_ROWS = 16384
 
 
-def in_sample(keys, fraction: float, seed: int = 0) -> np.ndarray:
-    """(n,) bool: whether each key is in the `fraction` sample of `seed` (a keyed 64-bit hash of
-    the key below fraction x 2^64), so any process picks the same rows without coordination."""
+def key_hash(keys, seed: int = 0) -> np.ndarray:
+    """(n,) uint64: a keyed hash of each key (SipHash via pandas), the same in every process."""
     import pandas as pd
 
+    return pd.util.hash_array(np.asarray(keys, dtype=object), hash_key=f"raycluster{seed:06d}"[:16])
+
+
+def key_priority(keys, seed: int = 0) -> np.ndarray:
+    """(n,) float64 in [0, 1): a random but reproducible priority per key."""
+    return key_hash(keys, seed).astype(np.float64) / 2.0 ** 64
+
+
+def in_sample(keys, fraction: float, seed: int = 0) -> np.ndarray:
+    """(n,) bool: whether each key is in the `fraction` sample of `seed` (its `key_hash` below
+    fraction x 2^64), so any process picks the same rows without coordination."""
     if fraction >= 1.0:
         return np.ones(len(keys), dtype=bool)
-    hashed = pd.util.hash_array(np.asarray(keys, dtype=object), hash_key=f"raycluster{seed:06d}"[:16])
-    return hashed < np.uint64(min(fraction, 1.0) * float(2 ** 64 - 1))
+    return key_hash(keys, seed) < np.uint64(min(fraction, 1.0) * float(2 ** 64 - 1))
 
 
 @dataclass

@@ -1,0 +1,24 @@
+"""Semantic deduplication of a run's store within its level-1 clusters (NeMo Curator's route).
+
+    python jobs/dedup.py run_dir=outputs/runs/<run> threshold=0.95 keep=central
+Writes <run_dir>/dedup/: kept.parquet and removed.parquet (key, cluster, group), summary.json
+(groups, removed share), index.html (a few duplicate groups as thumbnail rows).
+"""
+import hydra
+
+from raycluster.cli import run_or_exit, setup_logging
+from raycluster.config import CONFIG_DIR
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="dedup")
+def main(cfg):
+    from raycluster.curation.dedup import DedupConfig
+    from raycluster.curation.run import run_dedup
+
+    setup_logging()
+    config = run_or_exit(lambda: DedupConfig(float(cfg.threshold), cfg.keep))
+    run_or_exit(run_dedup, cfg.run_dir, config, cfg.output_dir)
+
+
+if __name__ == "__main__":
+    main()
