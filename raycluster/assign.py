@@ -116,9 +116,27 @@ class Tally:
 
 @runtime_checkable
 class HasLevels(Protocol):
-    """A method whose clusters form a tree (hkmeans): every level's cluster per row."""
+    """A method whose clusters form a tree (hkmeans): every level's cluster per row, and
+    `parents[i]` (K_{i+1},) int64, the level-(i+2) cluster of each level-(i+1) cluster."""
+
+    parents: list
 
     def predict_levels(self, vectors: np.ndarray) -> np.ndarray: ...
+
+
+def level_counts(stats: AssignmentStats, parents: list) -> list[dict]:
+    """Per level above 1: {"sizes" (K_i,), "table" (K_i, C) or None, "parent" (K_{i-1},)}, summed
+    up the tree from the level-1 counts (no pass over the rows)."""
+    out, sizes, table = [], stats.sizes, stats.table if stats.has_labels else None
+    for parent in parents:
+        k = int(parent.max()) + 1
+        sizes = np.bincount(parent, weights=sizes, minlength=k).astype(np.int64)
+        if table is not None:
+            summed = np.zeros((k, table.shape[1]), np.int64)
+            np.add.at(summed, parent, table)
+            table = summed
+        out.append({"sizes": sizes, "table": table, "parent": parent})
+    return out
 
 
 class AssignmentWriter:

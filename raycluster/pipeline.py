@@ -13,7 +13,7 @@ import os
 import time
 from dataclasses import asdict
 
-from raycluster.assign import PoolSettings, assign_rows
+from raycluster.assign import HasLevels, PoolSettings, assign_rows, level_counts
 from raycluster.config import RunConfig
 from raycluster.data.builtin import samples_from_source
 from raycluster.data.rows import StoreRows
@@ -23,7 +23,7 @@ from raycluster.features.extract import run_extraction
 from raycluster.fitting import fit_off_driver
 from raycluster.io import atomic_write_bytes
 from raycluster.methods.base import save_fitted
-from raycluster.metrics import silhouette_sample
+from raycluster.metrics import silhouette_sample, table_metrics
 from raycluster.postprocess import PCA_SAMPLE, Postprocess
 from raycluster.ray_utils import ensure_ray
 from raycluster.report.build import ReportData
@@ -109,6 +109,12 @@ def fit_and_assign(cfg: RunConfig, method, rows: StoreRows, assignments_dir: str
     metrics = {"fit_seconds": fit_seconds, "assign_seconds": round(assign_seconds, 2), **stats.metrics(),
                "silhouette": silhouette_sample(data.vectors, data.cluster, seed=cfg.seed),
                "silhouette_sample_rows": int(min(len(data.cluster), 5000))}
+    if isinstance(method, HasLevels):   # a tree: counts and scores per level, summed up from level 1
+        data.levels = level_counts(stats, method.parents)
+        for depth, level in enumerate(data.levels, start=2):
+            metrics[f"clusters_used_l{depth}"] = int((level["sizes"] > 0).sum())
+            if level["table"] is not None:
+                metrics.update({f"{name}_l{depth}": value for name, value in table_metrics(level["table"]).items()})
     return {"method": method, "metrics": metrics, "report_data": data}
 
 

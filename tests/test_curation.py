@@ -77,3 +77,49 @@ def test_duplicate_groups_are_connected_components_with_one_keeper():
 def test_threshold_outside_0_1_is_a_clear_error(threshold):
     with pytest.raises(ValueError, match=r"threshold must be in \(0, 1\]"):
         DedupConfig(threshold)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_hkmeans_run_then_curate_and_dedup_jobs(compose_config, ray_local, tmp_path):
+    import json
+    import os
+
+    from raycluster.curation.run import run_curate, run_dedup
+    from raycluster.pipeline import run_train
+
+    cfg = compose_config(["method=hkmeans", "method.levels=[30,10,3]", "report=true"])
+    summary = run_train(cfg)
+    table = pq.read_table(summary["outputs"]["assignments"])
+    assert {"cluster_l1", "cluster_l2", "cluster_l3"} <= set(table.column_names) and table.num_rows == 1797
+    assert summary["metrics"]["clusters_used_l3"] == 3 and "acc_l2" in summary["metrics"]
+    page = open(summary["outputs"]["report"]).read()
+    assert page.count("<details data-top=") == 3 and "sub-clusters" in page
+
+    curated = run_curate(cfg.output_dir, SamplingConfig(300))
+    picked = pq.read_table(curated["output"]).to_pandas()
+    assert len(picked) == 300 and curated["top_level_clusters"] == 3
+    assert picked["cluster_l3"].value_counts().max() - picked["cluster_l3"].value_counts().min() <= 1
+
+    result = run_dedup(cfg.output_dir, DedupConfig(0.995))
+    kept = pq.read_table(os.path.join(result["output_dir"], "kept.parquet"))
+    removed = pq.read_table(os.path.join(result["output_dir"], "removed.parquet"))
+    assert kept.num_rows + removed.num_rows == 1797 and result["removed"] == removed.num_rows
+    assert json.load(open(os.path.join(result["output_dir"], "summary.json")))["groups"] == result["groups"]
+    assert os.path.exists(result["page"])
+
+
+@pytest.mark.parametrize("job, args, message", [
+    ("curate.py", ["size=0"], "size must be >= 1"),
+    ("dedup.py", ["threshold=1.5"], "threshold must be in (0, 1]"),
+    ("dedup.py", ["keep=first"], "keep must be central or earliest"),
+])
+def test_curation_jobs_reject_bad_settings_before_reading_anything(job, args, message, tmp_path):
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    result = subprocess.run([sys.executable, str(REPO / "jobs" / job), f"run_dir={tmp_path}", *args],
+                            capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert result.returncode == 2 and message in result.stderr, result.stderr[-1500:]

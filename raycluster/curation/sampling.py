@@ -83,7 +83,8 @@ def tree_from_assignments(path: str) -> tuple[np.ndarray, list[np.ndarray]]:
             for leaf, count in zip(leaves.tolist(), counts.tolist()):
                 sizes[leaf] = sizes.get(leaf, 0) + count
             for i in range(1, len(values)):
-                for child, parent in set(zip(values[i - 1].tolist(), values[i].tolist())):
+                pairs = np.unique((values[i - 1].astype(np.int64) << 32) | values[i].astype(np.int64))
+                for child, parent in zip((pairs >> 32).tolist(), (pairs & 0xFFFFFFFF).tolist()):
                     if links[i - 1].setdefault(child, parent) != parent:
                         raise ValueError(f"{path}: cluster {child} at level {i} has two parents")
     k1 = max(sizes) + 1

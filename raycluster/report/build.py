@@ -18,7 +18,7 @@ import os
 import shutil
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Optional
 
 import numpy as np
@@ -42,6 +42,7 @@ class ReportOptions:
     uncertain: int = 4           # thumbnails of the least confident members per cluster
     thumb_size: int = 96         # thumbnail box, pixels
     sample_rows: int = 20000     # rows whose vectors the report reads (map, members, silhouette)
+    max_cards: int = 100         # cluster cards (largest first); the rest are counted, not drawn
     seed: int = 0
 
 
@@ -56,6 +57,7 @@ class ReportData:
     vectors: np.ndarray
     cluster: np.ndarray
     confidence: np.ndarray
+    levels: list = field(default_factory=list)   # hierarchy above level 1 (assign.level_counts), top last
 
     @classmethod
     def from_arrays(cls, keys, vectors, cluster, confidence, n_clusters: int, labels=None) -> "ReportData":
@@ -114,15 +116,16 @@ def write_report(report_dir: str, summary: dict, data: ReportData, store: Option
 
     members = representative_members(data.vectors, data.cluster, data.confidence, n_clusters, options.central,
                                      options.uncertain)
+    shown = np.argsort(-sizes, kind="stable")[:options.max_cards]
     thumbs = {"written": {}, "missing": [], "unreadable": [], "shards_read": 0}
     if shard_urls:
-        wanted = np.concatenate([np.concatenate([m["central"], m["uncertain"]]) for m in members.values()])
+        wanted = np.concatenate([np.concatenate([members[c]["central"], members[c]["uncertain"]]) for c in shown])
         thumbs = write_thumbnails(store, dict(zip(data.keys[wanted], thumbnail_names(wanted))),
                                   os.path.join(temp_dir, "thumbs"), options.thumb_size)
 
     mean_confidence = stats.confidence_sum / np.maximum(sizes, 1)
     cards = []
-    for cid in np.argsort(-sizes, kind="stable"):
+    for cid in shown:
         card = {"id": int(cid), "size": int(sizes[cid]), "share": sizes[cid] / max(n_rows, 1),
                 "mean_confidence": float(mean_confidence[cid]),
                 "central": _thumbs(members[cid]["central"], data.keys, data.confidence, thumbs["written"]),
@@ -143,6 +146,7 @@ def write_report(report_dir: str, summary: dict, data: ReportData, store: Option
         "thumbs": {key: len(value) for key, value in thumbs.items() if key != "shards_read"},
         "config": json.dumps(summary.get("config", {}), indent=1, default=str),
         "options": options, "generated": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "cards_hidden": int(len(sizes) - len(shown)), "hierarchy": _hierarchy(data.levels, sizes),
     }
     with open(os.path.join(temp_dir, "index.html"), "w", encoding="utf-8") as handle:
         handle.write(_template().render(**context))
@@ -159,7 +163,8 @@ def write_report(report_dir: str, summary: dict, data: ReportData, store: Option
 def report_run(run_dir: str, options: ReportOptions = ReportOptions()) -> dict:
     """Build `run_dir/report/` from a finished run's summary.json, its assignments (streamed for
     the counts) and a sample of the embedding store the summary names."""
-    from raycluster.assign import read_assignment_stats
+    from raycluster.assign import level_counts, read_assignment_stats
+    from raycluster.curation.sampling import tree_from_assignments
     from raycluster.data.rows import StoreRows
     from raycluster.runs import load_postprocess, load_run_summary
 
@@ -172,7 +177,26 @@ def report_run(run_dir: str, options: ReportOptions = ReportOptions()) -> dict:
         raise ValueError(f"assignments in {run_dir} do not match the embedding store "
                          f"{store.root} ({stats.rows} rows vs {rows.n_rows} embeddings)")
     data = ReportData.from_sample(stats, rows.sample(options.sample_rows, options.seed), picked)
+    _, parents = tree_from_assignments(summary["outputs"]["assignments"])
+    data.levels = level_counts(stats, parents) if parents else []
     return write_report(os.path.join(run_dir, "report"), summary, data, store, options)
+
+
+def _hierarchy(levels: list, leaf_sizes: np.ndarray, children_shown: int = 50) -> list:
+    """Top level first: [{"id", "size", "children": [{"id", "size"}...] (largest first)}] for the
+    top level and the level below it (the drill-down); [] for a flat clustering."""
+    if not levels:
+        return []
+    top = levels[-1]
+    below_sizes = levels[-2]["sizes"] if len(levels) > 1 else leaf_sizes
+    out = []
+    for cid in np.argsort(-top["sizes"], kind="stable"):
+        children = np.flatnonzero(top["parent"] == cid)
+        children = children[np.argsort(-below_sizes[children], kind="stable")]
+        out.append({"id": int(cid), "size": int(top["sizes"][cid]), "level": len(levels) + 1,
+                    "children": [{"id": int(c), "size": int(below_sizes[c])} for c in children[:children_shown]],
+                    "more": max(0, len(children) - children_shown)})
+    return out
 
 
 def _thumbs(indices: np.ndarray, keys: np.ndarray, confidence: np.ndarray, written: dict) -> list[dict]:
@@ -187,9 +211,10 @@ def _class_names(shard_urls: list[str], count: int) -> list[str]:
 
 
 def _template():
-    from jinja2 import Environment, PackageLoader, select_autoescape
+    from jinja2 import Environment, PackageLoader
 
-    env = Environment(loader=PackageLoader("raycluster.report", "templates"), autoescape=select_autoescape())
+    # Always escape: keys and class names come from file names, which can hold markup.
+    env = Environment(loader=PackageLoader("raycluster.report", "templates"), autoescape=True)
     env.filters["fmt"] = lambda value, spec=".4f": format(value, spec) if isinstance(value, (int, float)) else "n/a"
     return env.get_template("index.html.j2")
 
