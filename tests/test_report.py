@@ -114,3 +114,15 @@ def test_report_job_errors_on_a_folder_that_is_not_a_run(tmp_path):
     result = subprocess.run([sys.executable, "jobs/report.py", f"run_dir={tmp_path}"], cwd=REPO,
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 2 and "summary.json not found" in result.stderr
+
+
+def test_members_shown_come_from_a_bounded_number_of_parts():
+    """Thumbnails are read back shard by shard: with rows from 10 parts and thumbnail_parts=3,
+    every member shown lies in 3 parts at most, whatever N is."""
+    from raycluster.report.build import _rows_in_few_parts
+
+    parts = np.repeat(np.arange(10), 50)
+    chosen = _rows_in_few_parts(parts, len(parts), 3, seed=0)
+    assert len(np.unique(parts[chosen])) == 3 and len(chosen) == 150
+    assert len(_rows_in_few_parts(parts, len(parts), 64, seed=0)) == 500
+    assert len(_rows_in_few_parts(None, 7, 3, seed=0)) == 7

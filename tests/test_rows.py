@@ -36,6 +36,7 @@ def test_counts_sample_and_load_without_reading_everything_at_once(tmp_path):
     assert np.array_equal(everything.vectors, reference.vectors)
     sample = rows.sample(200, seed=1)
     assert 150 < len(sample.keys) < 250 and list(sample.keys) == sorted(sample.keys)
+    assert [int(k[1]) for k in sample.keys] == sample.parts.tolist()   # keys k<part>_<i> sit in part <part>
     assert set(sample.keys) == set(everything.keys[in_sample(everything.keys, 0.2, 1)])
     l2 = rows.with_postprocess(Postprocess(l2_normalize=True))
     assert np.allclose(np.linalg.norm(l2.sample(200, 1).vectors, axis=1), 1.0, atol=1e-5)
@@ -48,6 +49,7 @@ def test_ray_data_path_reads_the_same_rows(tmp_path, ray_local):
     assert not remote.local
     a, b = local.sample(300, seed=2), remote.sample(300, seed=2)
     assert a.keys.tolist() == b.keys.tolist() and np.array_equal(a.vectors, b.vectors)
+    assert np.array_equal(a.parts, b.parts)   # which part (shard) each row came from, both ways
     counts = sum(len(batch["key"]) for batch in remote.map(lambda keys, labels, vectors: {"key": keys}))
     assert counts == 1000
 

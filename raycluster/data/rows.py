@@ -15,6 +15,7 @@ the caller holds one batch's results at a time.
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from typing import Callable, Iterator, Optional
 
@@ -90,23 +91,31 @@ class StoreRows:
 
     # -- reading ---------------------------------------------------------------------------
     def _local_batches(self) -> Iterator[tuple]:
-        for path in self.parts:
+        for index, path in enumerate(self.parts):
             with self.store.fs.open(path, "rb") as handle:
                 for batch in pq.ParquetFile(handle).iter_batches(self.batch_rows, columns=["key", "label", "embedding"]):
-                    yield (np.asarray(batch.column("key").to_pylist(), dtype=object),
-                           batch.column("label").to_numpy(), embedding_matrix(batch.column("embedding")))
+                    yield (np.asarray(batch.column("key").to_pylist(), dtype=object), batch.column("label").to_numpy(),
+                           embedding_matrix(batch.column("embedding")), np.full(batch.num_rows, index, np.int64))
 
-    def map(self, fn: Callable, fn_kwargs: Optional[dict] = None, num_cpus: float = 1.0) -> Iterator:
+    def _part_index(self) -> dict:
+        """{file name of a part: its index}, to tell rows of a Ray Data read apart by path."""
+        return {os.path.basename(path): index for index, path in enumerate(self.parts)}
+
+    def map(self, fn: Callable, fn_kwargs: Optional[dict] = None, num_cpus: float = 1.0,
+            with_parts: bool = False) -> Iterator:
         """Yield fn(keys (n,) object, labels (n,) int64, vectors (n, dim) float32, **fn_kwargs)
-        for every batch of the store, post-processed. fn's result must be a dict of numpy
+        for every batch of the store, post-processed; with with_parts=True fn also gets parts
+        (n,) int64, each row's index into `self.parts`. fn's result must be a dict of numpy
         arrays (Ray Data moves it between processes)."""
         fn_kwargs = fn_kwargs or {}
         if self.local:
-            for keys, labels, vectors in self._local_batches():
-                yield fn(keys, labels, self.postprocess(vectors), **fn_kwargs)
+            for keys, labels, vectors, parts in self._local_batches():
+                extra = {"parts": parts} if with_parts else {}
+                yield fn(keys, labels, self.postprocess(vectors), **extra, **fn_kwargs)
             return
-        dataset = self.store.ray_dataset(self.parts, ["key", "label", "embedding"]).map_batches(
-            _apply, fn_kwargs={"fn": fn, "postprocess": self.postprocess, "fn_kwargs": fn_kwargs},
+        dataset = self.store.ray_dataset(self.parts, ["key", "label", "embedding"], include_paths=with_parts).map_batches(
+            _apply, fn_kwargs={"fn": fn, "postprocess": self.postprocess, "fn_kwargs": fn_kwargs,
+                               "part_index": self._part_index() if with_parts else None},
             batch_size=self.batch_rows, batch_format="pyarrow", num_cpus=num_cpus)
         for batch in dataset.iter_batches(batch_size=None, batch_format="numpy"):
             yield batch
@@ -115,33 +124,38 @@ class StoreRows:
         """~n rows (every row when n >= n_rows), post-processed, sorted by key. The rows are those
         whose key hash falls in the first n / n_rows of the hash range (`in_sample`)."""
         fraction = min(1.0, n / max(self.n_rows, 1))
-        keys, labels, vectors = [], [], []
-        for batch in self.map(_take_sample, {"fraction": fraction, "seed": seed}):
+        keys, labels, vectors, parts = [], [], [], []
+        for batch in self.map(_take_sample, {"fraction": fraction, "seed": seed}, with_parts=True):
             keys.append(np.asarray(batch["key"], dtype=object))
             labels.append(batch["label"])
             vectors.append(batch["vectors"])
+            parts.append(batch["parts"])
         if not keys or not sum(map(len, keys)):
             raise ValueError(f"a sample of {n} of {self.n_rows} rows in {self.store.root!r} came out empty")
         keys = np.concatenate(keys)
         order = np.argsort(keys, kind="stable")
         return Embeddings(keys[order], np.concatenate(labels)[order],
-                          np.ascontiguousarray(np.concatenate(vectors)[order], dtype=np.float32))
+                          np.ascontiguousarray(np.concatenate(vectors)[order], dtype=np.float32),
+                          np.concatenate(parts)[order])
 
     def load(self) -> Embeddings:
         """Every row, post-processed, sorted by key: O(N x D) in the calling process."""
         return self.sample(self.n_rows)
 
 
-def _take_sample(keys, labels, vectors, fraction: float, seed: int) -> dict:
+def _take_sample(keys, labels, vectors, parts, fraction: float, seed: int) -> dict:
     keep = in_sample(keys, fraction, seed)
-    return {"key": keys[keep], "label": labels[keep], "vectors": vectors[keep]}
+    return {"key": keys[keep], "label": labels[keep], "vectors": vectors[keep], "parts": parts[keep]}
 
 
-def _apply(batch, fn, postprocess: Postprocess, fn_kwargs: dict) -> dict:
+def _apply(batch, fn, postprocess: Postprocess, fn_kwargs: dict, part_index: Optional[dict] = None) -> dict:
     """Ray Data batch (pyarrow) -> fn's dict of arrays."""
     keys = np.asarray(batch.column("key").to_pylist(), dtype=object)
     vectors = postprocess(embedding_matrix(batch.column("embedding")))
-    return fn(keys, batch.column("label").to_numpy(), vectors, **fn_kwargs)
+    extra = {}
+    if part_index is not None:
+        extra["parts"] = np.array([part_index[os.path.basename(p)] for p in batch.column("path").to_pylist()], np.int64)
+    return fn(keys, batch.column("label").to_numpy(), vectors, **extra, **fn_kwargs)
 
 
 def store_rows(root: str, postprocess: Optional[Postprocess] = None, local_bytes: Optional[int] = None) -> StoreRows:

@@ -29,11 +29,12 @@ class EmbeddingWidthError(ValueError):
 @dataclass
 class Embeddings:
     """An in-memory view of a store. keys (N,) object str; labels (N,) int64, -1 = unknown;
-    vectors (N, D) float32."""
+    vectors (N, D) float32; parts (N,) int64 index into the store's part files, or None."""
 
     keys: np.ndarray
     labels: np.ndarray
     vectors: np.ndarray
+    parts: Optional[np.ndarray] = None   # (N,) int: which store part each row came from, when known
 
     @property
     def has_labels(self) -> bool:

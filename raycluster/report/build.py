@@ -43,6 +43,8 @@ class ReportOptions:
     thumb_size: int = 96         # thumbnail box, pixels
     sample_rows: int = 20000     # rows whose vectors the report reads (map, members, silhouette)
     max_cards: int = 100         # cluster cards (largest first); the rest are counted, not drawn
+    thumbnail_parts: int = 64    # members shown come from sampled rows of at most this many store parts
+                                 # (shards), so reading thumbnails back costs that many shards at any N
     seed: int = 0
 
 
@@ -58,6 +60,7 @@ class ReportData:
     cluster: np.ndarray
     confidence: np.ndarray
     levels: list = field(default_factory=list)   # hierarchy above level 1 (assign.level_counts), top last
+    parts: Optional[np.ndarray] = None   # (m,) store part of each sampled row (bounds the shards read back)
 
     @classmethod
     def from_arrays(cls, keys, vectors, cluster, confidence, n_clusters: int, labels=None) -> "ReportData":
@@ -78,7 +81,8 @@ class ReportData:
         where = pd.Index(picked["key"]).get_indexer(sample.keys)
         keep = where >= 0
         return cls(stats, sample.keys[keep], sample.vectors[keep], np.asarray(picked["cluster"], np.int64)[where[keep]],
-                   np.asarray(picked["confidence"], np.float32)[where[keep]])
+                   np.asarray(picked["confidence"], np.float32)[where[keep]],
+                   parts=None if sample.parts is None else sample.parts[keep])
 
 
 def write_report(report_dir: str, summary: dict, data: ReportData, store: Optional[EmbeddingStore] = None,
@@ -114,8 +118,10 @@ def write_report(report_dir: str, summary: dict, data: ReportData, store: Option
     if table is not None:
         plots.contingency_png(os.path.join(assets, "contingency.png"), table, class_names)
 
-    members = representative_members(data.vectors, data.cluster, data.confidence, n_clusters, options.central,
-                                     options.uncertain)
+    eligible = _rows_in_few_parts(data.parts, len(data.cluster), options.thumbnail_parts, options.seed)
+    members = representative_members(data.vectors[eligible], data.cluster[eligible], data.confidence[eligible],
+                                     n_clusters, options.central, options.uncertain)
+    members = {cid: {name: eligible[rows] for name, rows in chosen.items()} for cid, chosen in members.items()}
     shown = np.argsort(-sizes, kind="stable")[:options.max_cards]
     thumbs = {"written": {}, "missing": [], "unreadable": [], "shards_read": 0}
     if shard_urls:
@@ -180,6 +186,15 @@ def report_run(run_dir: str, options: ReportOptions = ReportOptions()) -> dict:
     _, parents = tree_from_assignments(summary["outputs"]["assignments"])
     data.levels = level_counts(stats, parents) if parents else []
     return write_report(os.path.join(run_dir, "report"), summary, data, store, options)
+
+
+def _rows_in_few_parts(parts: Optional[np.ndarray], n: int, limit: int, seed: int) -> np.ndarray:
+    """Indices of the n sampled rows that lie in at most `limit` store parts (all rows when the
+    sample spans no more, or parts are unknown; parts chosen by a seeded shuffle)."""
+    if parts is None or len(np.unique(parts)) <= limit:
+        return np.arange(n)
+    chosen = np.random.default_rng(seed).permutation(np.unique(parts))[:limit]
+    return np.flatnonzero(np.isin(parts, chosen))
 
 
 def _hierarchy(levels: list, leaf_sizes: np.ndarray, children_shown: int = 50) -> list:
