@@ -142,17 +142,17 @@ def run_extraction(data: DataConfig, backbone: BackboneConfig, cluster: ClusterC
     # Threads are not the logical reservation: a CPU actor gets its share of the machine's
     # cores (Ray Data fuses decoding into the actor, and read tasks are mostly I/O).
     threads = settings.torch_threads or max(1, int(total_cpus // settings.concurrency) if not use_gpu else int(cpus))
-    threads = int(os.environ.get("EXP_THREADS", threads))
     runtime = {"autocast": settings.autocast, "device": "cuda" if use_gpu else "cpu", "torch_threads": threads}
-    extra = {}
-    if os.environ.get("EXP_PASSIVE"):
-        extra["runtime_env"] = {"env_vars": {"OMP_WAIT_POLICY": "PASSIVE"}}
-    decode_cpus = float(os.environ.get("EXP_DECODE_CPUS", settings.preprocess_num_cpus))
+    # CPU actors share their cores with read tasks and the driver: OpenMP threads that spin while
+    # waiting at a barrier then burn the time the other processes need (bench/extract_throughput.py:
+    # Lite0 on real JPEGs, 2 cores, whole run 0.43x -> 0.49x the plain loop with PASSIVE).
+    actor_env = {} if use_gpu else {"runtime_env": {"env_vars": {"OMP_WAIT_POLICY": "PASSIVE"}}}
     dataset = (read_shards(pending)
                .map_batches(decode_batch, fn_kwargs={"spec": spec}, batch_size=settings.batch_size,
-                            num_cpus=decode_cpus)
+                            num_cpus=settings.preprocess_num_cpus)
                .map_batches(cls, fn_constructor_kwargs={**config, **runtime}, batch_size=settings.batch_size,
-                            concurrency=pool_size(settings), num_cpus=cpus, num_gpus=settings.num_gpus_per_actor, **extra))
+                            concurrency=pool_size(settings), num_cpus=cpus, num_gpus=settings.num_gpus_per_actor,
+                            **actor_env))
     writer = ShardPartWriter(store, expected_counts(pending), backbone.dtype)
     for batch in dataset.iter_batches(batch_size=None, batch_format="numpy"):
         if not summary.startup_seconds:
