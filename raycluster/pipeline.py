@@ -164,7 +164,16 @@ def run_train(cfg: RunConfig) -> dict:
 
 
 def driver_peak_rss_gib() -> float:
-    """This process's resident-memory high-water mark (Linux reports KiB)."""
+    """This process's resident-memory high-water mark, GiB. Linux: VmHWM of its own address space
+    (getrusage's ru_maxrss survives exec, so a job started from a large parent would report the
+    parent's size at fork); elsewhere ru_maxrss."""
+    try:
+        with open("/proc/self/status") as handle:
+            for line in handle:
+                if line.startswith("VmHWM:"):
+                    return round(int(line.split()[1]) / 2**20, 3)   # kB
+    except OSError:
+        pass
     import resource
 
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 3)
