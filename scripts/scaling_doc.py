@@ -92,7 +92,9 @@ def main() -> int:
         "(no GPU machine was lent to the session that wrote these benches), so the projection is CPU-only; "
         "on the p4d nodes' A100s extraction would be far faster and this table is an upper bound on time.",
         "- k-means: the fit itself runs on a 256 x K sample (constant in N); what grows with N is its Lloyd "
-        "refinement (3 passes) and one assignment pass, both included below.",
+        "refinement (3 passes) and one assignment pass, both included below, at the bench's K = 64. A pass's "
+        "nearest-centroid search grows with K (n x K x D); at K = 10,000 use `method=hkmeans`, whose split "
+        "route keeps the fit at n x (sqrt(K) + K / sqrt(K)).",
         f"- Cluster: {', '.join(f'{count} x {kind} ({name})' for name, (kind, count) in CLUSTER.items())}: "
         f"{cluster_cores} worker cores, ${hourly:,.2f}/h at on-demand list prices "
         f"({', '.join(f'{kind} ${price}/h' for kind, (price, _, _) in PRICES.items())}, us-west-2).",

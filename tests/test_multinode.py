@@ -119,7 +119,7 @@ print(EmbeddingStore(sys.argv[1]).load().vectors.shape)
 @pytest.mark.slow
 @pytest.mark.timeout(900)
 def test_main_job_on_two_nodes_finishes_under_a_driver_memory_cap_that_a_load_would_break(tmp_path):
-    """50,000 images at 32x32x3 pixels: a 600 MB embedding store. The driver runs under a 1.3 GiB
+    """80,000 images at 32x32x3 pixels: a 980 MB embedding store. The driver runs under a 1.7 GiB
     resident-memory cap (tests/memory_capped.py); reading the store into it (the old
     `EmbeddingStore.load()` path) is killed by that cap, the streamed main job is not."""
     import ray
@@ -131,11 +131,11 @@ def test_main_job_on_two_nodes_finishes_under_a_driver_memory_cap_that_a_load_wo
                    "--dashboard-host=127.0.0.1", "--dashboard-port=8293", "--disable-usage-stats", env=env)
     assert head.returncode == 0, head.stderr[-2000:]
     worker = start_worker_node(env)
-    cap_mib = 1300
+    cap_mib = 1700
     try:
         wait_for_nodes(env, 2)
         job_env = {**env, "RAY_ADDRESS": f"127.0.0.1:{PORT}"}
-        args = [str(REPO / "jobs" / "train.py"), "data=procedural", "data.source.limit=50000",
+        args = [str(REPO / "jobs" / "train.py"), "data=procedural", "data.source.limit=80000",
                 "backbone=pixels", "backbone.extractor.channels=3", "data.num_clusters=64",
                 f"cache_dir={tmp_path}/cache", f"output_dir={tmp_path}/run", "cluster.stream.sample_rows=2000",
                 "cluster.extract.concurrency=2", "cluster.extract.batch_size=256", "method.n_init=2"]
@@ -143,12 +143,12 @@ def test_main_job_on_two_nodes_finishes_under_a_driver_memory_cap_that_a_load_wo
                              env=job_env, capture_output=True, text=True, timeout=800)
         assert job.returncode == 0, job.stdout[-3000:] + job.stderr[-3000:]
         summary = json.loads((tmp_path / "run" / "summary.json").read_text())
-        assert summary["samples"] == 50000 and summary["dim"] == 3072
+        assert summary["samples"] == 80000 and summary["dim"] == 3072
         assert summary["driver_peak_rss_gib"] * 1024 < cap_mib
         import pyarrow.parquet as pq
 
         keys = pq.read_table(summary["outputs"]["assignments"], columns=["key"]).column("key").to_pylist()
-        assert len(keys) == len(set(keys)) == 50000
+        assert len(keys) == len(set(keys)) == 80000
         assert summary["metrics"]["clusters_used"] == 64
 
         load_script = tmp_path / "load_store.py"
