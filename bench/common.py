@@ -16,3 +16,13 @@ def append_json_rows(path: str | None, rows: list[dict]) -> None:
     with open(path, "a") as handle:
         for row in rows:
             handle.write(json.dumps(row) + "\n")
+
+
+def parse_with_work_dir(parser, default_work: Path):
+    """Add --work and --json, parse; returns (args, the work folder (created), "<cores> cores")."""
+    parser.add_argument("--work", default=str(default_work))
+    parser.add_argument("--json", default=None, help="append result rows as JSON lines")
+    args = parser.parse_args()
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    return args, work, f"{os.cpu_count()} cores"

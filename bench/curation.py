@@ -33,7 +33,7 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-from common import SHARED, append_json_rows  # noqa: E402
+from common import SHARED, append_json_rows, parse_with_work_dir  # noqa: E402
 
 from raycluster.methods.hkmeans import HierarchicalKMeans, faiss_kmeans, nearest  # noqa: E402
 from raycluster.metrics import supervised_metrics  # noqa: E402
@@ -223,12 +223,7 @@ def main():
     parser.add_argument("--thresholds", type=float, nargs="+", default=[0.8, 0.85, 0.9])
     parser.add_argument("--copies", type=int, default=1000)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--work", default=str(REPO / "outputs" / "bench-curation"))
-    parser.add_argument("--json", default=None)
-    args = parser.parse_args()
-    work = Path(args.work)
-    work.mkdir(parents=True, exist_ok=True)
-    machine = f"{os.cpu_count()} cores"
+    args, work, machine = parse_with_work_dir(parser, REPO / "outputs" / "bench-curation")
     rows = []
     if "hierarchy" in args.parts:
         rows += hierarchy_rows(args.n, args.seed)

@@ -34,7 +34,7 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-from common import SHARED, append_json_rows  # noqa: E402
+from common import SHARED, append_json_rows, parse_with_work_dir  # noqa: E402
 
 BACKBONE = ["backbone=pixels", "backbone.extractor.size=8", "backbone.extractor.channels=3"]
 
@@ -184,12 +184,7 @@ def main():
     parser.add_argument("--sizes", type=int, nargs="+", default=[100_000, 1_000_000])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--n-init", type=int, default=3, help="k-means restarts in the streamed/in-memory comparison")
-    parser.add_argument("--work", default=str(REPO / "outputs" / "bench-scale"))
-    parser.add_argument("--json", default=None)
-    args = parser.parse_args()
-    work = Path(args.work)
-    work.mkdir(parents=True, exist_ok=True)
-    machine = f"{os.cpu_count()} cores"
+    args, work, machine = parse_with_work_dir(parser, REPO / "outputs" / "bench-scale")
 
     rows = []
     for n in args.sizes:

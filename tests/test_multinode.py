@@ -35,6 +35,16 @@ def wait_for_nodes(env, count, timeout=60):
     raise AssertionError(f"{count} nodes did not come up: {status.stdout[-1500:]}")
 
 
+def start_two_nodes():
+    """A head (`ray start --head`) and one worker node on this machine; returns (env, worker process)."""
+    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "RAY_AUTH_MODE": "token"}
+    env.pop("RAY_ADDRESS", None)
+    head = ray_cli("start", "--head", "--node-ip-address=127.0.0.1", f"--port={PORT}", "--num-cpus=2",
+                   "--dashboard-host=127.0.0.1", "--dashboard-port=8293", "--disable-usage-stats", env=env)
+    assert head.returncode == 0, head.stderr[-2000:]
+    return env, start_worker_node(env)
+
+
 SPREAD_SCRIPT = """
 import json, ray
 ray.init(address="127.0.0.1:%d", log_to_driver=False)
@@ -53,12 +63,7 @@ def test_two_nodes_share_work_and_a_lost_node_leaves_resumable_state(tmp_path):
     import ray
 
     ray.shutdown()
-    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "RAY_AUTH_MODE": "token"}
-    env.pop("RAY_ADDRESS", None)
-    head = ray_cli("start", "--head", "--node-ip-address=127.0.0.1", f"--port={PORT}", "--num-cpus=2",
-                   "--dashboard-host=127.0.0.1", "--dashboard-port=8293", "--disable-usage-stats", env=env)
-    assert head.returncode == 0, head.stderr[-2000:]
-    worker = start_worker_node(env)
+    env, worker = start_two_nodes()
     try:
         wait_for_nodes(env, 2)
         spread = subprocess.run([sys.executable, "-c", SPREAD_SCRIPT], capture_output=True, text=True, env=env,
@@ -125,12 +130,7 @@ def test_main_job_on_two_nodes_finishes_under_a_driver_memory_cap_that_a_load_wo
     import ray
 
     ray.shutdown()
-    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "RAY_AUTH_MODE": "token"}
-    env.pop("RAY_ADDRESS", None)
-    head = ray_cli("start", "--head", "--node-ip-address=127.0.0.1", f"--port={PORT}", "--num-cpus=2",
-                   "--dashboard-host=127.0.0.1", "--dashboard-port=8293", "--disable-usage-stats", env=env)
-    assert head.returncode == 0, head.stderr[-2000:]
-    worker = start_worker_node(env)
+    env, worker = start_two_nodes()
     cap_mib = 1700
     try:
         wait_for_nodes(env, 2)
