@@ -144,8 +144,7 @@ def run_extraction(data: DataConfig, backbone: BackboneConfig, cluster: ClusterC
     threads = settings.torch_threads or max(1, int(total_cpus // settings.concurrency) if not use_gpu else int(cpus))
     runtime = {"autocast": settings.autocast, "device": "cuda" if use_gpu else "cpu", "torch_threads": threads}
     # CPU actors share their cores with read tasks and the driver: OpenMP threads that spin while
-    # waiting at a barrier then burn the time the other processes need (bench/extract_throughput.py:
-    # Lite0 on real JPEGs, 2 cores, whole run 0.43x -> 0.49x the plain loop with PASSIVE).
+    # waiting at a barrier then burn the time the other processes need (bench/extract_throughput.py).
     actor_env = {} if use_gpu else {"runtime_env": {"env_vars": {"OMP_WAIT_POLICY": "PASSIVE"}}}
     dataset = (read_shards(pending)
                .map_batches(decode_batch, fn_kwargs={"spec": spec}, batch_size=settings.batch_size,
