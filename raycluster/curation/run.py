@@ -52,21 +52,30 @@ def run_dedup(run_dir: str, config: DedupConfig, output_dir: str | None = None) 
         ensure_ray(None, None)
     output_dir = output_dir or os.path.join(run_dir, "dedup")
     os.makedirs(output_dir, exist_ok=True)
-    kept_parts, removed_parts, groups = [], [], []
+    # Written as clusters finish (temporary names, renamed when complete): the caller holds one
+    # cluster's rows and the first few groups for the page, never every key.
+    schema = pa.schema([("key", pa.string()), ("cluster", pa.int64()), ("group", pa.int64())])
+    paths = {name: os.path.join(output_dir, f"{name}.parquet") for name in ("kept", "removed")}
+    writers = {name: pq.ParquetWriter(f"{path}.tmp", schema) for name, path in paths.items()}
+    counts, n_groups, shown = {"kept": 0, "removed": 0}, 0, {"kept": [], "removed": []}
     for part in dedup_rows(method, rows, config):
         table = pa.table({"key": pa.array(list(part["key"]), pa.string()), "cluster": pa.array(part["cluster"], pa.int64()),
                           "group": pa.array(part["group"], pa.int64())})
-        kept = np.asarray(part["kept"], bool)
-        kept_parts.append(table.filter(pa.array(kept)))
-        removed_parts.append(table.filter(pa.array(~kept)))
-        in_group = part["group"] >= 0
-        groups.append(np.unique(part["group"][in_group]))
-    kept, removed = pa.concat_tables(kept_parts), pa.concat_tables(removed_parts)
-    for name, table in (("kept", kept), ("removed", removed)):
-        write_curated(table.sort_by("key"), os.path.join(output_dir, f"{name}.parquet"))
-    n_groups = int(len(np.unique(np.concatenate(groups)))) if groups else 0
-    result = {"rows": kept.num_rows + removed.num_rows, "kept": kept.num_rows, "removed": removed.num_rows,
-              "removed_share": removed.num_rows / max(1, kept.num_rows + removed.num_rows), "groups": n_groups,
+        kept_mask = np.asarray(part["kept"], bool)
+        in_group = np.asarray(part["group"]) >= 0
+        for name, mask in (("kept", kept_mask), ("removed", ~kept_mask)):
+            writers[name].write_table(table.filter(pa.array(mask)))
+            counts[name] += int(mask.sum())
+            if sum(t.num_rows for t in shown["removed"]) < 64:   # enough groups for the page
+                shown[name].append(table.filter(pa.array(mask & in_group)))
+        n_groups += len(np.unique(part["group"][in_group]))   # a group never spans two clusters
+    for name, writer in writers.items():
+        writer.close()
+        os.replace(f"{paths[name]}.tmp", paths[name])
+    kept, removed = (pa.concat_tables(shown[name]) if shown[name] else schema.empty_table() for name in ("kept", "removed"))
+    total = counts["kept"] + counts["removed"]
+    result = {"rows": total, "kept": counts["kept"], "removed": counts["removed"],
+              "removed_share": counts["removed"] / max(1, total), "groups": n_groups,
               "threshold": config.threshold, "keep": config.keep, "output_dir": output_dir,
               "seconds": round(time.time() - start, 2)}
     result["page"] = write_group_page(output_dir, kept, removed, rows.store)
@@ -83,9 +92,7 @@ def write_group_page(output_dir: str, kept: pa.Table, removed: pa.Table, store, 
 
     from raycluster.report.thumbnails import write_thumbnails
 
-    import pyarrow.compute as pc
-
-    members = pa.concat_tables([kept.filter(pc.greater_equal(kept.column("group"), 0)), removed]).to_pandas()
+    members = pa.concat_tables([kept, removed]).to_pandas()   # rows of duplicate groups only
     chosen = sorted(members["group"].unique())[:groups]
     kept_keys = set(kept.column("key").to_pylist())
     rows = [[(key, key in kept_keys) for key in sorted(members[members["group"] == g]["key"], key=lambda k: k not in kept_keys)]
