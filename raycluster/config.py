@@ -45,6 +45,12 @@ class DataConfig:
     samples_per_shard: int = 1000
     num_clusters: int = 10
 
+    def __post_init__(self):
+        if self.num_clusters < 2:
+            raise ConfigError(f"data.num_clusters must be >= 2, got {self.num_clusters}")
+        if self.samples_per_shard < 1:
+            raise ConfigError(f"data.samples_per_shard must be >= 1, got {self.samples_per_shard}")
+
 
 @dataclass
 class BackboneConfig:
@@ -143,6 +149,13 @@ class RunConfig:
     cache_dir: str = "outputs/cache"
     embeddings_dir: Optional[str] = None  # null: <cache_dir>/embeddings/<data>-<backbone>
     report: bool = True   # write <output_dir>/report/ (raycluster.report)
+    # Cached shards, embeddings and method stages are reused only when what made them is
+    # unchanged (raycluster.fingerprint). auto: otherwise rebuild them; strict: otherwise stop.
+    reuse: str = "auto"
+
+    def __post_init__(self):
+        if self.reuse not in ("auto", "strict"):
+            raise ConfigError(f"reuse={self.reuse!r}: expected auto or strict")
 
     @property
     def embeddings_path(self) -> str:

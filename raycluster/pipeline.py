@@ -11,49 +11,71 @@ import json
 import logging
 import os
 import time
+from collections import Counter
 from dataclasses import asdict
 
 from raycluster.assign import HasLevels, PoolSettings, assign_rows, level_counts
-from raycluster.config import RunConfig
+from raycluster.config import ConfigError, RunConfig
 from raycluster.data.builtin import samples_from_source
 from raycluster.data.rows import StoreRows
-from raycluster.data.shards import ShardNotFoundError, build_interrupted, read_manifest, resolve_shards, write_shards
+from raycluster.data.shards import BUILDING, MANIFEST, read_manifest, resolve_shards, write_shards
 from raycluster.data.store import EmbeddingStore
 from raycluster.features.extract import run_extraction
+from raycluster.fingerprint import listing_hash, reusable, write_fingerprint
 from raycluster.fitting import fit_off_driver
 from raycluster.io import atomic_write_bytes
-from raycluster.methods.base import save_fitted
+from raycluster.methods.saving import save_fitted
 from raycluster.metrics import silhouette_sample, table_metrics
 from raycluster.postprocess import PCA_SAMPLE, Postprocess
 from raycluster.ray_utils import ensure_ray
 from raycluster.report.build import ReportData
-from raycluster.runs import POSTPROCESS_FILE, load_run_summary  # noqa: F401  (load_run_summary: re-exported)
+from raycluster.runs import METHOD_FILE, POSTPROCESS_FILE, load_run_summary  # noqa: F401  (load_run_summary: re-exported)
 
 log = logging.getLogger(__name__)
 
 
-def ensure_shards(data) -> dict:
-    """Build the shards from `data.source` unless they exist; returns {"shards", "samples", "built"}
-    (samples: from the manifest, None for shards written elsewhere without one).
+def source_inputs(data) -> dict:
+    """What shards built from `data.source` depend on: its settings, the shard size and, for
+    sources read from disk, a listing hash of every file under the path (names, sizes, mtimes)."""
+    source = data.source
+    inputs = {"source": asdict(source), "samples_per_shard": data.samples_per_shard}
+    if source.path:
+        if not os.path.exists(source.path):
+            raise FileNotFoundError(f"data.source.path {source.path!r} does not exist")
+        inputs["listing"] = listing_hash(source.path)
+    return inputs
 
-    Shards whose build was interrupted (`build_interrupted`: a prefix of the dataset) are built
-    again, not read as a smaller dataset."""
+
+def ensure_shards(data, reuse: str = "auto") -> dict:
+    """Build the shards from `data.source` unless shards made from the same source are there;
+    returns {"shards", "samples", "built", "skipped"} (samples: from the manifest, None for shards
+    written elsewhere without one; skipped: {reason: files} the source passed over).
+
+    Shards built here carry the fingerprint of their source (`source_inputs`): a changed limit,
+    another folder under the same name, or files added to the folder rebuild them (or, with
+    reuse="strict", raise). A build that was interrupted has no fingerprint and is built again."""
     buildable = data.source is not None and isinstance(data.shards, str) and "{" not in data.shards
-    try:
+    if not buildable:
         shards = resolve_shards(data.shards)
-        if not (buildable and build_interrupted(data.shards)):
-            manifest = read_manifest(os.path.dirname(shards[0])) if shards else None
-            return {"shards": len(shards), "samples": (manifest or {}).get("num_samples"), "built": False}
-        log.warning("%s holds %d shard(s) of a build that was interrupted; building the shards again",
-                    data.shards, len(shards))
-    except ShardNotFoundError:
-        if not buildable:
-            raise
+        manifest = read_manifest(os.path.dirname(shards[0])) if shards else None
+        return {"shards": len(shards), "samples": (manifest or {}).get("num_samples"), "built": False,
+                "skipped": (manifest or {}).get("skipped", {})}
+    inputs = source_inputs(data)
+    if reusable(data.shards, inputs, "shards", reuse, owned=("*.tar", MANIFEST, BUILDING)):
+        manifest = read_manifest(data.shards) or {}
+        return {"shards": len(manifest.get("shards", [])), "samples": manifest.get("num_samples"), "built": False,
+                "skipped": manifest.get("skipped", {})}
     source = data.source
     log.info("building shards for %s from %s into %s", data.name, source.kind, data.shards)
-    manifest = write_shards(samples_from_source(source.kind, source.path, source.classes, source.limit),
-                            data.shards, data.samples_per_shard, source=asdict(source))
-    return {"shards": len(manifest["shards"]), "samples": manifest["num_samples"], "built": True}
+    skipped = Counter()
+    manifest = write_shards(samples_from_source(source.kind, source.path, source.classes, source.limit, skipped),
+                            data.shards, data.samples_per_shard, source=asdict(source), skipped=skipped)
+    write_fingerprint(data.shards, inputs)
+    if skipped:
+        log.warning("shards: %d file(s) under %s skipped: %s", sum(skipped.values()), source.path,
+                    ", ".join(f"{count} {reason}" for reason, count in skipped.items()))
+    return {"shards": len(manifest["shards"]), "samples": manifest["num_samples"], "built": True,
+            "skipped": dict(skipped)}
 
 
 def ensure_embeddings(cfg: RunConfig):
@@ -62,17 +84,29 @@ def ensure_embeddings(cfg: RunConfig):
     Returns (shards info from `ensure_shards`, `ExtractionSummary`). Shards come first, before
     Ray starts, so a bad data path fails in a second.
     """
-    shards = ensure_shards(cfg.data)
+    shards = ensure_shards(cfg.data, cfg.reuse)
     ensure_ray(cfg.cluster.address, cfg.cluster.num_cpus)
-    return shards, run_extraction(cfg.data, cfg.backbone, cfg.cluster, cfg.embeddings_path)
+    return shards, run_extraction(cfg.data, cfg.backbone, cfg.cluster, cfg.embeddings_path, cfg.reuse)
 
 
-def build_method(method_cfg: dict):
+def build_method(method_cfg: dict, reuse: str = "auto"):
+    """The method a config describes (`_target_` + constructor settings). Every setting is checked
+    here, before shards, Ray or extraction: a bad value or an unknown key is one ConfigError."""
     from hydra.utils import instantiate
 
+    from raycluster.methods.base import ClusteringMethod
+
     if "_target_" not in method_cfg:
-        raise ValueError("method config has no _target_")
-    return instantiate(method_cfg, _convert_="all")
+        raise ConfigError("method config has no _target_")
+    try:
+        method = instantiate(method_cfg, _convert_="all")
+    except Exception as err:   # Hydra wraps the constructor's error; its message names the key
+        cause = err.__cause__ or err
+        raise ConfigError(f"method {method_cfg['_target_'].rsplit('.', 1)[-1]}: {cause}") from None
+    if not isinstance(method, ClusteringMethod):
+        raise ConfigError(f"method._target_ {method_cfg['_target_']!r} is not a raycluster clustering method")
+    method.reuse = reuse
+    return method
 
 
 def open_rows(cfg: RunConfig) -> StoreRows:
@@ -121,15 +155,15 @@ def fit_and_assign(cfg: RunConfig, method, rows: StoreRows, assignments_dir: str
 def run_train(cfg: RunConfig) -> dict:
     """Run the whole pipeline for one config; returns the summary dict (also saved as JSON)."""
     start = time.time()
-    method = build_method(cfg.method)   # a bad method setting fails here, before any work
+    method = build_method(cfg.method, cfg.reuse)   # a bad method setting fails here, before any work
     os.makedirs(cfg.output_dir, exist_ok=True)
     shards, extraction = ensure_embeddings(cfg)
     store = EmbeddingStore(cfg.embeddings_path)
     rows = open_rows(cfg)
     paths = {name: os.path.join(cfg.output_dir, name) for name in
-             ("assignments.parquet", "method.pkl", POSTPROCESS_FILE, "summary.json")}
+             ("assignments.parquet", METHOD_FILE, POSTPROCESS_FILE, "summary.json")}
     result = fit_and_assign(cfg, method, rows, paths["assignments.parquet"])
-    save_fitted(result["method"], paths["method.pkl"])   # for jobs/predict.py
+    save_fitted(result["method"], paths[METHOD_FILE], cfg.method)   # for jobs/predict.py
     rows.postprocess.save(paths[POSTPROCESS_FILE])
     corrupt_total = sum(part.get("corrupt", 0) for part in store.part_metadata())
     summary = {
@@ -138,12 +172,13 @@ def run_train(cfg: RunConfig) -> dict:
         "stored_dim": rows.stored_dim,
         "k": result["method"].n_clusters, "shards": shards["shards"], "shards_built": shards["built"],
         "shards_embedded_now": extraction.shards_written, "shards_reused": extraction.shards_skipped,
-        "corrupt_skipped": corrupt_total, "extract_seconds": round(extraction.seconds, 2),
+        "corrupt_skipped": corrupt_total, "source_files_skipped": shards["skipped"],
+        "extract_seconds": round(extraction.seconds, 2),
         "metrics": result["metrics"], "method_stages": getattr(result["method"], "stages", {}),
         "driver_peak_rss_gib": driver_peak_rss_gib(),
         "total_seconds": round(time.time() - start, 2),
         "outputs": {"assignments": paths["assignments.parquet"], "embeddings": cfg.embeddings_path,
-                    "method": paths["method.pkl"], "postprocess": paths[POSTPROCESS_FILE],
+                    "method": paths[METHOD_FILE], "postprocess": paths[POSTPROCESS_FILE],
                     "summary": paths["summary.json"]},
         "postprocess": {"pca_dim": cfg.backbone.pca_dim, "l2_normalize": cfg.backbone.l2_normalize},
         "config": {"method": cfg.method, "backbone": cfg.backbone.extractor, "data.shards": cfg.data.shards,
@@ -189,6 +224,9 @@ def format_summary(summary: dict) -> str:
         f"(embedded now {summary['shards_embedded_now']}, reused {summary['shards_reused']})  "
         f"corrupt skipped {summary['corrupt_skipped']}",
     ]
+    if summary.get("source_files_skipped"):
+        lines.append("  source files skipped: " + ", ".join(f"{count} {reason}" for reason, count in
+                                                          summary["source_files_skipped"].items()))
     if "acc" in metrics:
         lines.append(f"  ACC {metrics['acc']:.4f}  NMI {metrics['nmi']:.4f}  ARI {metrics['ari']:.4f}")
     silhouette = metrics.get("silhouette")

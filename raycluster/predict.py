@@ -15,7 +15,7 @@ from typing import Optional
 from raycluster.assign import PoolSettings, assign_rows
 from raycluster.data.rows import StoreRows
 from raycluster.data.store import EmbeddingStore, EmbeddingWidthError
-from raycluster.methods.base import load_fitted
+from raycluster.methods.saving import load_fitted
 from raycluster.runs import load_postprocess, load_run_summary
 
 log = logging.getLogger(__name__)
@@ -32,7 +32,7 @@ def run_predict(run_dir: str, embeddings_dir: Optional[str] = None, output: Opti
     summary = load_run_summary(run_dir)
     method_path = summary["outputs"].get("method")
     if not method_path or not os.path.exists(method_path):
-        raise FileNotFoundError(f"{run_dir} has no saved method (method.pkl); rerun jobs/train.py to create one")
+        raise FileNotFoundError(f"{run_dir} has no saved method (method.safetensors); rerun jobs/train.py to create one")
     store = EmbeddingStore(embeddings_dir or summary["outputs"]["embeddings"])
     if not store.part_files():
         raise FileNotFoundError(f"embedding store {store.root!r} has no part files")

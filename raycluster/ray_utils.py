@@ -27,8 +27,39 @@ def ensure_ray(address: Optional[str] = None, num_cpus: Optional[int] = None) ->
     else:
         # The dashboard serves Ray's State API, which Ray Train's placement-group cleaner polls
         # every second: without it each poll logs a warning (hundreds per training run).
-        ray.init(num_cpus=num_cpus, include_dashboard=True, log_to_driver=True)
+        # A laptop's Ray is not served to its network: Ray's single-machine mode (its default on
+        # macOS and Windows) gives the node the loopback address, so the dashboard's and the
+        # autoscaler's metrics servers bind 127.0.0.1 instead of 0.0.0.0. The flag is read when
+        # Ray is imported (this process) and by the processes ray.init starts (the environment).
+        os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+        from ray._private import ray_constants
+
+        ray_constants.ENABLE_RAY_CLUSTER = False
+        ray.init(num_cpus=num_cpus, include_dashboard=True, log_to_driver=True, dashboard_host="127.0.0.1")
+        start_watchdog()
+    protect_token()
     log.info("Ray resources: %s", ray.cluster_resources())
+
+
+def start_watchdog() -> None:
+    """A process that ends this driver's local Ray session when the driver dies, even by SIGKILL
+    (`raycluster.ray_watchdog`)."""
+    import subprocess
+    import sys
+
+    from ray._private import worker
+
+    session = worker._global_node.session_name
+    subprocess.Popen([sys.executable, "-m", "raycluster.ray_watchdog", str(os.getpid()), session],
+                     stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                     start_new_session=True)
+
+
+def protect_token() -> None:
+    """Ray writes its cluster token to ~/.ray/auth_token readable by every local user: owner only."""
+    path = os.path.expanduser("~/.ray/auth_token")
+    if os.path.exists(path) and os.stat(path).st_mode & 0o077:
+        os.chmod(path, 0o600)
 
 
 def actor_cpus(total_cpus: float, concurrency: int, requested: Optional[float] = None,

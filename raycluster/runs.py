@@ -2,7 +2,7 @@
 
     <run>/summary.json          what ran, metrics, timings, output paths
     <run>/assignments.parquet/  Parquet parts: key, cluster, confidence, label (-1 unknown)
-    <run>/method.pkl            the fitted method (jobs/predict.py)
+    <run>/method.safetensors    the fitted method (jobs/predict.py; raycluster.methods.saving, no pickle)
     <run>/postprocess.npz       the fitted PCA / L2 step applied before the method (no pickle)
 """
 from __future__ import annotations
@@ -13,6 +13,7 @@ import os
 from raycluster.postprocess import Postprocess
 
 POSTPROCESS_FILE = "postprocess.npz"
+METHOD_FILE = "method.safetensors"
 
 
 def load_run_summary(run_dir: str) -> dict:

@@ -183,7 +183,7 @@ def test_pretrain_then_tune_then_train_jobs_reuse_each_stage(ray_local, compose_
     import pyarrow.parquet as pq
 
     from raycluster.data.store import EmbeddingStore
-    from raycluster.methods.base import load_fitted
+    from raycluster.methods.saving import load_fitted
 
     written = pq.read_table(summary["outputs"]["assignments"]).column("cluster").to_numpy()
     again, _ = load_fitted(summary["outputs"]["method"]).predict(EmbeddingStore(cfg.embeddings_path).load().vectors)

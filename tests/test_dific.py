@@ -245,7 +245,7 @@ def test_train_job_runs_every_stage_then_reuses_the_warmup(ray_local, compose_co
     import pyarrow.parquet as pq
 
     from raycluster.data.store import EmbeddingStore
-    from raycluster.methods.base import load_fitted
+    from raycluster.methods.saving import load_fitted
     from raycluster.pipeline import run_train
 
     cfg = compose_config(DIGITS_DIFIC)

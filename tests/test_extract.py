@@ -65,3 +65,35 @@ def test_missing_shard_is_named(tmp_path, ray_local, compose_config):
     cfg = compose_config([f"data.shards='{tmp_path}/shards/shard-{{000000..000005}}.tar'", "data.source=null"])
     with pytest.raises(ShardNotFoundError, match="4 shard\\(s\\) not found: .*shard-000002.tar"):
         run_extraction(cfg.data, cfg.backbone, cfg.cluster, str(tmp_path / "store"))
+
+
+@pytest.mark.timeout(300)
+def test_store_is_rebuilt_for_another_extractor_and_parts_for_changed_shards(tmp_path, ray_local, compose_config):
+    """Case 2 of the trust issue: `backbone.extractor.size=8` after a default run reused the 64-d store."""
+    from raycluster.fingerprint import StaleArtifactError
+
+    shards = tmp_path / "shards"
+    _digit_shards(shards, limit=100)
+    store_dir = str(tmp_path / "store")
+    cfg = compose_config([f"data.shards={shards}", "data.source=null"])
+    run_extraction(cfg.data, cfg.backbone, cfg.cluster, store_dir)
+    assert EmbeddingStore(store_dir).load().vectors.shape == (100, 64)
+
+    small = compose_config([f"data.shards={shards}", "data.source=null", "backbone.extractor.size=4"])
+    with pytest.raises(StaleArtifactError, match="backbone|extractor"):
+        run_extraction(small.data, small.backbone, small.cluster, store_dir, reuse="strict")
+    rebuilt = run_extraction(small.data, small.backbone, small.cluster, store_dir)
+    assert (rebuilt.shards_skipped, rebuilt.shards_written) == (0, 2)
+    assert EmbeddingStore(store_dir).load().vectors.shape == (100, 16)
+
+    # one shard rewritten with other images (same name): only its part is redone
+    write_shards(digits_samples(150), str(shards), samples_per_shard=50)   # now 3 shards; the first two rewritten
+    (shards / "shard-000000.tar").touch()
+    redone = run_extraction(small.data, small.backbone, small.cluster, store_dir)
+    assert redone.shards_written == 3 and redone.shards_skipped == 0
+    again = run_extraction(small.data, small.backbone, small.cluster, store_dir)
+    assert (again.shards_skipped, again.shards_written) == (3, 0)
+    assert len(EmbeddingStore(store_dir).load().keys) == 150
+    (shards / "shard-000002.tar").unlink()                                  # a shard gone: its part goes too
+    run_extraction(small.data, small.backbone, small.cluster, store_dir)
+    assert len(EmbeddingStore(store_dir).load().keys) == 100

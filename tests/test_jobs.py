@@ -3,6 +3,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
@@ -41,3 +42,36 @@ def test_make_shards_then_extract_cli(tmp_path):
     extracted = run_job("extract.py", tmp_path=tmp_path)
     assert extracted.returncode == 0, extracted.stderr[-2000:]
     assert "embedded 1797 samples (0 corrupt skipped) from 3 shards" in extracted.stdout
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["data.num_clusters=0"], "data.num_clusters must be >= 2, got 0"),
+    (["data.num_clusters=-1"], "data.num_clusters must be >= 2, got -1"),
+    (["++method.foo=1"], "unexpected keyword argument 'foo'"),
+    (["method=diec", "++method.model.bogus=1"], "unknown method.model setting(s) ['bogus']"),
+    (["reuse=sometimes"], "reuse='sometimes': expected auto or strict"),
+])
+def test_config_errors_stop_before_any_work(overrides, message, tmp_path):
+    """Case 6 of the trust issue: these failed after shards, Ray start and extraction, with a trace."""
+    result = run_job("train.py", *overrides, tmp_path=tmp_path, timeout=60)
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert result.returncode == 2 and len(errors) == 1 and message in errors[0], result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "cache").exists()   # no shards were built, so no Ray and no extraction either
+
+
+@pytest.mark.slow
+def test_photos_of_mixed_sizes_with_pixels_name_the_setting(tmp_path):
+    """Case 5 of the trust issue: a ~60-line RayTaskError instead of one line naming the fix."""
+    from raycluster.data.builtin import encode_png
+
+    for index, size in enumerate((4, 4, 6, 6, 4, 6)):
+        folder = tmp_path / "photos" / f"class{index % 2}"
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / f"{index}.png").write_bytes(encode_png(np.zeros((size, size), np.uint8)))
+    result = run_job("train.py", "data=folder", f"data.source.path={tmp_path}/photos", "data.num_clusters=2",
+                     tmp_path=tmp_path, timeout=240)
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert result.returncode == 2 and len(errors) == 1, result.stderr[-3000:]
+    assert "set backbone.extractor.size" in errors[0]
+    assert "Traceback" not in result.stderr

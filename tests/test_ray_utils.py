@@ -24,3 +24,55 @@ def test_numba_still_compiles_in_the_driver_after_ray_starts():
                             cwd=REPO)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "print is builtin: True threads:" in result.stdout
+
+
+LOCAL_DRIVER = """
+import time
+from ray._private import worker
+from raycluster.ray_utils import ensure_ray
+ensure_ray(num_cpus=1)
+print("session", worker._global_node.session_name, flush=True)
+time.sleep(300)
+"""
+
+
+def _session_processes(session):
+    import psutil
+
+    found = []
+    for process in psutil.process_iter(["cmdline"]):
+        try:
+            if any(session in part for part in process.info["cmdline"] or ()):
+                found.append(process)
+        except psutil.Error:
+            continue
+    return found
+
+
+def test_local_ray_is_private_and_ends_with_a_killed_driver():
+    """Case 7 of the trust issue: after SIGKILL of the driver Ray's agents lived on for minutes, one
+    listening on 0.0.0.0 (the unauthenticated metrics endpoint); the token file was 0644."""
+    import os
+    import signal
+    import time
+
+    import psutil
+
+    driver = subprocess.Popen([sys.executable, "-c", LOCAL_DRIVER], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                              text=True, cwd=REPO)
+    try:
+        session = driver.stdout.readline().split()[-1]
+        assert session.startswith("session_")
+        time.sleep(3)   # the dashboard's and autoscaler's servers come up just after ray.init returns
+        listening = [conn.laddr for process in _session_processes(session)
+                     for conn in process.net_connections(kind="inet") if conn.status == psutil.CONN_LISTEN]
+        assert listening and all(address.ip in ("127.0.0.1", "::1", "::ffff:127.0.0.1") for address in listening), listening
+        token = os.path.expanduser("~/.ray/auth_token")
+        assert not os.path.exists(token) or os.stat(token).st_mode & 0o077 == 0
+    finally:
+        driver.send_signal(signal.SIGKILL)
+        driver.wait()
+    deadline = time.time() + 30
+    while _session_processes(session) and time.time() < deadline:
+        time.sleep(1)
+    assert _session_processes(session) == []

@@ -126,3 +126,28 @@ def test_members_shown_come_from_a_bounded_number_of_parts():
     assert len(np.unique(parts[chosen])) == 3 and len(chosen) == 150
     assert len(_rows_in_few_parts(parts, len(parts), 64, seed=0)) == 500
     assert len(_rows_in_few_parts(None, 7, 3, seed=0)) == 7
+
+
+@pytest.mark.slow
+def test_hostile_class_and_file_names_stay_text_in_chromium(tmp_path, compose_config, ray_local):
+    """Case 3 of the trust issue: autoescaping was off, so a folder or file name became markup that
+    ran in the browser. Names like these are legal on Linux and arrive in shared photo folders."""
+    from raycluster.data.builtin import encode_png
+    from raycluster.pipeline import run_train
+    from raycluster.report.browser import inspect_page
+
+    hostile_class = "<img src=x onerror=alert('class')>"
+    hostile_file = 'x" onmouseover="alert(1)" y="'
+    rng = np.random.default_rng(0)
+    for label, name in enumerate(["<b>bold</b>", hostile_class]):
+        (tmp_path / "photos" / name).mkdir(parents=True)
+        for i in range(12):
+            stem = f"{hostile_file}{i}" if i % 3 == 0 else f"img{i}"
+            pixels = (rng.random((8, 8)) * 60 + 180 * label).astype(np.uint8)
+            (tmp_path / "photos" / name / f"{stem}.png").write_bytes(encode_png(pixels))
+    summary = run_train(compose_config(["report=true", "data=folder", f"data.source.path={tmp_path}/photos",
+                                       "data.num_clusters=2", "backbone.extractor.size=8"]))
+    page = inspect_page(summary["outputs"]["report"])
+    assert page["dialogs"] == [] and page["handlers"] == 0 and page["scripts"] == 0, page
+    html = open(summary["outputs"]["report"]).read()
+    assert hostile_class not in html and "&lt;img src=x onerror=alert(" in html

@@ -90,3 +90,25 @@ def test_shards_to_an_fsspec_url_and_back():
     fs = fsspec.filesystem("memory")
     assert not [p for p in fs.find("/raycluster-test") if ".tmp-" in p]
     fs.rm("/raycluster-test", recursive=True)
+
+
+def test_folder_source_walks_every_depth_and_counts_what_it_skips(tmp_path):
+    """Case 5 of the trust issue: 27 images on disk became 2 samples (root and nested ones dropped)."""
+    from collections import Counter
+
+    png = encode_png(np.zeros((4, 4), np.uint8))
+    for path in ("cats/a.png", "cats/indoor/b.png", "cats/indoor/night/c.png", "dogs/d.png", "loose.png",
+                 "cats/readme.txt", "dogs/.DS_Store", "empty/notes.md"):
+        (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / path).write_bytes(png if path.endswith(".png") else b"x")
+    skipped = Counter()
+    samples = list(folder_samples(str(tmp_path), skipped=skipped))
+    assert sorted(s.meta["file"] for s in samples) == ["cats/a.png", "cats/indoor/b.png", "cats/indoor/night/c.png",
+                                                       "dogs/d.png", "loose.png"]
+    by_file = {s.meta["file"]: s.label for s in samples}
+    assert by_file["cats/indoor/night/c.png"] == 0 and by_file["dogs/d.png"] == 1   # label: top-level folder
+    assert by_file["loose.png"] is None                                              # beside the class folders
+    assert sum(skipped.values()) == 2 and skipped["not an image (.txt)"] == 1        # empty/ holds no image: no class
+    assert len({s.key for s in samples}) == 5 and all("/" not in s.key and "." not in s.key for s in samples)
+    with pytest.raises(ValueError, match=f"no images found under '{tmp_path / 'empty'}'"):
+        list(folder_samples(str(tmp_path / "empty")))

@@ -40,7 +40,7 @@ def run_dedup(run_dir: str, config: DedupConfig, output_dir: str | None = None) 
     run_dir/dedup/): kept.parquet, removed.parquet (key, cluster, group), summary.json, index.html."""
     from raycluster.data.rows import StoreRows
     from raycluster.data.store import EmbeddingStore
-    from raycluster.methods.base import load_fitted
+    from raycluster.methods.saving import load_fitted
 
     start = time.time()
     summary = load_run_summary(run_dir)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import gzip
 import io
 import os
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Iterator, Optional
 
@@ -83,8 +84,9 @@ def mnist_samples(path: str, split: str = "t10k", limit: Optional[int] = None) -
 
 
 def folder_classes(root: str, classes: Optional[int] = None) -> list[str]:
-    """Sorted class sub-folder names of `root`; the first `classes` of them when given."""
-    names = sorted(entry.name for entry in os.scandir(root) if entry.is_dir())
+    """Sorted class sub-folder names of `root` (folders holding at least one image at any depth);
+    the first `classes` of them when given."""
+    names = sorted(entry.name for entry in os.scandir(root) if entry.is_dir() and _holds_images(entry.path))
     if classes is not None:
         if classes > len(names):
             raise ValueError(f"classes={classes} but {root!r} has only {len(names)} class folders")
@@ -92,44 +94,71 @@ def folder_classes(root: str, classes: Optional[int] = None) -> list[str]:
     return names
 
 
-def folder_samples(root: str, classes: Optional[int] = None, limit: Optional[int] = None,
-                   class_names: Optional[dict] = None) -> Iterator[Sample]:
-    """Images under `root`, labelled by class sub-folder when there are any.
+def _holds_images(directory: str) -> bool:
+    for _, _, files in os.walk(directory):
+        if any(os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS for name in files):
+            return True
+    return False
 
-    With class sub-folders, label = index of the folder in sorted order and meta carries the
-    folder name (and a readable name from `class_names` when given). Without sub-folders the
-    images are unlabelled. Files are read as bytes, never decoded here: a corrupt file is found
-    (and counted) at extraction time, not lost silently while sharding.
+
+def _walk_files(directory: str) -> Iterator[str]:
+    """Every file under `directory`, recursively, in sorted order (deterministic keys and shards)."""
+    for current, folders, files in os.walk(directory):
+        folders.sort()
+        for name in sorted(files):
+            yield os.path.join(current, name)
+
+
+def folder_samples(root: str, classes: Optional[int] = None, limit: Optional[int] = None,
+                   class_names: Optional[dict] = None, skipped: Optional[Counter] = None) -> Iterator[Sample]:
+    """Images under `root` at any depth, labelled by their top-level sub-folder when there are any.
+
+    With class sub-folders (top-level folders that hold images), label = index of the folder in
+    sorted order and meta carries the folder name (and a readable name from `class_names`);
+    images directly in `root` beside them are samples without a label. Without class folders
+    every image is unlabelled. Files that are not images (by extension) are counted in `skipped`
+    ({reason: count}), never dropped silently. Files are read as bytes, never decoded here: a
+    corrupt image is found (and counted) at extraction time.
     """
     if not os.path.isdir(root):
         raise FileNotFoundError(f"image folder {root!r} does not exist; point data.source.path at your images")
+    skipped = Counter() if skipped is None else skipped
     folders = folder_classes(root, classes)
     groups = [(label, os.path.join(root, name), name) for label, name in enumerate(folders)]
-    if not groups:
-        groups = [(None, root, None)]
+    if classes is None or not folders:
+        groups.insert(0, (None, root, None))   # images directly in root (all of them when there are no class folders)
     produced = 0
     for label, directory, wnid in groups:
-        for name in sorted(os.listdir(directory)):
-            stem, ext = os.path.splitext(name)
+        paths = _walk_files(directory) if wnid is not None or not folders else \
+            (os.path.join(root, name) for name in sorted(os.listdir(root)) if os.path.isfile(os.path.join(root, name)))
+        for path in paths:
+            relative = os.path.relpath(path, root)
+            stem, ext = os.path.splitext(relative)
             if ext.lower() not in IMAGE_EXTENSIONS:
+                skipped[f"not an image ({ext.lower() or 'no extension'})"] += 1
                 continue
             if limit is not None and produced >= limit:
                 return
-            with open(os.path.join(directory, name), "rb") as handle:
+            with open(path, "rb") as handle:
                 data = handle.read()
-            meta = {"file": os.path.relpath(os.path.join(directory, name), root)}
+            meta = {"file": relative}
             if wnid is not None:
                 meta["class_id"] = wnid
                 meta["class_name"] = (class_names or {}).get(wnid, wnid)
-            key = f"{wnid}_{stem}" if wnid else stem
-            # WebDataset splits member names at the first dot: keys must not contain one.
-            yield Sample(key.replace(".", "_"), data, ext.lower().lstrip(".").replace("jpeg", "jpg"), label, meta)
+            # WebDataset splits member names at the first dot and tar paths at "/": neither in a key
+            # (write_shards names any key two paths map to).
+            key = stem.replace(os.sep, "_").replace(".", "_")
+            yield Sample(key, data, ext.lower().lstrip(".").replace("jpeg", "jpg"), label, meta)
             produced += 1
+    if not produced:
+        reasons = ", ".join(f"{count} {reason}" for reason, count in skipped.items()) or "it is empty"
+        raise ValueError(f"no images found under {root!r} ({reasons}); images: {', '.join(IMAGE_EXTENSIONS)}")
 
 
 def samples_from_source(kind: str, path: Optional[str] = None, classes: Optional[int] = None,
-                        limit: Optional[int] = None) -> Iterator[Sample]:
-    """Dispatch on a source kind (the `data.source` config group)."""
+                        limit: Optional[int] = None, skipped: Optional[Counter] = None) -> Iterator[Sample]:
+    """Dispatch on a source kind (the `data.source` config group); `skipped` counts files a
+    folder source passed over, by reason."""
     if kind == "digits":
         return digits_samples(limit)
     if kind == "procedural":
@@ -141,7 +170,7 @@ def samples_from_source(kind: str, path: Optional[str] = None, classes: Optional
     if kind == "mnist":
         return mnist_samples(path, limit=limit)
     if kind == "folder":
-        return folder_samples(path, classes, limit, read_class_names(path))
+        return folder_samples(path, classes, limit, read_class_names(path), skipped)
     raise ValueError(f"unknown data.source.kind {kind!r}: expected digits, mnist, folder or procedural")
 
 

@@ -4,9 +4,9 @@ Layout written by `write_shards(samples, out_dir)`:
     out_dir/shard-000000.tar ...   members `<key>.<png|jpg>`, `<key>.cls` (when labelled), `<key>.json`
     out_dir/manifest.json          shard names and sample counts, class names; written last
     out_dir/build-in-progress.json while writing: the source; removed once the manifest exists
-Every file is written to a temporary name and renamed, so a crash leaves no half shard; a
-rerun that finds a manifest reuses the shards, one that finds `build_interrupted` builds them
-again. Paths may be local or any fsspec URL.
+Every file is written to a temporary name and renamed, so a crash leaves no half shard;
+whether a rerun reuses them is decided by their source's fingerprint (`pipeline.ensure_shards`).
+Paths may be local or any fsspec URL.
 """
 from __future__ import annotations
 
@@ -45,11 +45,12 @@ def _add_member(tar: tarfile.TarFile, name: str, data: bytes, mtime: float) -> N
 
 
 def write_shards(samples: Iterable[Sample], out_dir: str, samples_per_shard: int = 1000,
-                 source: Optional[dict] = None) -> dict:
+                 source: Optional[dict] = None, skipped: Optional[dict] = None) -> dict:
     """Write `samples` as tar shards of `samples_per_shard` each; return the manifest dict.
 
     Manifest: {"shards": [{"name", "count"}], "num_samples", "classes": {label: name},
-    "source"}. Keys must be unique and contain no dots (WebDataset splits names at the
+    "source", "skipped": {reason: files}} (skipped: what the source passed over, read once the
+    samples are exhausted). Keys must be unique and contain no dots (WebDataset splits names at the
     first dot).
     """
     if samples_per_shard < 1:
@@ -91,17 +92,11 @@ def write_shards(samples: Iterable[Sample], out_dir: str, samples_per_shard: int
     if not shards:
         raise ValueError(f"no samples to write to {out_dir!r}")
     manifest = {"shards": shards, "num_samples": sum(s["count"] for s in shards),
-                "classes": {str(k): v for k, v in sorted(classes.items())}, "source": source or {}}
+                "classes": {str(k): v for k, v in sorted(classes.items())}, "source": source or {},
+                "skipped": dict(skipped or {})}
     atomic_write_bytes(f"{out_dir.rstrip('/')}/{MANIFEST}", json.dumps(manifest, indent=1).encode())
     fs.rm(f"{root.rstrip('/')}/{BUILDING}")
     return manifest
-
-
-def build_interrupted(shard_dir: str) -> bool:
-    """Whether `write_shards` began writing into `shard_dir` and never finished (its shards are a
-    prefix of the dataset). Shards written by other tools have neither file and count as complete."""
-    prefix = shard_dir.rstrip("/")
-    return url_exists(f"{prefix}/{BUILDING}") and not url_exists(f"{prefix}/{MANIFEST}")
 
 
 def read_manifest(shard_dir: str) -> Optional[dict]:

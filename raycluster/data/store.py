@@ -83,27 +83,35 @@ class EmbeddingStore:
         return sorted(p for p in self.fs.ls(self.path, detail=False)
                       if os.path.basename(p).startswith("part-") and p.endswith(".parquet"))
 
-    def part_metadata(self) -> list[dict]:
-        """Per part: {"shard", "samples", "corrupt", "dim"} from the Parquet footer only."""
+    def part_metadata(self, files: Optional[list[str]] = None) -> list[dict]:
+        """Per part (of `files`, default all): {"shard", "samples", "corrupt", "dim", "shard_id"}
+        from the Parquet footer only."""
         rows = []
-        for path in self.part_files():
+        for path in self.part_files() if files is None else files:
             with self.fs.open(path, "rb") as handle:
                 meta = pq.read_schema(handle).metadata or {}
             rows.append(json.loads(meta.get(b"raycluster", b"{}")))
         return rows
 
-    def done_shards(self) -> set[str]:
-        """Part file names already written (compare with `part_name(shard_url)`)."""
-        return {os.path.basename(p) for p in self.part_files()}
+    def done_shards(self) -> dict[str, Optional[str]]:
+        """Part file name (compare with `part_name(shard_url)`) -> the fingerprint of the shard it
+        was made from (`shard_id`; None for parts written without one)."""
+        files = self.part_files()
+        return {os.path.basename(path): meta.get("shard_id") for path, meta in zip(files, self.part_metadata(files))}
+
+    def remove_parts(self, names: list[str]) -> None:
+        if names:
+            self.fs.rm([f"{self.path}/{name}" for name in names])
 
     def write_part(self, shard_url: str, keys, labels, vectors: np.ndarray, corrupt: int = 0,
-                   dtype: str = "float32", from_shard: bool = True) -> str:
-        """Write one shard's embeddings atomically; returns the part's path. from_shard=False: the
-        vectors came from elsewhere (imported features); `shard_url` only names the part and no
-        shard is recorded (so no images can be read back for these keys)."""
+                   dtype: str = "float32", from_shard: bool = True, shard_id: Optional[str] = None) -> str:
+        """Write one shard's embeddings atomically; returns the part's path. shard_id: the
+        fingerprint of the shard's file (a rerun re-embeds the shard when it differs).
+        from_shard=False: the vectors came from elsewhere (imported features); `shard_url` only
+        names the part and no shard is recorded (so no images can be read back for these keys)."""
         table = embedding_table(keys, labels, vectors, dtype)
         info = {"shard": shard_url if from_shard else None, "samples": len(keys) + corrupt, "corrupt": corrupt,
-                "dim": int(vectors.shape[1]) if vectors.ndim == 2 else 0}
+                "dim": int(vectors.shape[1]) if vectors.ndim == 2 else 0, "shard_id": shard_id}
         table = table.replace_schema_metadata({b"raycluster": json.dumps(info).encode()})
         buffer = io.BytesIO()
         pq.write_table(table, buffer)

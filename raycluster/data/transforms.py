@@ -75,6 +75,10 @@ def decode_image(data: bytes, spec: ImageSpec) -> np.ndarray:
     return pixels[None] if pixels.ndim == 2 else pixels.transpose(2, 0, 1)
 
 
+class ImageSizeError(ValueError):
+    """Images of different sizes with a backbone that does not resize (image spec size null)."""
+
+
 def decode_batch(batch: dict, spec: ImageSpec) -> dict:
     """Ray Data batch of raw WebDataset rows -> decoded batch.
 
@@ -97,8 +101,9 @@ def decode_batch(batch: dict, spec: ImageSpec) -> dict:
     for index, array in enumerate(decoded):
         if array is not None:
             if array.shape != shape:
-                raise ValueError(f"sample {keys[index]!r} decodes to {array.shape}, batch has {shape}: "
-                                 "set the backbone's image size to resize")
+                raise ImageSizeError(f"images of different sizes ({keys[index]!r} decodes to {tuple(array.shape)}, "
+                                     f"others to {tuple(shape)}) and no resize: set backbone.extractor.size "
+                                     "(e.g. backbone.extractor.size=32)")
             pixels[index] = array
     return {"key": np.asarray(keys, dtype=object), "shard": np.asarray(batch["__url__"], dtype=object),
             "label": parse_labels(batch.get("cls"), len(keys)), "ok": ok, "pixels": pixels}

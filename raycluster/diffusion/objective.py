@@ -60,6 +60,9 @@ class DiffusionPretraining(torch.nn.Module):
 
 
 def build_denoiser(config: dict) -> DiffusionPretraining:
-    known = {k: v for k, v in config.items() if k in DenoiserConfig.__dataclass_fields__}
+    unknown = sorted(set(config) - set(DenoiserConfig.__dataclass_fields__))
+    if unknown:
+        raise ValueError(f"denoiser: unknown setting(s) {unknown}; known: {sorted(DenoiserConfig.__dataclass_fields__)}")
+    known = dict(config)
     known["image_shape"] = tuple(known.get("image_shape", (1, 28, 28)))
     return DiffusionPretraining(DenoiserConfig(**known))

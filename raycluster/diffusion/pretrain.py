@@ -32,7 +32,7 @@ def pretraining_setup(image_shape: Sequence[int], unet: Optional[dict] = None, o
 def pretrain_unet(pixels: np.ndarray, image_shape: Sequence[int], output_dir: str, unet: Optional[dict] = None,
                   optim: Optional[dict] = None, train: Optional[TrainConfig] = None, use_gpu: bool = False,
                   storage_path: str = "outputs/pretrain", run_name: str = "pretrain_diffusion", seed: int = 0,
-                  ema_decay: float = 0.999) -> dict:
+                  ema_decay: float = 0.999, reuse: str = "auto") -> dict:
     """pixels: (N, C*H*W) float32 in [0, 1]. Trains, saves `output_dir/{unet,scheduler}` and
     returns {"seconds", "final_loss", "epochs"}. unet: UNet2DModel config (default SMALL_UNET)."""
     from raycluster.diffusion.objective import build_denoiser
@@ -45,7 +45,7 @@ def pretrain_unet(pixels: np.ndarray, image_shape: Sequence[int], output_dir: st
     config, optim = pretraining_setup(image_shape, unet, optim, ema_decay)
     start = time.time()
     state = fit_with_ray_train(build_denoiser, config, pixels, optim, train or TrainConfig(), use_gpu, storage_path,
-                               run_name, seed)
+                               run_name, seed, reuse=reuse)
     model = build_denoiser(state["model_config"])
     model.load_state_dict(state["model"])
     save_unet(model.ema.module, model.scheduler, output_dir)
@@ -67,7 +67,7 @@ def run_pretrain_diffusion(cfg) -> dict:
 
     ensure_embeddings(cfg)
     embeddings = EmbeddingStore(cfg.embeddings_path).load()
-    method = build_method(cfg.method)
+    method = build_method(cfg.method, cfg.reuse)
     if not hasattr(method, "pretrain"):
         raise ValueError(f"method {method.name!r} has no diffusion pretraining settings: use method=diec "
                          "(or experiment=diec_mnist)")

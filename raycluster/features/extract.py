@@ -2,8 +2,9 @@
 
 The driver consumes the stream and writes one part file per input shard as soon as all of
 that shard's samples have arrived (counts come from the shard manifest; shards without one
-are written when the stream ends). A rerun skips shards whose part exists, so an interrupted
-job resumes where it stopped. Corrupt samples are dropped and counted per shard.
+are written when the stream ends). A rerun skips shards whose part was made from the same
+shard file by the same extractor (`raycluster.fingerprint`), so an interrupted job resumes
+where it stopped and a changed one is redone. Corrupt samples are dropped and counted per shard.
 """
 from __future__ import annotations
 
@@ -11,14 +12,16 @@ import logging
 import os
 import time
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
 from raycluster.config import BackboneConfig, ClusterConfig, DataConfig
 from raycluster.data.shards import read_manifest, read_shards, resolve_shards
 from raycluster.data.store import EmbeddingStore, part_name
-from raycluster.data.transforms import decode_batch
+from raycluster.data.transforms import ImageSizeError, decode_batch
+from raycluster.fingerprint import (StaleArtifactError, file_identities, fingerprint, local_paths_in, reusable,
+                                    write_fingerprint)
 from raycluster.ray_utils import actor_cpus
 
 log = logging.getLogger(__name__)
@@ -64,10 +67,11 @@ def expected_counts(shards: list[str]) -> dict:
 
 
 class ShardPartWriter:
-    """Collects streamed rows per shard and writes each shard's part when it is complete."""
+    """Collects streamed rows per shard and writes each shard's part when it is complete.
+    shard_ids: shard URL -> fingerprint of the shard file, recorded in its part."""
 
-    def __init__(self, store: EmbeddingStore, counts: dict, dtype: str):
-        self.store, self.counts, self.dtype = store, counts, dtype
+    def __init__(self, store: EmbeddingStore, counts: dict, dtype: str, shard_ids: dict):
+        self.store, self.counts, self.dtype, self.shard_ids = store, counts, dtype, shard_ids
         self.rows = defaultdict(lambda: {"key": [], "label": [], "embedding": [], "corrupt": 0})
         self.written, self.samples, self.corrupt_by_shard = 0, 0, {}
 
@@ -94,7 +98,8 @@ class ShardPartWriter:
             self.corrupt_by_shard[shard] = rows["corrupt"]
             return
         vectors = np.stack(rows["embedding"])
-        self.store.write_part(shard, rows["key"], rows["label"], vectors, rows["corrupt"], self.dtype)
+        self.store.write_part(shard, rows["key"], rows["label"], vectors, rows["corrupt"], self.dtype,
+                              shard_id=self.shard_ids.get(shard))
         self.written += 1
         self.samples += len(rows["key"])
         if rows["corrupt"]:
@@ -107,6 +112,21 @@ class ShardPartWriter:
             self.flush(shard)
 
 
+def cause_of_type(err: BaseException, kind: type):
+    """The first exception of type `kind` in err's chain (Ray wraps a task's error in its own)."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        inner = getattr(err, "cause", None)   # RayTaskError: the task's own exception
+        if isinstance(inner, BaseException):
+            err = inner
+            continue
+        if isinstance(err, kind):
+            return err
+        err = err.__cause__ or err.__context__
+    return None
+
+
 def pool_size(settings):
     """`concurrency` for map_batches: a fixed pool, or (min, max) for an autoscaling one."""
     if settings.min_concurrency is None:
@@ -116,23 +136,55 @@ def pool_size(settings):
     return (settings.min_concurrency, settings.concurrency)
 
 
+def extractor_inputs(backbone: BackboneConfig) -> dict:
+    """What a store's embeddings depend on besides the shards: the extractor's config, how images
+    are decoded, the stored dtype, its weights (note, and the content hash of every local file
+    or folder its config names)."""
+    cls, config = extractor_class(backbone)
+    return {"extractor": backbone.extractor, "dtype": backbone.dtype, "image_spec": asdict(cls.image_spec(**config)),
+            "weights": cls.weights_note(**config), "files": local_paths_in(config)}
+
+
+def pending_shards(store: EmbeddingStore, shards: list[str], reuse: str) -> tuple[list[str], dict]:
+    """(shards to embed, shard URL -> shard fingerprint). A part is reused only when it was made
+    from the same shard file (name, size, mtime / ETag); parts of shards that changed or are no
+    longer listed are removed (reuse="strict": StaleArtifactError)."""
+    shard_ids = {url: fingerprint(identity) for url, identity in file_identities(shards).items()}
+    wanted = {part_name(url): shard_ids[url] for url in shards}
+    done = store.done_shards()
+    stale = sorted(name for name, shard_id in done.items() if wanted.get(name) != shard_id)
+    if stale:
+        message = (f"{len(stale)} part(s) in {store.root} were made from shards that changed or are no longer "
+                   f"listed (e.g. {stale[0]})")
+        if reuse == "strict":
+            raise StaleArtifactError(f"{message}; reuse=strict: delete them or set reuse=auto")
+        log.warning("%s; removing them", message)
+        store.remove_parts(stale)
+    return [url for url in shards if done.get(part_name(url)) != shard_ids[url]], shard_ids
+
+
 def run_extraction(data: DataConfig, backbone: BackboneConfig, cluster: ClusterConfig,
-                   store_dir: str) -> ExtractionSummary:
-    """Embed every shard of `data` not yet in the store at `store_dir`; Ray must be running."""
+                   store_dir: str, reuse: str = "auto") -> ExtractionSummary:
+    """Embed every shard of `data` not yet in the store at `store_dir`; Ray must be running.
+    The store is reused only for the same extractor inputs (`extractor_inputs`), each part only
+    for the same shard file (`pending_shards`)."""
     import ray
 
     start = time.time()
     shards = resolve_shards(data.shards)
     store = EmbeddingStore(store_dir)
-    done = store.done_shards()
-    pending = [url for url in shards if part_name(url) not in done]
+    inputs = extractor_inputs(backbone)
+    if not reusable(store_dir, inputs, "embeddings", reuse, owned=("part-*.parquet",)):
+        write_fingerprint(store_dir, inputs)   # first: parts written from now on belong to these inputs
+    pending, shard_ids = pending_shards(store, shards, reuse)
     cls, config = extractor_class(backbone)
-    weights = cls.weights_note(**config)
+    weights = inputs["weights"]
     summary = ExtractionSummary(store_dir, len(shards), len(shards) - len(pending), 0, 0, 0, 0.0, weights)
     if not pending:
         log.info("all %d shards already embedded in %s", len(shards), store_dir)
         return summary
-    log.info("embedding %d of %d shards (%d done earlier) with %s", len(pending), len(shards), len(done), weights)
+    log.info("embedding %d of %d shards (%d done earlier) with %s", len(pending), len(shards),
+             len(shards) - len(pending), weights)
 
     settings = cluster.extract
     spec = cls.image_spec(**config)
@@ -152,11 +204,17 @@ def run_extraction(data: DataConfig, backbone: BackboneConfig, cluster: ClusterC
                .map_batches(cls, fn_constructor_kwargs={**config, **runtime}, batch_size=settings.batch_size,
                             concurrency=pool_size(settings), num_cpus=cpus, num_gpus=settings.num_gpus_per_actor,
                             **actor_env))
-    writer = ShardPartWriter(store, expected_counts(pending), backbone.dtype)
-    for batch in dataset.iter_batches(batch_size=None, batch_format="numpy"):
-        if not summary.startup_seconds:
-            summary.startup_seconds = time.time() - start
-        writer.add(batch)
+    writer = ShardPartWriter(store, expected_counts(pending), backbone.dtype, shard_ids)
+    try:
+        for batch in dataset.iter_batches(batch_size=None, batch_format="numpy"):
+            if not summary.startup_seconds:
+                summary.startup_seconds = time.time() - start
+            writer.add(batch)
+    except Exception as err:
+        user_error = cause_of_type(err, ImageSizeError)
+        if user_error is None:
+            raise
+        raise ImageSizeError(str(user_error)) from None   # one line, not a Ray task traceback
     writer.flush_all()
 
     summary.shards_written, summary.samples = writer.written, writer.samples

@@ -17,6 +17,9 @@ import numpy as np
 
 class ClusteringMethod:
     name: str = "base"
+    # How cached stages (checkpoints, pretrained parts) are treated when their inputs changed:
+    # "auto" rebuilds them, "strict" raises (raycluster.fingerprint). Set from the run's `reuse`.
+    reuse: str = "auto"
 
     def __init__(self, n_clusters: int):
         if n_clusters < 2:
@@ -50,14 +53,35 @@ class ClusteringMethod:
         """Ray resources of the task that runs `fit_rows`."""
         return {"num_cpus": 1}
 
+    def fitted_state(self) -> tuple[dict, dict]:
+        """What `fit` learnt: ({name: numpy array}, {name: JSON value}); `restore_fitted` takes
+        it back (raycluster.methods.saving writes it without pickle)."""
+        raise NotImplementedError(f"{self.name} cannot be saved")
+
+    def restore_fitted(self, arrays: dict, values: dict) -> "ClusteringMethod":
+        raise NotImplementedError(f"{self.name} cannot be loaded")
+
 
 class TorchMethod(ClusteringMethod):
     """A method whose model is a torch module, built from a plain config dict by the function
     named in `model_factory` (so Ray Train workers and checkpoints rebuild it the same way).
     The module has `config.feature_dim` and `predict(features) -> (cluster, confidence)`."""
 
-    model_factory: str = ""   # "package.module.function"
+    model_factory: str = ""        # "package.module.function"
+    model_config_class: str = ""   # "package.module.Dataclass": the settings `method.model` may override
     model = None
+
+    def checked_overrides(self, model: Optional[dict]) -> dict:
+        """`method.model` as a dict; a key the model's config does not have is one clear error
+        here, when the method is built, not after hours of extraction or pretraining."""
+        from hydra.utils import get_class
+
+        overrides = dict(model or {})
+        fields = set(get_class(self.model_config_class).__dataclass_fields__)
+        unknown = sorted(set(overrides) - fields)
+        if unknown:
+            raise ValueError(f"{self.name}: unknown method.model setting(s) {unknown}; known: {sorted(fields)}")
+        return overrides
 
     def fit_resources(self) -> dict:
         # The work runs in Ray Train / Tune workers with their own resources; the task that
@@ -68,10 +92,28 @@ class TorchMethod(ClusteringMethod):
         """Rebuild the model from a {"model_config", "model"} state (a checkpoint or a saved file)."""
         from hydra.utils import get_method
 
-        self.model = get_method(self.model_factory)(state["model_config"])
+        self.model_config_used = dict(state["model_config"])
+        self.model = get_method(self.model_factory)(self.model_config_used)
         self.model.load_state_dict(state["model"])
         self.model.eval()
         return self
+
+    def portable_model_config(self) -> dict:
+        """The model config to save: what rebuilds the module without the files it was trained
+        from (a method replaces paths whose content the weights already hold)."""
+        return self.model_config_used
+
+    def fitted_state(self) -> tuple[dict, dict]:
+        if self.model is None:
+            raise RuntimeError(f"{self.name}: call fit() before saving")
+        arrays = {f"model.{name}": tensor.detach().cpu().numpy() for name, tensor in self.model.state_dict().items()}
+        return arrays, {"model_config": self.portable_model_config()}
+
+    def restore_fitted(self, arrays: dict, values: dict) -> "TorchMethod":
+        import torch
+
+        state = {name[len("model."):]: torch.from_numpy(array) for name, array in arrays.items()}
+        return self._restore({"model_config": values["model_config"], "model": state})
 
     def _predict_with_model(self, vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(N, D) -> the model's (cluster int64, confidence float32), after checking the width."""
@@ -87,25 +129,3 @@ class TorchMethod(ClusteringMethod):
                                       f"{expected}")
         cluster, confidence = self.model.predict(torch.from_numpy(np.ascontiguousarray(vectors, np.float32)))
         return cluster.numpy().astype(np.int64), confidence.numpy()
-
-
-def save_fitted(method: ClusteringMethod, path: str) -> None:
-    """A fitted method, pickled whole (constructor settings + learnt state), written atomically;
-    `load_fitted` returns a predictor. Read it back with the same raycluster version."""
-    import pickle
-
-    from raycluster.io import atomic_write_bytes
-
-    atomic_write_bytes(path, pickle.dumps(method))
-
-
-def load_fitted(path: str) -> ClusteringMethod:
-    import pickle
-
-    import fsspec
-
-    with fsspec.open(path, "rb") as handle:
-        method = pickle.load(handle)
-    if not isinstance(method, ClusteringMethod):
-        raise ValueError(f"{path} does not hold a fitted raycluster method")
-    return method

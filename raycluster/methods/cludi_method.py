@@ -22,12 +22,13 @@ class CLUDI(TorchMethod):
 
     name = "cludi"
     model_factory = "raycluster.methods.cludi.build_cludi"
+    model_config_class = "raycluster.methods.cludi.CludiConfig"
 
     def __init__(self, n_clusters: int, model: Optional[dict] = None, optim: Optional[dict] = None,
                  train: Optional[dict] = None, use_gpu: bool = False, seed: int = 0,
                  storage_path: str = "outputs/train", run_name: str = "cludi", max_failures: int = 0):
         super().__init__(n_clusters)
-        self.model_overrides = dict(model or {})
+        self.model_overrides = self.checked_overrides(model)
         self.optim = OptimConfig(**(optim or {}))
         self.train = TrainConfig(**(train or {}))
         self.use_gpu, self.seed, self.max_failures = use_gpu, seed, max_failures
@@ -44,7 +45,7 @@ class CLUDI(TorchMethod):
         vectors = self.check_input(vectors)
         config = self.model_config(vectors.shape[1])
         state = fit_with_ray_train(build_cludi, config, vectors, self.optim, self.train, self.use_gpu,
-                                   self.storage_path, self.run_name, self.seed, labels, self.max_failures)
+                                   self.storage_path, self.run_name, self.seed, labels, self.max_failures, reuse=self.reuse)
         return self._restore(state)
 
     def predict(self, vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -52,20 +53,3 @@ class CLUDI(TorchMethod):
 
         torch.manual_seed(self.seed)   # the DDIM draws are random: same seed, same assignments
         return self._predict_with_model(vectors)
-
-    def save(self, path: str) -> None:
-        """Weights + model config, written atomically; `load` restores a predictor."""
-        import io
-
-        import torch
-
-        from raycluster.io import atomic_write_bytes
-
-        buffer = io.BytesIO()
-        torch.save({"model": self.model.state_dict(), "model_config": self.model.config.__dict__}, buffer)
-        atomic_write_bytes(path, buffer.getvalue())
-
-    def load(self, path: str) -> "CLUDI":
-        import torch
-
-        return self._restore(torch.load(path, map_location="cpu", weights_only=False))

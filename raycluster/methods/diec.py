@@ -188,6 +188,9 @@ class DiECModel(torch.nn.Module):
 
 
 def build_diec(config: dict) -> DiECModel:
-    known = {k: v for k, v in config.items() if k in DiECConfig.__dataclass_fields__}
+    unknown = sorted(set(config) - set(DiECConfig.__dataclass_fields__))
+    if unknown:
+        raise ValueError(f"diec: unknown model setting(s) {unknown}; known: {sorted(DiECConfig.__dataclass_fields__)}")
+    known = dict(config)
     known["image_shape"] = tuple(known.get("image_shape", (1, 28, 28)))
     return DiECModel(DiECConfig(**known))

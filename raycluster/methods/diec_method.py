@@ -3,13 +3,15 @@
 fit(pixels) on pixel rows (N, C*H*W) in [0, 1] (`backbone=pixels`):
 1. UNet: `unet` (a diffusers folder or hub name) is used as given; `unet: null` pretrains one
    on these images with Ray Train (`raycluster.diffusion.pretrain`, the same code as
-   `jobs/pretrain_diffusion.py`) into `<work_dir>/pretrained` (reused when it exists).
+   `jobs/pretrain_diffusion.py`) into `<work_dir>/pretrained`.
 2. COL/COT: `layer`/`timestep` as given, or (null) the Ray Tune search of
    `raycluster.tune.layer_timestep` over `search.layers x search.timesteps`, writing
-   `<work_dir>/search/` (search.json, heatmaps; reused when search.json exists).
+   `<work_dir>/search/` (search.json, heatmaps).
 3. DEC fine-tune at (COL, COT) with Ray Train (`raycluster.methods.diec`), started from k-means
    on a UMAP embedding of the COL/COT embeddings (`manifold`; null: k-means on the embeddings);
    checkpoints per epoch under `<work_dir>/train`, resume by rerun.
+Each stage's output is reused by a rerun only when its inputs (settings, rows, the UNet it
+read) are unchanged (`raycluster.fingerprint`); otherwise it is redone.
 `stages` records each stage's seconds and, for the bench, the two starts' scores (k-means on the
 COL/COT embeddings, and on their UMAP) when labels are given.
 """
@@ -24,6 +26,7 @@ from typing import Optional
 import numpy as np
 
 from raycluster.config import TrainConfig
+from raycluster.fingerprint import array_fingerprint, local_paths_in, reusable, write_fingerprint
 from raycluster.methods.base import TorchMethod
 from raycluster.methods.kmeans import check_manifold
 from raycluster.train.loop import OptimConfig
@@ -37,6 +40,7 @@ SEARCH_KEYS = {"layers", "timesteps", "subset", "draws", "cpus_per_trial", "max_
 class DiEC(TorchMethod):
     name = "diec"
     model_factory = "raycluster.methods.diec.build_diec"
+    model_config_class = "raycluster.methods.diec.DiECConfig"
 
     def __init__(self, n_clusters: int, image_shape=(1, 28, 28), unet=None, pretrain: Optional[dict] = None,
                  layer: Optional[str] = None, timestep: Optional[int] = None, search: Optional[dict] = None,
@@ -46,6 +50,9 @@ class DiEC(TorchMethod):
         super().__init__(n_clusters)
         self.image_shape = tuple(image_shape)
         self.pretrain = dict(pretrain or {})
+        if set(self.pretrain) - {"unet", "optim", "ema_decay"}:
+            raise ValueError(f"diec: unknown pretrain setting(s) {sorted(set(self.pretrain) - {'unet', 'optim', 'ema_decay'})}; "
+                             "known: ['ema_decay', 'optim', 'unet']")
         self.layer, self.timestep = layer, timestep
         self.search = dict(search or {})
         from raycluster.tune.layer_timestep import check_criterion
@@ -54,7 +61,7 @@ class DiEC(TorchMethod):
         if unknown:   # a typo here would otherwise be ignored until after the pretraining
             raise ValueError(f"diec: unknown search setting(s) {sorted(unknown)}; known: {sorted(SEARCH_KEYS)}")
         check_criterion(self.search.get("criterion", "silhouette"))
-        self.model_overrides = dict(model or {})
+        self.model_overrides = self.checked_overrides(model)
         self.manifold = check_manifold(manifold, "diec")   # kmeans.UMAPKMeans settings; None: k-means start
         self.optim = OptimConfig(**(optim or {}))
         self.train = TrainConfig(**(train or {}))
@@ -67,20 +74,26 @@ class DiEC(TorchMethod):
         self.model = None
 
     # -- stage 1 -------------------------------------------------------------------------
+    def pretrain_inputs(self, pixels: np.ndarray) -> dict:
+        return {"pretrain": self.pretrain, "image_shape": self.image_shape, "seed": self.seed,
+                "rows": array_fingerprint(pixels)}
+
     def pretrained_unet(self, pixels: np.ndarray) -> str:
         from raycluster.diffusion.pretrain import pretrain_unet
 
         if self.unet is not None:
             return self.unet
         directory = os.path.join(self.work_dir, "pretrained")
-        if os.path.exists(os.path.join(directory, "unet", "config.json")):
-            log.warning("DiEC: reusing the pretrained UNet in %s", directory)
+        inputs = self.pretrain_inputs(pixels)
+        if reusable(directory, inputs, "DiEC's pretrained UNet", self.reuse):
+            log.warning("DiEC: reusing the pretrained UNet in %s (same settings and rows)", directory)
             return directory
         start = time.time()
         pretrain_unet(pixels, self.image_shape, directory, unet=self.pretrain.get("unet", {}),
                       optim=self.pretrain.get("optim", {}), train=self.train, use_gpu=self.use_gpu,
                       storage_path=os.path.join(self.work_dir, "pretrain"), seed=self.seed,
-                      ema_decay=self.pretrain.get("ema_decay", 0.999))
+                      ema_decay=self.pretrain.get("ema_decay", 0.999), reuse=self.reuse)
+        write_fingerprint(directory, inputs)
         self.stages["pretrain_seconds"] = time.time() - start
         return directory
 
@@ -92,10 +105,13 @@ class DiEC(TorchMethod):
             return self.layer, int(self.timestep)
         directory = os.path.join(self.work_dir, "search")
         saved = os.path.join(directory, "search.json")
-        if os.path.exists(saved):
+        inputs = {"unet": unet, "unet_files": local_paths_in(unet), "search": self.search, "image_shape": self.image_shape,
+                  "n_clusters": self.n_clusters, "pool": self.model_overrides.get("pool", 1), "seed": self.seed,
+                  "rows": array_fingerprint(pixels)}
+        if reusable(directory, inputs, "DiEC's COL/COT search", self.reuse) and os.path.exists(saved):
             with open(saved) as handle:
                 found = json.load(handle)
-            log.warning("DiEC: reusing the COL/COT search in %s", saved)
+            log.warning("DiEC: reusing the COL/COT search in %s (same UNet, settings and rows)", saved)
         else:
             start = time.time()
             result = search_layer_timestep(pixels, unet, self.image_shape, self.search.get("layers", ["mid"]),
@@ -109,6 +125,7 @@ class DiEC(TorchMethod):
                                            tie_tolerance=self.search.get("tie_tolerance", 0.0))
             found = {"layer": result.layer, "timestep": result.timestep, "best_by_acc": result.best_by_acc,
                      "heatmaps": result.heatmaps}
+            write_fingerprint(directory, inputs)
             self.stages["search_seconds"] = time.time() - start
         self.stages["search"] = {k: found[k] for k in ("layer", "timestep", "best_by_acc", "heatmaps")}
         log.warning("DiEC: COL %s, COT %d (label-free choice)", found["layer"], found["timestep"])
@@ -154,7 +171,7 @@ class DiEC(TorchMethod):
         start = time.time()
         state = fit_with_ray_train(build_diec, config, pixels, self.optim, self.train, self.use_gpu,
                                    os.path.join(self.work_dir, "train"), "diec", self.seed, labels, self.max_failures,
-                                   context=None if initial is None else {"initial_clusters": initial})
+                                   context=None if initial is None else {"initial_clusters": initial}, reuse=self.reuse)
         self.stages["finetune_seconds"] = time.time() - start
         return self._restore(state)
 

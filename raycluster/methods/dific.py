@@ -348,7 +348,7 @@ class DiFiCModel(torch.nn.Module):
                                  f"{tuple(centers.shape)}")
             self.prototypes = torch.nn.Parameter(centers)
         if config.init_from:   # guidance starts from the warm-up's weights; its head is new
-            state = torch.load(config.init_from, map_location="cpu", weights_only=False)["model"]
+            state = torch.load(config.init_from, map_location="cpu", weights_only=True)["model"]
             missing, unexpected = self.load_state_dict(state, strict=False)
             if unexpected or set(missing) - {"prototypes"}:
                 raise ValueError(f"dific: {config.init_from} does not match this model: {len(missing)} weights missing "

@@ -3,7 +3,8 @@
 fit(pixels) on pixel rows (N, C*H*W) in [0, 1] (`backbone=pixels`):
 1. Warm-up (semantic distillation + object concentration): extractor (+ from-scratch UNet and
    text encoder) trained by the masked denoising loss alone; checkpoints per epoch under
-   `<work_dir>/warmup`, the final weights in `<work_dir>/warmup.pt` (reused when it exists).
+   `<work_dir>/warmup`, the final weights in `<work_dir>/distilled/model.pt` (reused by a rerun
+   when its settings and rows are unchanged, `raycluster.fingerprint`).
 2. Between the stages: S* of every row; the warm-up clusters (k-means on S*, scores in
    `stages["init_kmeans"]` when labels are given; with `manifold` set, k-means on a UMAP embedding
    of S*, `stages["init_manifold"]`), whose mean directions are the head's initial prototypes;
@@ -18,11 +19,13 @@ from __future__ import annotations
 import logging
 import os
 import time
+from dataclasses import asdict
 from typing import Optional
 
 import numpy as np
 
 from raycluster.config import TrainConfig
+from raycluster.fingerprint import array_fingerprint, reusable, write_fingerprint
 from raycluster.methods.base import TorchMethod
 from raycluster.methods.kmeans import check_manifold
 from raycluster.neighbors.index import IndexSpec
@@ -39,6 +42,7 @@ def unit_rows(words: np.ndarray) -> np.ndarray:
 class DiFiC(TorchMethod):
     name = "dific"
     model_factory = "raycluster.methods.dific.build_dific"
+    model_config_class = "raycluster.methods.dific.DiFiCConfig"
 
     def __init__(self, n_clusters: int, image_shape=(1, 28, 28), model: Optional[dict] = None,
                  warmup: Optional[dict] = None, optim: Optional[dict] = None, train: Optional[dict] = None,
@@ -47,10 +51,7 @@ class DiFiC(TorchMethod):
                  seed: int = 0, work_dir: str = "outputs/dific", max_failures: int = 0, mask_examples: int = 12):
         super().__init__(n_clusters)
         self.image_shape = tuple(image_shape)
-        from raycluster.methods.dific import check_model_keys
-
-        self.model_overrides = dict(model or {})
-        check_model_keys(self.model_overrides)   # a typo in method.model fails here, not hours later
+        self.model_overrides = self.checked_overrides(model)
         self.warmup = OptimConfig(**(warmup or {}))   # the distillation stage's schedule
         self.optim = OptimConfig(**(optim or {}))     # the guidance stage's schedule
         self.train = TrainConfig(**(train or {}))
@@ -73,7 +74,7 @@ class DiFiC(TorchMethod):
 
         start = time.time()
         state = fit_with_ray_train(build_dific, config, pixels, optim, self.train, self.use_gpu, self.work_dir,
-                                   stage, self.seed, labels, self.max_failures, context=context)
+                                   stage, self.seed, labels, self.max_failures, context=context, reuse=self.reuse)
         self.stages[f"{stage}_seconds"] = round(time.time() - start, 1)
         return state
 
@@ -86,14 +87,19 @@ class DiFiC(TorchMethod):
 
         from raycluster.io import atomic_write_bytes
 
-        path = os.path.join(self.work_dir, "warmup.pt")
-        if os.path.exists(path):
-            log.warning("DiFiC: reusing the warm-up model %s", path)
+        directory = os.path.join(self.work_dir, "distilled")
+        path = os.path.join(directory, "model.pt")
+        config = {**self.base_config(), "guidance": False}
+        inputs = {"model_config": config, "warmup": asdict(self.warmup), "seed": self.seed,
+                  "rows": array_fingerprint(pixels)}
+        if reusable(directory, inputs, "DiFiC's warm-up model", self.reuse) and os.path.exists(path):
+            log.warning("DiFiC: reusing the warm-up model %s (same settings and rows)", path)
             return path
-        state = self._train({**self.base_config(), "guidance": False}, pixels, self.warmup, "warmup")
+        state = self._train(config, pixels, self.warmup, "warmup")
         buffer = io.BytesIO()
         torch.save({"model": state["model"], "model_config": state["model_config"]}, buffer)
         atomic_write_bytes(path, buffer.getvalue())
+        write_fingerprint(directory, inputs)
         return path
 
     # -- stage 2 -------------------------------------------------------------------------

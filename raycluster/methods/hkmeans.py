@@ -194,6 +194,17 @@ class HierarchicalKMeans(ClusteringMethod):
         cluster, distance = nearest(vectors, self.centroids[0])
         return cluster, np.exp(-distance / self.temperature).astype(np.float32)
 
+    def fitted_state(self) -> tuple[dict, dict]:
+        arrays = {f"centroids_l{depth}": c for depth, c in enumerate(self.centroids, start=1)}
+        arrays.update({f"parents_l{depth}": p for depth, p in enumerate(self.parents, start=2)})
+        return arrays, {"temperature": self.temperature}
+
+    def restore_fitted(self, arrays: dict, values: dict) -> "HierarchicalKMeans":
+        self.centroids = [np.ascontiguousarray(arrays[f"centroids_l{d}"], np.float32) for d in range(1, len(self.levels) + 1)]
+        self.parents = [arrays[f"parents_l{d}"].astype(np.int64) for d in range(2, len(self.levels) + 1)]
+        self.temperature = values["temperature"]
+        return self
+
     def predict_levels(self, vectors: np.ndarray) -> np.ndarray:
         """(n, L) int64: the row's cluster at every level, level 1 first."""
         cluster, _ = self.predict(vectors)

@@ -6,6 +6,7 @@ from typing import Optional
 
 import numpy as np
 
+from raycluster.data.store import unit_rows
 from raycluster.methods.base import ClusteringMethod
 from raycluster.metrics import size_entropy
 
@@ -102,6 +103,13 @@ class KMeans(ClusteringMethod):
     def fit_resources(self) -> dict:
         return {"num_cpus": 1, "num_gpus": 1 if self.use_gpu else 0}
 
+    def fitted_state(self) -> tuple[dict, dict]:
+        return {"centroids": self.centroids}, {"temperature": self.temperature}
+
+    def restore_fitted(self, arrays: dict, values: dict) -> "KMeans":
+        self.centroids, self.temperature = np.ascontiguousarray(arrays["centroids"], np.float32), values["temperature"]
+        return self
+
     def _distances(self, vectors: np.ndarray) -> np.ndarray:
         """(N, K) squared Euclidean distances to the centroids."""
         import faiss
@@ -134,7 +142,11 @@ class UMAPKMeans(ClusteringMethod):
     2 cores and grows faster than linearly), k-means (`n_init` restarts, `balance_tolerance` as in
     `KMeans`) on its `n_components`-d output;
     `fit_clusters` (N,) int64 holds the sampled rows' clusters, -1 for the rest.
-    predict: new rows through UMAP's `transform`, then the nearest k-means centre.
+    predict: the vote of the row's `n_neighbors` nearest fitted rows' clusters, weighted
+    exp(-(d - d_1) / mean(d - d_1)) with d the `metric` distance (UMAP's weights; a fitted row
+    keeps its own cluster). Exact k-NN by FAISS over the fitted rows: fast in batches, savable
+    as plain arrays (the fitted rows and their clusters, no UMAP object to pickle), and on
+    held-out ImageNet-50 rows as accurate as UMAP's `transform` (tests/test_kmeans.py).
     """
 
     name = "umap_kmeans"
@@ -146,7 +158,8 @@ class UMAPKMeans(ClusteringMethod):
         self.n_components, self.n_neighbors, self.max_points = n_components, n_neighbors, max_points
         self.metric, self.seed, self.use_gpu = metric, seed, use_gpu
         self.n_init, self.balance_tolerance = n_init, balance_tolerance
-        self.reducer = self.kmeans = self.fit_clusters = self.width = None
+        self.kmeans = self.fit_clusters = self.fitted_rows = self.fitted_clusters = None
+        self._index = None
 
     def fit(self, vectors: np.ndarray, labels=None) -> "UMAPKMeans":
         import umap
@@ -155,14 +168,15 @@ class UMAPKMeans(ClusteringMethod):
         rng = np.random.default_rng(self.seed)
         rows = (np.sort(rng.choice(len(vectors), self.max_points, replace=False)) if len(vectors) > self.max_points
                 else np.arange(len(vectors)))
-        self.reducer = umap.UMAP(n_neighbors=min(self.n_neighbors, len(rows) - 1), n_components=self.n_components,
-                                 min_dist=0.0, metric=self.metric, random_state=self.seed, n_jobs=1)
-        embedded = self.reducer.fit_transform(vectors[rows])
-        self.width = vectors.shape[1]
+        reducer = umap.UMAP(n_neighbors=min(self.n_neighbors, len(rows) - 1), n_components=self.n_components,
+                            min_dist=0.0, metric=self.metric, random_state=self.seed, n_jobs=1)
+        embedded = np.ascontiguousarray(reducer.fit_transform(vectors[rows]), dtype=np.float32)
+        self.fitted_rows, self._index = np.ascontiguousarray(vectors[rows]), None
         self.kmeans = KMeans(self.n_clusters, n_init=self.n_init, seed=self.seed, use_gpu=self.use_gpu,
                              balance_tolerance=self.balance_tolerance).fit(embedded)
         self.fit_clusters = np.full(len(vectors), -1, dtype=np.int64)
         self.fit_clusters[rows], _ = self.kmeans.predict(embedded)
+        self.fitted_clusters = self.fit_clusters[rows]
         return self
 
     def fit_rows(self, rows, with_labels: bool = False) -> "UMAPKMeans":
@@ -170,12 +184,42 @@ class UMAPKMeans(ClusteringMethod):
         return self.fit(rows.sample(self.max_points, self.seed).vectors)
 
     def predict(self, vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        if self.reducer is None:
+        """Cluster (n,) int64: the weighted vote of the row's nearest fitted rows' clusters;
+        confidence (n,) float32: the winner's share of the vote."""
+        import faiss
+
+        if self.fitted_rows is None:
             raise RuntimeError("umap_kmeans: call fit() before predict()")
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)
-        if vectors.shape[1] != self.width:
-            raise ValueError(f"umap_kmeans: embeddings have width {vectors.shape[1]}, fitted on {self.width}")
-        return self.kmeans.predict(np.ascontiguousarray(self.reducer.transform(vectors), dtype=np.float32))
+        if vectors.shape[1] != self.fitted_rows.shape[1]:
+            raise ValueError(f"umap_kmeans: embeddings have width {vectors.shape[1]}, fitted on {self.fitted_rows.shape[1]}")
+        cosine = self.metric == "cosine"
+        if self._index is None:
+            base = unit_rows(self.fitted_rows) if cosine else self.fitted_rows
+            self._index = faiss.IndexFlatIP(base.shape[1]) if cosine else faiss.IndexFlatL2(base.shape[1])
+            self._index.add(base)
+        k = min(self.n_neighbors, len(self.fitted_rows))
+        scores, neighbors = self._index.search(unit_rows(vectors) if cosine else vectors, k)
+        distance = 1.0 - scores if cosine else np.sqrt(np.maximum(scores, 0.0))
+        excess = distance - distance[:, :1]
+        weights = np.exp(-excess / np.maximum(excess.mean(axis=1, keepdims=True), 1e-12))
+        weights[distance[:, 0] <= 1e-6] = np.eye(k, dtype=weights.dtype)[0]   # a fitted row keeps its cluster
+        votes = np.zeros((len(vectors), self.n_clusters))
+        np.add.at(votes, (np.repeat(np.arange(len(vectors)), k), self.fitted_clusters[neighbors].ravel()), weights.ravel())
+        cluster = votes.argmax(axis=1)
+        return cluster.astype(np.int64), (votes.max(axis=1) / votes.sum(axis=1)).astype(np.float32)
+
+    def fitted_state(self) -> tuple[dict, dict]:
+        arrays, values = self.kmeans.fitted_state()
+        return {"fitted_rows": self.fitted_rows, "fitted_clusters": self.fitted_clusters, **arrays}, values
+
+    def restore_fitted(self, arrays: dict, values: dict) -> "UMAPKMeans":
+        self.fitted_rows, self.fitted_clusters = arrays["fitted_rows"], arrays["fitted_clusters"].astype(np.int64)
+        self.kmeans = KMeans(self.n_clusters, seed=self.seed).restore_fitted(arrays, values)
+        return self
+
+    def __getstate__(self):   # the FAISS index is rebuilt where the method is used (Ray actors)
+        return {**self.__dict__, "_index": None}
 
 
 def manifold_kmeans(vectors: np.ndarray, n_clusters: int, **settings) -> np.ndarray:

@@ -27,13 +27,14 @@ class TEMI(TorchMethod):
 
     name = "temi"
     model_factory = "raycluster.methods.temi.build_temi"
+    model_config_class = "raycluster.methods.temi.TemiConfig"
 
     def __init__(self, n_clusters: int, model: Optional[dict] = None, optim: Optional[dict] = None,
                  train: Optional[dict] = None, index: Optional[dict] = None, index_shards: int = 1,
                  use_gpu: bool = False, seed: int = 0, storage_path: str = "outputs/train", run_name: str = "temi",
                  max_failures: int = 0):
         super().__init__(n_clusters)
-        self.model_overrides = dict(model or {})
+        self.model_overrides = self.checked_overrides(model)
         self.optim = OptimConfig(**(optim or {}))
         self.train = TrainConfig(**(train or {}))
         self.index_spec = IndexSpec(**(index or {"kind": "flat"}))
@@ -66,7 +67,7 @@ class TEMI(TorchMethod):
         table = self.neighbor_table(vectors, config.get("knn", 50))
         state = fit_with_ray_train(build_temi, config, vectors, self.optim, self.train, self.use_gpu,
                                    self.storage_path, self.run_name, self.seed, labels, self.max_failures,
-                                   context={"bank": vectors, "neighbors": table})
+                                   context={"bank": vectors, "neighbors": table}, reuse=self.reuse)
         return self._restore(state)
 
     def predict(self, vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -17,7 +17,9 @@ CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run
 def inspect_page(page_path: str, screenshot: str | None = None, full_page: bool = True,
                  viewport: tuple[int, int] = (1400, 1000)) -> dict:
     """Load `page_path` from disk; returns {"errors": [console errors and page exceptions],
-    "cards": number of [data-cluster] elements, "images": [(id or src, rendered: bool)]}."""
+    "cards": number of [data-cluster] elements, "images": [(id or src, rendered: bool)],
+    "dialogs": [messages of alert/confirm/prompt calls], "handlers": elements with an on* attribute,
+    "scripts": <script> elements} (the last three: what text injected into the page could run)."""
     from playwright.sync_api import sync_playwright
 
     if not os.path.exists(CHROMIUM):
@@ -27,7 +29,8 @@ def inspect_page(page_path: str, screenshot: str | None = None, full_page: bool 
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
         try:
             page = browser.new_page(viewport={"width": viewport[0], "height": viewport[1]})
-            errors = []
+            errors, dialogs = [], []
+            page.on("dialog", lambda dialog: (dialogs.append(dialog.message), dialog.dismiss()))
             page.on("console", lambda message: errors.append(message.text) if message.type == "error" else None)
             page.on("pageerror", lambda error: errors.append(str(error)))
             page.goto(f"file://{os.path.abspath(page_path)}")
@@ -38,6 +41,10 @@ def inspect_page(page_path: str, screenshot: str | None = None, full_page: bool 
                 "images": [tuple(item) for item in page.evaluate(
                     "Array.from(document.images).map(i => [i.id || i.getAttribute('src'),"
                     " i.complete && i.naturalWidth > 0])")],
+                "dialogs": dialogs,
+                "handlers": page.evaluate("Array.from(document.querySelectorAll('*')).filter(e =>"
+                                          " Array.from(e.attributes).some(a => a.name.startsWith('on'))).length"),
+                "scripts": page.locator("script").count(),
             }
             if screenshot:
                 page.screenshot(path=screenshot, full_page=full_page)

@@ -108,7 +108,7 @@ def train_loop_per_worker(config: dict) -> None:
     checkpoint = ray.train.get_checkpoint()
     if checkpoint:
         with checkpoint.as_directory() as directory:
-            state = torch.load(os.path.join(directory, STATE_FILE), map_location=device, weights_only=False)
+            state = torch.load(os.path.join(directory, STATE_FILE), map_location=device, weights_only=True)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         start_epoch = resumed_from = state["epoch"] + 1
@@ -142,18 +142,30 @@ def train_loop_per_worker(config: dict) -> None:
 def fit_with_ray_train(model_factory: Callable, model_config: dict, vectors: np.ndarray, optim: OptimConfig,
                        resources: TrainConfig, use_gpu: bool, storage_path: str, run_name: str, seed: int = 0,
                        labels: Optional[np.ndarray] = None, max_failures: int = 0,
-                       context: Optional[dict] = None) -> dict:
+                       context: Optional[dict] = None, reuse: str = "auto") -> dict:
     """Train with TorchTrainer; returns the final checkpoint's state (model, optimizer, epoch,
     model_config) plus `metrics`, the last epoch's reported metrics.
 
     context: {name: numpy array} every worker needs whole (put in the object store once, shared
     by the workers of a node), given to `model.attach_context(**context)`; never checkpointed.
 
-    Rerunning with the same storage_path/run_name resumes from the latest checkpoint.
+    Rerunning with the same storage_path/run_name resumes from the latest checkpoint, when its
+    inputs (model config and the files it names, schedule, seed, rows, context) are the same;
+    otherwise the old checkpoints are removed (reuse="strict": StaleArtifactError).
     """
     import ray.train
     import torch
     from ray.train.torch import TorchTrainer
+
+    from raycluster.fingerprint import array_fingerprint, local_paths_in, reusable, write_fingerprint
+
+    run_dir = os.path.join(os.path.abspath(storage_path), run_name)
+    inputs = {"model_factory": f"{model_factory.__module__}.{model_factory.__qualname__}", "model_config": model_config,
+              "files": local_paths_in(model_config), "optim": asdict(optim), "seed": seed,
+              "rows": array_fingerprint(vectors),
+              "context": {name: array_fingerprint(value) for name, value in (context or {}).items()}}
+    if not reusable(run_dir, inputs, f"{run_name} checkpoints", reuse):
+        write_fingerprint(run_dir, inputs)
 
     worker_resources = {"CPU": resources.cpus_per_worker}
     if use_gpu:
@@ -174,6 +186,6 @@ def fit_with_ray_train(model_factory: Callable, model_config: dict, vectors: np.
     if result.checkpoint is None:
         raise RuntimeError(f"training run {run_name!r} ended without a checkpoint: {result.error}")
     with result.checkpoint.as_directory() as directory:
-        state = torch.load(os.path.join(directory, STATE_FILE), map_location="cpu", weights_only=False)
+        state = torch.load(os.path.join(directory, STATE_FILE), map_location="cpu", weights_only=True)
     state["metrics"] = dict(result.metrics or {})
     return state

@@ -22,7 +22,7 @@ def run_tune(cfg) -> dict:
     from raycluster.data.store import EmbeddingStore
     from raycluster.pipeline import build_method, ensure_embeddings
 
-    method = build_method(cfg.method)
+    method = build_method(cfg.method, cfg.reuse)
     if method.name == "cludi":
         return run_asha(cfg, method)
     if method.name != "diec":
