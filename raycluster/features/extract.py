@@ -113,7 +113,12 @@ class ShardPartWriter:
 
 
 def cause_of_type(err: BaseException, kind: type):
-    """The first exception of type `kind` in err's chain (Ray wraps a task's error in its own)."""
+    """The first exception of type `kind` in err's chain (Ray wraps a task's error in its own);
+    Ray Data's UserCodeException keeps only the text of the task's error: then its last
+    `<kind>: message` line, as a `kind`."""
+    import re
+
+    found = re.findall(rf"\b{kind.__name__}: (.+)", str(err))
     seen = set()
     while err is not None and id(err) not in seen:
         seen.add(id(err))
@@ -124,7 +129,7 @@ def cause_of_type(err: BaseException, kind: type):
         if isinstance(err, kind):
             return err
         err = err.__cause__ or err.__context__
-    return None
+    return kind(found[-1].strip()) if found else None
 
 
 def pool_size(settings):
