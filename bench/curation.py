@@ -15,7 +15,8 @@ sampling   a long-tailed corpus: 300 classes of a Gaussian tree (5 x 6 x 10) wit
            class_entropy = entropy of the sample's class histogram / log(classes).
 dedup      the 10,100 Tiny-ImageNet val photos plus 1,000 near-duplicates made here from random
            ones (JPEG quality 40-70, resize 0.7-0.9x, 90% crop, horizontal flip, +-10% brightness;
-           each recorded), Lite0 features through the project's extraction; k-means (K = 100),
+           each recorded), features through the project's extraction (`--backbone`, default
+           effnet_lite0_copies: Lite0 on 32-px thumbnails, flip-averaged); k-means (K = 100),
            then dedup within clusters and the same threshold over all pairs at once. Pairs:
            predicted = every pair inside one duplicate group; true = (original, copy).
 """
@@ -154,8 +155,8 @@ def near_duplicate(data: bytes, rng) -> tuple[bytes, dict]:
                                "brightness": round(brightness, 3)}
 
 
-def dedup_rows_bench(thresholds: list[float], copies: int, seed: int, work: Path) -> list[dict]:
-    from raycluster.config import BackboneConfig, ClusterConfig, DataConfig
+def dedup_rows_bench(thresholds: list[float], copies: int, seed: int, work: Path, backbone_name: str) -> list[dict]:
+    from raycluster.config import ClusterConfig, DataConfig, compose
     from raycluster.curation.dedup import DedupConfig, dedup_table
     from raycluster.data.builtin import Sample, folder_samples, read_class_names
     from raycluster.data.rows import StoreRows
@@ -184,10 +185,9 @@ def dedup_rows_bench(thresholds: list[float], copies: int, seed: int, work: Path
         write_shards(iter(originals + made), str(shards), 1000, source={"kind": "tinyimagenet-val+near-duplicates"})
         pairs_file.write_text(json.dumps(pairs))
     pairs = json.loads(pairs_file.read_text())
-    store_dir = str(work / "dedup-store")
+    store_dir = str(work / f"dedup-store-{backbone_name}")
     ensure_ray(None, None)
-    backbone = BackboneConfig(name="effnet_lite0", extractor={
-        "_target_": "raycluster.features.effnet_lite.EfficientNetLiteExtractor", "variant": "lite0"})
+    backbone = compose([f"backbone={backbone_name}"]).backbone
     run_extraction(DataConfig(name="dedup", shards=str(shards), source=None), backbone, ClusterConfig(), store_dir)
     data = StoreRows(EmbeddingStore(store_dir)).load()
     true_pairs = {tuple(sorted(p[:2])) for p in pairs}
@@ -206,7 +206,8 @@ def dedup_rows_bench(thresholds: list[float], copies: int, seed: int, work: Path
                 members = sorted(found["key"][groups == g])
                 predicted |= {(a, b) for ai, a in enumerate(members) for b in members[ai + 1:]}
             hits = len(predicted & true_pairs)
-            row = {"case": "dedup", "method": method, "threshold": threshold, "n": len(data.keys),
+            row = {"case": "dedup", "method": method, "backbone": backbone_name, "threshold": threshold,
+                   "n": len(data.keys),
                    "injected_pairs": len(true_pairs), "predicted_pairs": len(predicted),
                    "precision": round(hits / max(1, len(predicted)), 4), "recall": round(hits / len(true_pairs), 4),
                    "removed": int((~found["kept"]).sum()), "seconds": round(seconds, 2), "k": 100}
@@ -220,7 +221,9 @@ def main():
     parser.add_argument("--parts", nargs="+", default=["hierarchy", "sampling", "dedup"])
     parser.add_argument("--n", type=int, default=1_000_000, help="hierarchy: rows (1,000 leaves)")
     parser.add_argument("--m", type=int, default=10_000, help="sampling: keys picked")
-    parser.add_argument("--thresholds", type=float, nargs="+", default=[0.8, 0.85, 0.9])
+    parser.add_argument("--thresholds", type=float, nargs="+", default=[0.8, 0.82, 0.85])
+    parser.add_argument("--backbone", default="effnet_lite0_copies",
+                        help="dedup: the descriptor (effnet_lite0: the semantic features, for comparison)")
     parser.add_argument("--copies", type=int, default=1000)
     parser.add_argument("--seed", type=int, default=0)
     args, work, machine = parse_with_work_dir(parser, REPO / "outputs" / "bench-curation")
@@ -230,7 +233,7 @@ def main():
     if "sampling" in args.parts:
         rows += sampling_rows(args.m, args.seed, work)
     if "dedup" in args.parts:
-        rows += dedup_rows_bench(args.thresholds, args.copies, args.seed, work)
+        rows += dedup_rows_bench(args.thresholds, args.copies, args.seed, work, args.backbone)
     for row in rows:
         row["machine"] = machine
     print("\n| case | method | figures |\n|---|---|---|")

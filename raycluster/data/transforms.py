@@ -31,6 +31,9 @@ class ImageSpec:
     size: output side in pixels (square centre crop), or None to keep the native size (then all
     images of a dataset must share one size). crop_pct: resize the short side to size / crop_pct
     before cropping (timm convention). mean/std: per-channel normalisation in [0, 1] units.
+    thumbnail: first shrink the short side to this many pixels (then resize to `size` as usual):
+    a near-duplicate descriptor's bottleneck, under which resolution, recompression and small
+    crops stop mattering.
     """
 
     size: Optional[int] = 224
@@ -39,6 +42,7 @@ class ImageSpec:
     crop_pct: float = 1.0
     mean: Sequence[float] = (0.0, 0.0, 0.0)
     std: Sequence[float] = (1.0, 1.0, 1.0)
+    thumbnail: Optional[int] = None
 
     @classmethod
     def from_timm(cls, data_config: dict) -> "ImageSpec":
@@ -58,6 +62,10 @@ def decode_image(data: bytes, spec: ImageSpec) -> np.ndarray:
     """
     with Image.open(io.BytesIO(data)) as image:
         image = image.convert("L" if spec.channels == 1 else "RGB")
+    if spec.thumbnail:
+        width, height = image.size
+        scale = spec.thumbnail / min(width, height)
+        image = image.resize((max(1, round(width * scale)), max(1, round(height * scale))), Image.BILINEAR)
     if spec.size is not None:
         interpolation = _INTERPOLATION[spec.interpolation]
         scale_size = math.floor(spec.size / spec.crop_pct)

