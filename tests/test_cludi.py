@@ -135,11 +135,16 @@ def test_checkpoint_resume_continues_from_last_epoch(tmp_path, ray_local):
 
 
 def test_save_and_load_give_the_same_predictions(tmp_path):
+    from dataclasses import asdict
+
     from raycluster.methods.cludi_method import CLUDI
+    from raycluster.methods.saving import load_fitted, save_fitted
 
     trained = CLUDI(4, seed=3)
-    trained.model = CludiModel(small_config()).eval()
-    trained.save(str(tmp_path / "cludi.pt"))
-    restored = CLUDI(4, seed=3).load(str(tmp_path / "cludi.pt"))
+    config = asdict(small_config())
+    trained._restore({"model_config": config, "model": CludiModel(small_config()).state_dict()})
+    save_fitted(trained, str(tmp_path / "method.safetensors"),
+                {"_target_": "raycluster.methods.cludi_method.CLUDI", "n_clusters": 4, "seed": 3})
+    restored = load_fitted(str(tmp_path / "method.safetensors"))
     vectors, _ = mixture(n_per=10)
     np.testing.assert_array_equal(trained.predict(vectors)[0], restored.predict(vectors)[0])

@@ -57,26 +57,18 @@ def pretrain_unet(pixels: np.ndarray, image_shape: Sequence[int], output_dir: st
 
 
 def run_pretrain_diffusion(cfg) -> dict:
-    """`jobs/pretrain_diffusion.py`: shards -> pixel rows (cached store) -> UNet pretrained with
-    the `method.pretrain` settings of a DiEC config -> `<method.work_dir>/pretrained`, the folder
-    DiEC's fit reuses. cfg: RunConfig with backbone=pixels."""
-    import os
+    """`jobs/pretrain_diffusion.py`: shards -> pixel rows (cached store) -> the configured method's
+    pretraining stage alone (`raycluster.methods.base.Pretrainable`; DiEC: a UNet in
+    `<method.work_dir>/pretrained`, which its fit reuses). cfg: RunConfig with backbone=pixels."""
+    from raycluster.config import ConfigError
+    from raycluster.methods.base import Pretrainable
+    from raycluster.pipeline import build_method, ensure_embeddings, open_rows
 
-    from raycluster.data.store import EmbeddingStore
-    from raycluster.pipeline import build_method, ensure_embeddings
-
-    ensure_embeddings(cfg)
-    embeddings = EmbeddingStore(cfg.embeddings_path).load()
     method = build_method(cfg.method, cfg.reuse)
-    if not hasattr(method, "pretrain"):
-        raise ValueError(f"method {method.name!r} has no diffusion pretraining settings: use method=diec "
-                         "(or experiment=diec_mnist)")
-    output = os.path.join(method.work_dir, "pretrained")
-    summary = pretrain_unet(embeddings.vectors, method.image_shape, output, unet=method.pretrain.get("unet", {}),
-                            optim=method.pretrain.get("optim", {}), train=method.train, use_gpu=method.use_gpu,
-                            storage_path=os.path.join(method.work_dir, "pretrain"), seed=cfg.seed,
-                            ema_decay=method.pretrain.get("ema_decay", 0.999))
-    summary.update(samples=int(len(embeddings.keys)), data=cfg.data.name)
-    print("\n".join(["pretrain summary"] + [f"  {k}: {v}" for k, v in summary.items()]
-                    + [f"  next: python jobs/train.py ... method.unet={output}"]))
+    if not isinstance(method, Pretrainable):
+        raise ConfigError(f"method {method.name!r} has no pretraining stage: use method=diec (or experiment=diec_mnist)")
+    ensure_embeddings(cfg)
+    rows = open_rows(cfg).load()
+    summary = {**method.pretrain_stage(rows.vectors), "samples": int(len(rows.keys)), "data": cfg.data.name}
+    print("\n".join(["pretrain summary"] + [f"  {k}: {v}" for k, v in summary.items()]))
     return summary

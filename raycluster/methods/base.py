@@ -10,7 +10,7 @@ not depend on them (no selection, no early stopping on labels).
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -129,3 +129,23 @@ class TorchMethod(ClusteringMethod):
                                       f"{expected}")
         cluster, confidence = self.model.predict(torch.from_numpy(np.ascontiguousarray(vectors, np.float32)))
         return cluster.numpy().astype(np.int64), confidence.numpy()
+
+
+@runtime_checkable
+class Searchable(Protocol):
+    """A method with a label-free search of its own settings (`jobs/tune.py`)."""
+
+    def check_search_settings(self, tune) -> None:
+        """One clear error for bad search settings, before any work."""
+
+    def label_free_search(self, vectors: np.ndarray, labels: Optional[np.ndarray], tune, output_dir: str) -> dict:
+        """Search on (N, D) float32 rows (labels: logged only), `tune` the run's SearchConfig;
+        writes its results under output_dir and returns a summary dict."""
+
+
+@runtime_checkable
+class Pretrainable(Protocol):
+    """A method with a pretraining stage that can run alone (`jobs/pretrain_diffusion.py`)."""
+
+    def pretrain_stage(self, vectors: np.ndarray) -> dict:
+        """Run (or reuse, when its inputs are unchanged) the stage; returns a summary dict."""

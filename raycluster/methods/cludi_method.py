@@ -53,3 +53,23 @@ class CLUDI(TorchMethod):
 
         torch.manual_seed(self.seed)   # the DDIM draws are random: same seed, same assignments
         return self._predict_with_model(vectors)
+
+    def check_search_settings(self, tune) -> None:
+        from raycluster.methods.cludi import CludiConfig
+
+        unknown = sorted(set(tune.space) - set(CludiConfig.__dataclass_fields__))
+        if unknown:
+            raise ValueError(f"tune.space names {unknown}, which are not {self.name} model hyperparameters")
+
+    def label_free_search(self, vectors: np.ndarray, labels: Optional[np.ndarray], tune, output_dir: str) -> dict:
+        """ASHA over `tune.space` (model hyperparameters), chosen by silhouette (raycluster.tune.asha)."""
+        from dataclasses import asdict
+
+        from raycluster.tune.asha import asha_search
+
+        self.check_search_settings(tune)
+        optim = asdict(self.optim)
+        optim["epochs"] = tune.epochs or optim["epochs"]
+        return asha_search(vectors, self.model_factory, self.model_config(vectors.shape[1]), optim, tune.space,
+                           output_dir, labels, tune.num_samples, tune.grace_period, tune.reduction_factor,
+                           tune.max_concurrent, tune.cpus_per_trial, self.seed)

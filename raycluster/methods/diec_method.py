@@ -89,10 +89,10 @@ class DiEC(TorchMethod):
             log.warning("DiEC: reusing the pretrained UNet in %s (same settings and rows)", directory)
             return directory
         start = time.time()
-        pretrain_unet(pixels, self.image_shape, directory, unet=self.pretrain.get("unet", {}),
-                      optim=self.pretrain.get("optim", {}), train=self.train, use_gpu=self.use_gpu,
-                      storage_path=os.path.join(self.work_dir, "pretrain"), seed=self.seed,
-                      ema_decay=self.pretrain.get("ema_decay", 0.999), reuse=self.reuse)
+        self.stages["pretrain"] = pretrain_unet(
+            pixels, self.image_shape, directory, unet=self.pretrain.get("unet", {}), optim=self.pretrain.get("optim", {}),
+            train=self.train, use_gpu=self.use_gpu, storage_path=os.path.join(self.work_dir, "pretrain"), seed=self.seed,
+            ema_decay=self.pretrain.get("ema_decay", 0.999), reuse=self.reuse)
         write_fingerprint(directory, inputs)
         self.stages["pretrain_seconds"] = time.time() - start
         return directory
@@ -177,3 +177,37 @@ class DiEC(TorchMethod):
 
     def predict(self, vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         return self._predict_with_model(vectors)
+
+    # -- stages run alone (jobs/pretrain_diffusion.py, jobs/tune.py) -------------------------
+    def pretrain_stage(self, vectors: np.ndarray) -> dict:
+        """Stage 1 alone: the pretrained UNet that `fit` will reuse (same settings and rows)."""
+        if self.unet is not None:
+            raise ValueError(f"diec: method.unet={self.unet!r} is given, so there is nothing to pretrain")
+        directory = self.pretrained_unet(self.check_input(vectors))
+        return {"output": directory, **self.stages.get("pretrain", {"reused": True}),
+                "next": f"python jobs/train.py ... with the same output_dir (or method.unet={directory})"}
+
+    def check_search_settings(self, tune) -> None:
+        """DiEC's search settings are `method.search`, checked when the method is built."""
+
+    def label_free_search(self, vectors: np.ndarray, labels: Optional[np.ndarray], tune, output_dir: str) -> dict:
+        """Stage 2 alone, searched again even when a result exists: the (layer, timestep) grid of
+        `method.search`, written to <work_dir>/search where `fit` reuses it (`tune` and
+        output_dir are not used: DiEC's search has its own settings)."""
+        from raycluster.fingerprint import FINGERPRINT_FILE
+
+        pixels = self.check_input(vectors)
+        unet = self.unet if self.unet is not None else os.path.join(self.work_dir, "pretrained")
+        if self.unet is None and not os.path.exists(os.path.join(unet, "unet", "config.json")):
+            raise FileNotFoundError(f"no pretrained UNet in {unet}: run jobs/pretrain_diffusion.py with the same "
+                                    "overrides first, or pass method.unet=<diffusers folder or hub name>")
+        stale = os.path.join(self.work_dir, "search", FINGERPRINT_FILE)
+        if os.path.exists(stale):
+            os.remove(stale)   # this job always searches; fit reuses what it finds
+        start = time.time()
+        self.layer, self.timestep = None, None
+        layer, timestep = self.layer_and_timestep(pixels, unet, labels)
+        found = self.stages["search"]
+        return {"layer": layer, "timestep": timestep, "criterion": self.search.get("criterion", "silhouette"),
+                "best_by_acc": found["best_by_acc"], "heatmaps": found["heatmaps"],
+                "search": os.path.join(self.work_dir, "search", "search.json"), "seconds": round(time.time() - start, 1)}

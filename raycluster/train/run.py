@@ -150,7 +150,7 @@ def fit_with_ray_train(model_factory: Callable, model_config: dict, vectors: np.
     by the workers of a node), given to `model.attach_context(**context)`; never checkpointed.
 
     Rerunning with the same storage_path/run_name resumes from the latest checkpoint, when its
-    inputs (model config and the files it names, schedule, seed, rows, context) are the same;
+    inputs (model config and the files it names, schedule but epochs, seed, rows, context) are the same;
     otherwise the old checkpoints are removed (reuse="strict": StaleArtifactError).
     """
     import ray.train
@@ -160,8 +160,10 @@ def fit_with_ray_train(model_factory: Callable, model_config: dict, vectors: np.
     from raycluster.fingerprint import array_fingerprint, local_paths_in, reusable, write_fingerprint
 
     run_dir = os.path.join(os.path.abspath(storage_path), run_name)
+    # `epochs` is left out: a longer run continues from a shorter one's checkpoints.
+    schedule = {k: v for k, v in asdict(optim).items() if k != "epochs"}
     inputs = {"model_factory": f"{model_factory.__module__}.{model_factory.__qualname__}", "model_config": model_config,
-              "files": local_paths_in(model_config), "optim": asdict(optim), "seed": seed,
+              "files": local_paths_in(model_config), "optim": schedule, "seed": seed,
               "rows": array_fingerprint(vectors),
               "context": {name: array_fingerprint(value) for name, value in (context or {}).items()}}
     if not reusable(run_dir, inputs, f"{run_name} checkpoints", reuse):
