@@ -143,6 +143,9 @@ def fit_and_assign(cfg: RunConfig, method, rows: StoreRows, assignments_dir: str
     metrics = {"fit_seconds": fit_seconds, "assign_seconds": round(assign_seconds, 2), **stats.metrics(),
                "silhouette": silhouette_sample(data.vectors, data.cluster, seed=cfg.seed),
                "silhouette_sample_rows": int(min(len(data.cluster), 5000))}
+    metrics["warnings"] = collapse_warnings(metrics, method.n_clusters)
+    for warning in metrics["warnings"]:
+        log.warning("WARNING %s: %s", method.name, warning)
     if isinstance(method, HasLevels):   # a tree: counts and scores per level, summed up from level 1
         data.levels = level_counts(stats, method.parents)
         for depth, level in enumerate(data.levels, start=2):
@@ -150,6 +153,21 @@ def fit_and_assign(cfg: RunConfig, method, rows: StoreRows, assignments_dir: str
             if level["table"] is not None:
                 metrics.update({f"{name}_l{depth}": value for name, value in table_metrics(level["table"]).items()})
     return {"method": method, "metrics": metrics, "report_data": data}
+
+
+COLLAPSE_ENTROPY = 0.5   # normalised size entropy under which the clustering has (nearly) collapsed
+
+
+def collapse_warnings(metrics: dict, n_clusters: int) -> list[str]:
+    """What a user must be told about the final assignments: most rows in a few clusters, or
+    clusters left empty. Uniform sizes give entropy 1; everything in one cluster gives 0."""
+    warnings = []
+    if metrics["size_entropy"] < COLLAPSE_ENTROPY:
+        warnings.append(f"collapsed: size entropy {metrics['size_entropy']:.3f} < {COLLAPSE_ENTROPY} (most rows in a "
+                        f"few clusters); the assignments are not a usable clustering")
+    if metrics["clusters_used"] < n_clusters:
+        warnings.append(f"{n_clusters - metrics['clusters_used']} of {n_clusters} clusters are empty")
+    return warnings
 
 
 def run_train(cfg: RunConfig) -> dict:
@@ -237,6 +255,7 @@ def format_summary(summary: dict) -> str:
     lines.append(f"  time: extract {summary['extract_seconds']}s  fit {metrics['fit_seconds']:.2f}s  "
                  f"assign {metrics.get('assign_seconds', 0)}s{report}  total {summary['total_seconds']}s  "
                  f"(driver peak memory {summary.get('driver_peak_rss_gib')} GiB)")
+    lines += [f"  WARNING {warning}" for warning in metrics.get("warnings", [])]
     for name, value in summary.get("method_stages", {}).items():   # e.g. DiEC: pretrain, search, fine-tune
         lines.append(f"  {summary['method']} {name}: {round(value, 2) if isinstance(value, float) else value}")
     lines += [f"  {name}: {path}" for name, path in summary["outputs"].items()]

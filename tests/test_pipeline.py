@@ -74,3 +74,17 @@ def test_every_method_config_composes_and_builds(method_name, compose_config):
 
     method = build_method(compose_config([f"method={method_name}"]).method)
     assert method.n_clusters == 10     # the embedded default's digits
+
+
+def test_a_collapsed_clustering_is_said_loudly():
+    from raycluster.pipeline import collapse_warnings, format_summary
+
+    assert collapse_warnings({"size_entropy": 0.93, "clusters_used": 10}, 10) == []
+    warnings = collapse_warnings({"size_entropy": 0.0, "clusters_used": 1}, 20)
+    assert warnings[0].startswith("collapsed: size entropy 0.000") and warnings[1] == "19 of 20 clusters are empty"
+    summary = {"data": "d", "backbone": "b", "method": "cludi", "k": 20, "weights": "w", "samples": 5, "dim": 2,
+               "shards": 1, "shards_embedded_now": 1, "shards_reused": 0, "corrupt_skipped": 0, "extract_seconds": 1,
+               "total_seconds": 2, "outputs": {},
+               "metrics": {"size_entropy": 0.0, "clusters_used": 1, "mean_confidence": 0.95, "fit_seconds": 1.0,
+                           "warnings": warnings}}
+    assert "  WARNING collapsed: size entropy 0.000" in format_summary(summary)

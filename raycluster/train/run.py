@@ -128,6 +128,9 @@ def train_loop_per_worker(config: dict) -> None:
         if rank == 0:
             log.warning("epoch %d/%d %s", epoch + 1, optim.epochs,
                         "  ".join(f"{k.split('/')[-1]} {v:.4g}" for k, v in metrics.items() if "epoch" not in k))
+            if metrics.get("train/size_entropy", 1.0) < 0.5:   # the pipeline's COLLAPSE_ENTROPY
+                log.warning("WARNING epoch %d: size entropy %.3f: the clusters are collapsing into a few",
+                            epoch + 1, metrics["train/size_entropy"])
             with tempfile.TemporaryDirectory() as directory:
                 torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch,
                             "model_config": config["model_config"]}, os.path.join(directory, STATE_FILE))
