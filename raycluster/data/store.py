@@ -99,6 +99,20 @@ class EmbeddingStore:
         files = self.part_files()
         return {os.path.basename(path): meta.get("shard_id") for path, meta in zip(files, self.part_metadata(files))}
 
+    def content_fingerprint(self) -> dict:
+        """What identifies the store's rows without reading them: the extractor fingerprint it
+        was made with and, per part, its shard's fingerprint, size and mtime. Artifacts built
+        from a store (an index, a graph) record this and are rebuilt when it changes."""
+        from raycluster.fingerprint import file_identities, read_fingerprint
+
+        record = read_fingerprint(self.root) or {}
+        files = self.part_files()
+        local = [f"{self.root}/{os.path.basename(path)}" for path in files]
+        identities = file_identities(local) if local else {}
+        return {"extractor": record.get("fingerprint"),
+                "parts": {os.path.basename(url): {**identity, "shard_id": meta.get("shard_id")}
+                          for (url, identity), meta in zip(identities.items(), self.part_metadata(files))}}
+
     def remove_parts(self, names: list[str]) -> None:
         if names:
             self.fs.rm([f"{self.path}/{name}" for name in names])

@@ -7,36 +7,31 @@ import os
 import time
 from dataclasses import asdict
 
-import fsspec
-
 from raycluster.config import NeighborsConfig, RunConfig
 from raycluster.data.store import EmbeddingStore
+from raycluster.fingerprint import read_fingerprint, reusable, write_fingerprint
 from raycluster.io import atomic_write_bytes, url_exists
 from raycluster.neighbors.graph import build_knn_graph
-from raycluster.neighbors.sharded import MANIFEST, ShardedIndex, part_rows
+from raycluster.neighbors.sharded import MANIFEST, ShardedIndex
 
 log = logging.getLogger(__name__)
 
 
 def open_or_build_index(store: EmbeddingStore, settings: NeighborsConfig, index_dir: str,
-                        seed: int = 0) -> tuple[ShardedIndex, bool]:
+                        seed: int = 0, reuse: str = "auto") -> tuple[ShardedIndex, bool]:
     """The index saved at `index_dir` when it was built with the same settings over the same
-    rows; otherwise a new one, built and saved there. Returns (index, built_now)."""
-    wanted = {"spec": asdict(settings.index), "normalize": settings.normalize,
-              "rows": sum(count for _, count in part_rows(store)), "shards": settings.shards}
-    manifest_url = f"{index_dir.rstrip('/')}/{MANIFEST}"
-    if url_exists(manifest_url):
-        with fsspec.open(manifest_url, "r") as handle:
-            saved = json.load(handle)
-        found = {"spec": saved["spec"], "normalize": saved["normalize"], "rows": sum(saved["counts"]),
-                 "shards": len(saved["counts"])}
-        if found == wanted:
-            log.info("reusing the index at %s", index_dir)
-            return ShardedIndex.load(index_dir, settings.cpus_per_shard, settings.gpus_per_shard), False
-        log.warning("index at %s was built with other settings or rows; rebuilding", index_dir)
+    rows (`EmbeddingStore.content_fingerprint`); otherwise a new one, built and saved there.
+    Returns (index, built_now)."""
+    inputs = {"spec": asdict(settings.index), "normalize": settings.normalize, "shards": settings.shards,
+              "seed": seed, "store": store.content_fingerprint()}
+    owned = ("shard-*.faiss", "shard-*.keys.parquet", MANIFEST)
+    if reusable(index_dir, inputs, "the k-NN index", reuse, owned) and url_exists(f"{index_dir.rstrip('/')}/{MANIFEST}"):
+        log.info("reusing the index at %s (same settings and rows)", index_dir)
+        return ShardedIndex.load(index_dir, settings.cpus_per_shard, settings.gpus_per_shard), False
     index = ShardedIndex.build(store, settings.index, settings.shards, settings.normalize, settings.cpus_per_shard,
                                settings.gpus_per_shard, seed)
     index.save(index_dir)
+    write_fingerprint(index_dir, inputs)
     return index, True
 
 
@@ -50,8 +45,11 @@ def run_neighbors(cfg: RunConfig) -> dict:
     graph_dir = settings.graph_dir or os.path.join(cfg.output_dir, "knn_graph")
     ensure_embeddings(cfg)
     store = EmbeddingStore(cfg.embeddings_path)
-    index, built = open_or_build_index(store, settings, index_dir, cfg.seed)
+    index, built = open_or_build_index(store, settings, index_dir, cfg.seed, cfg.reuse)
     index_seconds = time.time() - start
+    graph_inputs = {"index": read_fingerprint(index_dir)["fingerprint"], "k": settings.k}
+    if not reusable(graph_dir, graph_inputs, "the k-NN graph", cfg.reuse, owned=("part-*.parquet",)):   # its parts resume only for this index
+        write_fingerprint(graph_dir, graph_inputs)
     try:
         graph = build_knn_graph(store, index, graph_dir, settings.k, settings.query_batch, settings.searchers)
     finally:
