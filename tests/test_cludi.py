@@ -148,3 +148,44 @@ def test_save_and_load_give_the_same_predictions(tmp_path):
     restored = load_fitted(str(tmp_path / "method.safetensors"))
     vectors, _ = mixture(n_per=10)
     np.testing.assert_array_equal(trained.predict(vectors)[0], restored.predict(vectors)[0])
+
+
+def test_warm_start_teaches_the_initial_clusters_then_hands_over_to_the_chain():
+    """From a random start the teacher's DDIM chain gives every point one cluster (Lite0 photo
+    features: size entropy 0 from epoch 2); the warm start's teacher is a label-free clustering."""
+    torch.manual_seed(0)
+    vectors, labels = mixture(n_per=30)
+    model = CludiModel(small_config(warm_start_epochs=2))
+    initial = (labels + 1) % 4                       # any clustering of the rows, by dataset row id
+    model.attach_context(initial_clusters=initial)
+    rows = torch.arange(len(vectors))
+    model.on_epoch_start(None, 0)
+    _, terms = model.training_step(torch.from_numpy(vectors), rows)
+    assert (terms["teacher_clusters"].numpy() == initial).all()
+    model.on_epoch_start(None, 2)                    # warm start over: the chain is the teacher again
+    _, terms = model.training_step(torch.from_numpy(vectors), rows)
+    assert not (terms["teacher_clusters"].numpy() == initial).all()
+
+
+def test_cludi_reduces_wide_rows_and_saves_the_projection(tmp_path):
+    from raycluster.methods.cludi_method import CLUDI
+    from raycluster.methods.saving import load_fitted, save_fitted
+    from raycluster.postprocess import Postprocess
+
+    vectors, _ = mixture(n_per=10)                   # 128-d
+    method = CLUDI(4, seed=1, input_dim=16)
+    method.projection = Postprocess.fit(vectors, 16, False)
+    method._restore({"model_config": asdict_config(small_config(feature_dim=16)),
+                     "model": CludiModel(small_config(feature_dim=16)).state_dict()})
+    save_fitted(method, str(tmp_path / "m.safetensors"),
+                {"_target_": "raycluster.methods.cludi_method.CLUDI", "n_clusters": 4, "seed": 1, "input_dim": 16})
+    again = load_fitted(str(tmp_path / "m.safetensors"))
+    np.testing.assert_array_equal(method.predict(vectors)[0], again.predict(vectors)[0])
+    with pytest.raises(ValueError, match="width 8"):
+        again.predict(vectors[:, :8])
+
+
+def asdict_config(config):
+    from dataclasses import asdict
+
+    return asdict(config)

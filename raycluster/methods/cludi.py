@@ -89,6 +89,7 @@ class CludiConfig:
     eval_steps: int = 50
     ema_teacher: Optional[float] = None
     teacher_gradients: bool = True
+    warm_start_epochs: int = 0   # epochs whose teacher is the attached initial clusters (k-means), not the chain
 
 
 def sqrt_schedule(timesteps: int, offset: float = 1e-4) -> torch.Tensor:
@@ -249,6 +250,23 @@ class CludiModel(nn.Module):
         self.teacher = None
         if config.ema_teacher:
             self.teacher = copy.deepcopy(self.denoiser).requires_grad_(False)
+        self.initial_clusters: Optional[torch.Tensor] = None   # (N,) dataset-wide (attach_context)
+        self.epoch = 0
+
+    def attach_context(self, initial_clusters) -> None:
+        """(N,) int64 clusters of every training row (k-means), the teacher of the warm start."""
+        self.initial_clusters = torch.as_tensor(initial_clusters, dtype=torch.int64)
+
+    def on_epoch_start(self, features: torch.Tensor, epoch: int) -> None:
+        self.epoch = epoch
+
+    def warm_start_teacher(self, row_ids: torch.Tensor, draws: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The warm start's teacher: the initial clusters as (D, B, K) logits (one-hot / the
+        assignment temperature's inverse, so their softmax is the one-hot) and their embedding."""
+        clusters = self.initial_clusters[row_ids.cpu()].to(self.alphas_cumprod.device)
+        logits = F.one_hot(clusters, self.config.n_clusters).float() * 10.0
+        logits = logits[None].expand(draws, *logits.shape)
+        return self.embedding_of(self.denoiser, logits), logits
 
     def embedding_of(self, denoiser, logits):
         return denoiser.assignment_embedding(F.softmax(logits / self.config.assignment_temperature, dim=-1))
@@ -283,17 +301,21 @@ class CludiModel(nn.Module):
         logits = denoiser.logits(z_start)
         return self.embedding_of(denoiser, logits), logits
 
-    def training_step(self, features: torch.Tensor) -> tuple[torch.Tensor, dict]:
-        """One CLUDI loss on a batch. features: (B, F) float. Returns (loss, terms) where terms
-        holds detached floats and `teacher_clusters` (B,) int64 from the first draw."""
+    def training_step(self, features: torch.Tensor, row_ids: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, dict]:
+        """One CLUDI loss on a batch. features: (B, F) float; row_ids: (B,) dataset-wide ids
+        (used by the warm start). Returns (loss, terms) where terms holds detached floats and
+        `teacher_clusters` (B,) int64 from the first draw."""
         cfg = self.config
         draws = features[None].expand(cfg.teacher_draws, *features.shape)          # (D, B, F)
-        teacher = self.teacher or self.denoiser
-        was_training = teacher.training
-        teacher.eval()
-        with torch.set_grad_enabled(cfg.teacher_gradients and self.teacher is None and torch.is_grad_enabled()):
-            teacher_z0, teacher_logits = self.sample(teacher, draws, cfg.teacher_steps)
-        teacher.train(was_training)
+        if self.initial_clusters is not None and row_ids is not None and self.epoch < cfg.warm_start_epochs:
+            teacher_z0, teacher_logits = self.warm_start_teacher(row_ids, cfg.teacher_draws)
+        else:
+            teacher = self.teacher or self.denoiser
+            was_training = teacher.training
+            teacher.eval()
+            with torch.set_grad_enabled(cfg.teacher_gradients and self.teacher is None and torch.is_grad_enabled()):
+                teacher_z0, teacher_logits = self.sample(teacher, draws, cfg.teacher_steps)
+            teacher.train(was_training)
 
         student_features = drop_features(add_feature_noise(draws, *cfg.feature_noise), *cfg.feature_dropout)
         context = self.denoiser.encode_features(student_features)

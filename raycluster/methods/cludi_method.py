@@ -18,6 +18,13 @@ class CLUDI(TorchMethod):
 
     model: CludiConfig fields except n_clusters / feature_dim (taken from the data);
     optim: OptimConfig fields; train: TrainConfig fields (workers and their resources).
+    With `model.warm_start_epochs` > 0 the first epochs' teacher is a label-free clustering of the
+    training rows (spherical k-means; with `manifold`, k-means on a UMAP embedding): from a
+    random start the teacher's DDIM chain gives every point the same cluster, and the student
+    can stay there (seen on Lite0 photo features: size entropy 0 from epoch 2).
+    input_dim: rows wider than this are first reduced by a PCA fitted on (a sample of) them. The
+    denoiser's width grows with its input (F + F/2), so 1280-d Lite0 features made each step
+    ~15x slower than 256-d and, at the recipe's lr, unstable; the PCA travels with the method.
     """
 
     name = "cludi"
@@ -26,9 +33,18 @@ class CLUDI(TorchMethod):
 
     def __init__(self, n_clusters: int, model: Optional[dict] = None, optim: Optional[dict] = None,
                  train: Optional[dict] = None, use_gpu: bool = False, seed: int = 0,
-                 storage_path: str = "outputs/train", run_name: str = "cludi", max_failures: int = 0):
+                 storage_path: str = "outputs/train", run_name: str = "cludi", max_failures: int = 0,
+                 manifold: Optional[dict] = None, input_dim: Optional[int] = 256):
+        from raycluster.methods.kmeans import check_manifold
+        from raycluster.postprocess import Postprocess
+
         super().__init__(n_clusters)
         self.model_overrides = self.checked_overrides(model)
+        self.manifold = check_manifold(manifold, "cludi")
+        if input_dim is not None and input_dim < 2:
+            raise ValueError(f"cludi: input_dim must be >= 2 or null, got {input_dim}")
+        self.input_dim, self.projection = input_dim, Postprocess()
+        self.stages: dict = {}
         self.optim = OptimConfig(**(optim or {}))
         self.train = TrainConfig(**(train or {}))
         self.use_gpu, self.seed, self.max_failures = use_gpu, seed, max_failures
@@ -42,17 +58,67 @@ class CLUDI(TorchMethod):
         from raycluster.methods.cludi import build_cludi
         from raycluster.train.run import fit_with_ray_train
 
+        from raycluster.postprocess import PCA_SAMPLE, Postprocess
+
         vectors = self.check_input(vectors)
+        if self.input_dim and vectors.shape[1] > self.input_dim:
+            rows = np.random.default_rng(self.seed).permutation(len(vectors))[:PCA_SAMPLE]
+            self.projection = Postprocess.fit(vectors[rows], min(self.input_dim, len(rows)), False, self.seed)
+            vectors = self.projection(vectors)
         config = self.model_config(vectors.shape[1])
+        context = None
+        if config.get("warm_start_epochs"):
+            context = {"initial_clusters": self.warm_start_clusters(vectors, labels)}
         state = fit_with_ray_train(build_cludi, config, vectors, self.optim, self.train, self.use_gpu,
-                                   self.storage_path, self.run_name, self.seed, labels, self.max_failures, reuse=self.reuse)
+                                   self.storage_path, self.run_name, self.seed, labels, self.max_failures,
+                                   context=context, reuse=self.reuse)
         return self._restore(state)
+
+    def warm_start_clusters(self, vectors: np.ndarray, labels: Optional[np.ndarray] = None) -> np.ndarray:
+        """(N,) int64: the warm start's teacher, from the rows alone (labels only score it)."""
+        from raycluster.data.store import unit_rows
+        from raycluster.methods.kmeans import KMeans, manifold_kmeans
+        from raycluster.metrics import supervised_metrics
+
+        unit = unit_rows(vectors)   # the denoiser sees normalised features too
+        clusters, _ = KMeans(self.n_clusters, n_init=3, seed=self.seed).fit(unit).predict(unit)
+        if self.manifold is not None:
+            found = manifold_kmeans(unit, self.n_clusters, seed=self.seed, **self.manifold)
+            clusters = np.where(found >= 0, found, clusters)
+        if labels is not None and (labels >= 0).all():
+            self.stages["warm_start"] = supervised_metrics(labels, clusters)
+            log.warning("CLUDI warm start: %s", self.stages["warm_start"])
+        return clusters
 
     def predict(self, vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         import torch
 
         torch.manual_seed(self.seed)   # the DDIM draws are random: same seed, same assignments
+        if self.projection.components is not None:
+            vectors = self._project(vectors)
         return self._predict_with_model(vectors)
+
+    def _project(self, vectors: np.ndarray) -> np.ndarray:
+        from raycluster.data.store import EmbeddingWidthError
+
+        if vectors.shape[1] != self.projection.mean.shape[0]:
+            raise EmbeddingWidthError(f"cludi: embeddings have width {vectors.shape[1]}, the method was fitted on "
+                                      f"{self.projection.mean.shape[0]}")
+        return self.projection(vectors)
+
+    def fitted_state(self) -> tuple[dict, dict]:
+        arrays, values = super().fitted_state()
+        if self.projection.components is not None:
+            arrays.update(input_mean=self.projection.mean, input_components=self.projection.components)
+        return arrays, values
+
+    def restore_fitted(self, arrays: dict, values: dict) -> "CLUDI":
+        from raycluster.postprocess import Postprocess
+
+        arrays = dict(arrays)
+        if "input_components" in arrays:
+            self.projection = Postprocess(False, arrays.pop("input_mean"), arrays.pop("input_components"))
+        return super().restore_fitted(arrays, values)
 
     def check_search_settings(self, tune) -> None:
         from raycluster.methods.cludi import CludiConfig
