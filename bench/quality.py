@@ -10,6 +10,9 @@ Datasets (real data from ../shared/data, or $RAYCLUSTER_SHARED_DATA; digits ship
   mnist-test                 10,000 MNIST test digits through the pipeline (pixels), K = 10
   tinyimagenet-effnet-lite0  Tiny-ImageNet val photos -> shards -> pretrained EfficientNet-Lite0
                              features (cached in --cache-dir between runs); first 20 classes by default
+  tinyimagenet50             the paper protocol on real photos: every method is fitted on the Lite0
+                             features of 15,000 Tiny-ImageNet *train* photos (50 classes x 300) and
+                             assigns (and is scored on) the 2,500 val photos of the same 50 classes
 A dataset whose files are absent is reported as skipped, with the reason, never silently.
 Methods that read images (diec, dific) run on the datasets listed in IMAGE_METHODS only, with the
 experiment config named there; `--experiment METHOD=NAME` picks another:
@@ -23,11 +26,12 @@ import argparse
 import os
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 
 from raycluster.config import compose
-from raycluster.metrics import supervised_metrics
+from raycluster.metrics import size_entropy, supervised_metrics
 from raycluster.pipeline import build_method, ensure_embeddings, open_rows
 from raycluster.ray_utils import ensure_ray
 from common import SHARED, append_json_rows
@@ -55,7 +59,36 @@ def pipeline_features(overrides: list[str], cache_dir: str):
     return embeddings.vectors, embeddings.labels, cfg.data.num_clusters, summary.weights
 
 
+def same_classes_view(source: Path, classes: list[str], view: Path) -> Path:
+    """A folder of links to `classes`' folders of `source`: the val photos of the train split's classes."""
+    view.mkdir(parents=True, exist_ok=True)
+    for name in classes:
+        link = view / name
+        if not link.exists():
+            link.symlink_to(source / name, target_is_directory=True)
+    return view
+
+
 def load_dataset(name: str, args):
+    """(fit vectors, fit labels, eval vectors, eval labels, k, note): methods are fitted on the
+    first pair and scored on the second (the same rows, except for train/val datasets)."""
+    if name == "tinyimagenet50":
+        train = SHARED / "tinyimagenet-train50" / "images"
+        val = SHARED / "tinyimagenet-val" / "images"
+        if not (train.exists() and val.exists()):
+            raise Skip(f"{train} or {val} not found")
+        classes = sorted(entry.name for entry in os.scandir(train) if entry.is_dir())
+        view = same_classes_view(val, classes, Path(args.cache_dir) / "tinyimagenet50-val-view")
+        fit = pipeline_features(["data=folder", "data.name=tinyimagenet50-train", f"data.source.path={train}",
+                                 "data.num_clusters=50", "backbone=effnet_lite0"], args.cache_dir)
+        scored = pipeline_features(["data=folder", "data.name=tinyimagenet50-val", f"data.source.path={view}",
+                                    "data.num_clusters=50", "backbone=effnet_lite0"], args.cache_dir)
+        return fit[0], fit[1], scored[0], scored[1], 50, f"{fit[3]}; fit on train, scored on val"
+    vectors, labels, k, note = single_dataset(name, args)
+    return vectors, labels, vectors, labels, k, note
+
+
+def single_dataset(name: str, args):
     if name == "imagenet50-dino-vits16":
         import torch
 
@@ -76,7 +109,7 @@ def load_dataset(name: str, args):
     raise ValueError(f"unknown dataset {name!r}")
 
 
-DATASETS = ["imagenet50-dino-vits16", "digits", "mnist-test", "tinyimagenet-effnet-lite0"]
+DATASETS = ["imagenet50-dino-vits16", "digits", "mnist-test", "tinyimagenet-effnet-lite0", "tinyimagenet50"]
 
 
 def image_experiment(method: str, dataset: str, args) -> str | None:
@@ -87,7 +120,8 @@ def image_experiment(method: str, dataset: str, args) -> str | None:
     return f"experiment={chosen}" if default and chosen else default
 
 
-def run_method(method: str, dataset: str, vectors: np.ndarray, labels: np.ndarray, k: int, seed: int, args) -> list:
+def run_method(method: str, dataset: str, vectors: np.ndarray, labels: np.ndarray, k: int, seed: int, args,
+               eval_vectors: np.ndarray, eval_labels: np.ndarray) -> list:
     """Fit from scratch in `<output-root>/<dataset>/<method>/seed<N>` (emptied first, kept after:
     DiEC leaves its heatmaps and UNet there). Returns [(method name, metrics)]: one row, plus
     `diec_init_kmeans` (k-means on the COL/COT embeddings) and `diec_init_manifold` (k-means on a
@@ -105,8 +139,9 @@ def run_method(method: str, dataset: str, vectors: np.ndarray, labels: np.ndarra
     start = time.time()
     model.fit(vectors, labels)  # labels feed logged per-epoch metrics only
     fit_seconds = time.time() - start
-    cluster, _ = model.predict(vectors)
-    rows = [(method, {**supervised_metrics(labels, cluster), "fit_seconds": round(fit_seconds, 3)})]
+    cluster, _ = model.predict(eval_vectors)
+    rows = [(method, {**supervised_metrics(eval_labels, cluster), "size_entropy": size_entropy(cluster, k),
+                      "fit_seconds": round(fit_seconds, 3)})]
     stages = getattr(model, "stages", {})
     if stages:
         print(f"  {method} stages: {stages}", flush=True)
@@ -149,20 +184,23 @@ def main(argv=None):
             methods.append(method)
     for dataset in args.datasets:
         try:
-            vectors, labels, k, note = load_dataset(dataset, args)
+            vectors, labels, eval_vectors, eval_labels, k, note = load_dataset(dataset, args)
         except Skip as reason:
             skipped[dataset] = str(reason)
             print(f"SKIPPED {dataset}: {reason}", flush=True)
             continue
         label = dataset if dataset != "tinyimagenet-effnet-lite0" or args.tiny_classes == 20 else \
             f"{dataset}-{args.tiny_classes}cls"
-        print(f"{label}: {vectors.shape[0]} x {vectors.shape[1]}, K={k}; features: {note}", flush=True)
+        print(f"{label}: fit {vectors.shape[0]} x {vectors.shape[1]}, scored on {len(eval_labels)}, K={k}; "
+              f"features: {note}", flush=True)
         for method in methods:
             if method in IMAGE_METHODS and dataset not in IMAGE_METHODS[method]:
                 continue   # reads images of one shape: not applicable to this dataset
             for seed in args.seed_ids if args.seed_ids is not None else range(args.seeds):
-                for name, result in run_method(method, dataset, vectors, labels, k, seed, args):
-                    row = {"bench": "quality", "dataset": label, "method": name, "seed": seed, "n": int(len(labels)),
+                for name, result in run_method(method, dataset, vectors, labels, k, seed, args, eval_vectors,
+                                               eval_labels):
+                    row = {"bench": "quality", "dataset": label, "method": name, "seed": seed, "n": int(len(eval_labels)),
+                           "n_fit": int(len(labels)),
                            "k": k, "experiment": image_experiment(method, dataset, args),
                            **{key: round(value, 4) if key != "fit_seconds" else value for key, value in result.items()}}
                     rows.append(row)
