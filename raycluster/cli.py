@@ -14,6 +14,13 @@ USER_ERRORS = (ConfigError, ShardNotFoundError, EmbeddingWidthError, FileNotFoun
 
 
 def setup_logging() -> None:
+    import os
+
+    if not sys.stdout.isatty():
+        # Ray Data logs a multi-line progress block every 10 s when output is not a terminal
+        # (hundreds of lines an extraction); once a minute is enough in a log file. Read when
+        # ray.data is first imported, so set before any job imports it.
+        os.environ.setdefault("RAY_DATA_NON_TTY_PROGRESS_LOG_INTERVAL", "60")
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s %(name)s] %(message)s", datefmt="%H:%M:%S",
                         force=True)
     logging.getLogger("faiss.loader").setLevel(logging.WARNING)  # lists every CPU-feature build it tries
