@@ -28,10 +28,9 @@ def ensure_ray(address: Optional[str] = None, num_cpus: Optional[int] = None) ->
         # The dashboard serves Ray's State API, which Ray Train's placement-group cleaner polls
         # every second: without it each poll logs a warning (hundreds per training run).
         # A laptop's Ray is not served to its network: Ray's single-machine mode (its default on
-        # macOS and Windows) gives the node the loopback address, so the dashboard's and the
-        # autoscaler's metrics servers bind 127.0.0.1 instead of 0.0.0.0. The flag is read when
-        # Ray is imported (this process) and by the processes ray.init starts (the environment).
-        os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+        # macOS and Windows; RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0, read when Ray is imported) gives
+        # the node the loopback address, and the processes ray.init starts then bind their
+        # servers (dashboard and autoscaler metrics included) to 127.0.0.1 instead of 0.0.0.0.
         from ray._private import ray_constants
 
         ray_constants.ENABLE_RAY_CLUSTER = False
