@@ -45,7 +45,8 @@ class TEMI(TorchMethod):
         self.knn_seconds = 0.0
 
     def model_config(self, feature_dim: int) -> dict:
-        return {**self.model_overrides, "n_clusters": self.n_clusters, "feature_dim": feature_dim}
+        return {**self.model_overrides, "n_clusters": self.n_clusters, "feature_dim": feature_dim,
+                "epochs": self.optim.epochs}
 
     def neighbor_table(self, vectors: np.ndarray, k: int) -> np.ndarray:
         """(N, k) int64 neighbour row ids (cosine), self excluded."""

@@ -24,7 +24,7 @@ class OptimConfig:
     warmup_epochs: int = 1
     weight_decay: float = 0.01
     betas: tuple = (0.9, 0.98)
-    grad_clip: float = 4.0
+    grad_clip: float = 4.0         # max gradient norm; 0: no clipping
 
 
 def learning_rate(step: int, total_steps: int, warmup_steps: int, lr: float, min_lr: float) -> float:
@@ -80,7 +80,8 @@ def train_epochs(model, features: torch.Tensor, optim: OptimConfig, optimizer: t
             loss.backward()
             if average_gradients is not None:
                 average_gradients(model)
-            torch.nn.utils.clip_grad_norm_(model.parameters(), optim.grad_clip)
+            if optim.grad_clip:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), optim.grad_clip)
             optimizer.step()
             if hasattr(model, "update_teacher"):
                 model.update_teacher()
