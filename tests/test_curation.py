@@ -56,7 +56,7 @@ def test_curate_spreads_over_top_clusters_and_takes_the_closest(tmp_path):
         SamplingConfig(0)
 
 
-def test_duplicate_groups_are_connected_components_with_one_keeper():
+def test_duplicate_groups_keep_one_per_group():
     rng = np.random.default_rng(0)
     base = rng.normal(size=(20, 32)).astype(np.float32)
     copies = base[[0, 0, 5]] + 0.01 * rng.normal(size=(3, 32)).astype(np.float32)   # 0 has two copies, 5 one
@@ -71,6 +71,18 @@ def test_duplicate_groups_are_connected_components_with_one_keeper():
     # within clusters: a copy put in another cluster than its original is not found
     split = dedup_table(keys, np.r_[np.zeros(20, int), 1, 0, 0], vectors, DedupConfig(0.99))
     assert (~split["kept"]).sum() == 2
+
+
+def test_duplicate_groups_do_not_chain():
+    """a ~ b and b ~ c but not a ~ c: connected components made one group of all three (on real
+    photos, thousands of distinct images in a few groups); a star group holds only b's duplicates."""
+    angles = np.radians([0.0, 20.0, 40.0, 90.0])
+    vectors = np.stack([np.cos(angles), np.sin(angles)], axis=1).astype(np.float32)   # cos 20 deg = 0.94
+    keys = np.array(["a", "b", "c", "d"], dtype=object)
+    found = duplicate_groups(keys, vectors, DedupConfig(0.9))
+    assert found["kept"].tolist() == [False, True, False, True]   # b (two duplicates) kept, a and c removed
+    found = duplicate_groups(keys, vectors, DedupConfig(0.9, keep="earliest"))
+    assert found["kept"].tolist() == [True, False, True, True]    # a keeps b; c is not a's duplicate
 
 
 @pytest.mark.parametrize("threshold", [0.0, -0.1, 1.5])
