@@ -179,6 +179,8 @@ def config_case(overrides, expected):
 def case_killed_driver(work):
     import psutil
 
+    from raycluster.ray_watchdog import session_processes
+
     code = ("import time\nfrom ray._private import worker\nfrom raycluster.ray_utils import ensure_ray\n"
             "ensure_ray(num_cpus=1)\nprint('session', worker._global_node.session_name, flush=True)\ntime.sleep(600)\n")
     driver = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
@@ -187,14 +189,7 @@ def case_killed_driver(work):
     time.sleep(3)
 
     def processes():
-        found = []
-        for process in psutil.process_iter(["cmdline"]):
-            try:
-                if any(session in part for part in process.info["cmdline"] or ()):
-                    found.append(process)
-            except psutil.Error:
-                pass
-        return found
+        return session_processes(session)
 
     exposed = sorted({f"{c.laddr.ip}:{c.laddr.port}" for p in processes() for c in p.net_connections("inet")
                       if c.status == psutil.CONN_LISTEN and c.laddr.ip not in ("127.0.0.1", "::1", "::ffff:127.0.0.1")})

@@ -36,19 +36,6 @@ time.sleep(300)
 """
 
 
-def _session_processes(session):
-    import psutil
-
-    found = []
-    for process in psutil.process_iter(["cmdline"]):
-        try:
-            if any(session in part for part in process.info["cmdline"] or ()):
-                found.append(process)
-        except psutil.Error:
-            continue
-    return found
-
-
 def test_local_ray_is_private_and_ends_with_a_killed_driver():
     """Case 7 of the trust issue: after SIGKILL of the driver Ray's agents lived on for minutes, one
     listening on 0.0.0.0 (the unauthenticated metrics endpoint); the token file was 0644."""
@@ -58,13 +45,15 @@ def test_local_ray_is_private_and_ends_with_a_killed_driver():
 
     import psutil
 
+    from raycluster.ray_watchdog import session_processes
+
     driver = subprocess.Popen([sys.executable, "-c", LOCAL_DRIVER], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
                               text=True, cwd=REPO)
     try:
         session = driver.stdout.readline().split()[-1]
         assert session.startswith("session_")
         time.sleep(3)   # the dashboard's and autoscaler's servers come up just after ray.init returns
-        listening = [conn.laddr for process in _session_processes(session)
+        listening = [conn.laddr for process in session_processes(session)
                      for conn in process.net_connections(kind="inet") if conn.status == psutil.CONN_LISTEN]
         assert listening and all(address.ip in ("127.0.0.1", "::1", "::ffff:127.0.0.1") for address in listening), listening
         token = os.path.expanduser("~/.ray/auth_token")
@@ -73,6 +62,6 @@ def test_local_ray_is_private_and_ends_with_a_killed_driver():
         driver.send_signal(signal.SIGKILL)
         driver.wait()
     deadline = time.time() + 30
-    while _session_processes(session) and time.time() < deadline:
+    while session_processes(session) and time.time() < deadline:
         time.sleep(1)
-    assert _session_processes(session) == []
+    assert session_processes(session) == []

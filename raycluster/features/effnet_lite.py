@@ -10,7 +10,6 @@ to 0.37.
 """
 from __future__ import annotations
 
-import hashlib
 import importlib
 import os
 from collections import OrderedDict
@@ -19,6 +18,7 @@ from typing import Optional
 
 from raycluster.data.transforms import ImageSpec
 from raycluster.features.base import Extractor
+from raycluster.fingerprint import sha256_file
 
 # variant -> (PyPI package, module, class with get_model_file_path(), timm model name)
 VARIANTS = {
@@ -52,14 +52,6 @@ def weight_file(variant: str = "lite0") -> str:
 
 
 @lru_cache(maxsize=8)
-def sha256_of(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def map_state_dict(source: "OrderedDict", target: "OrderedDict") -> "OrderedDict":
     """Rename `source` tensors to `target`'s keys by position, checking count and every shape.
 
@@ -143,7 +135,7 @@ class EfficientNetLiteExtractor(Extractor):
         path = weights_path or weight_file(variant)
         if not os.path.exists(path):
             raise FileNotFoundError(f"EfficientNet-{variant} weights {path!r} do not exist")
-        return f"{_variant(variant)[3]}: ImageNet weights {os.path.basename(path)} sha256={sha256_of(path)}"
+        return f"{_variant(variant)[3]}: ImageNet weights {os.path.basename(path)} sha256={sha256_file(path)}"
 
     def build(self, variant: str = "lite0", weights_path: Optional[str] = None, thumbnail: Optional[int] = None,
               flip_average: bool = False):
