@@ -97,7 +97,7 @@ def case_embeddings_extractor(work):
 
 
 def case_method_stage(work):
-    stage = ["method=temi", "method.optim.epochs=1", "method.train.cpus_per_worker=1"]
+    stage = ["method=temi", "method.optim.epochs=1"]
     first, _ = train(work, "temi-1", *stage, f"method.storage_path={work / 'temi-train'}", cache="cache-temi")
     second, _ = train(work, "temi-2", *stage, "method.model.teacher_momentum=0.9",
                       f"method.storage_path={work / 'temi-train'}", cache="cache-temi")
