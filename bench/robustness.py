@@ -41,9 +41,9 @@ def train(work: Path, name: str, *overrides: str, cache: str = "cache") -> tuple
     return result, json.loads(path.read_text()) if result.returncode == 0 and path.exists() else {}
 
 
-def error_line(result: subprocess.CompletedProcess) -> str:
+def error_line(result: subprocess.CompletedProcess, width: int = 110) -> str:
     lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
-    return f"exit {result.returncode}, {len(lines)} error line(s)" + (f": {lines[0][:110]}" if lines else "") + \
+    return f"exit {result.returncode}, {len(lines)} error line(s)" + (f": {lines[0][:width]}" if lines else "") + \
         (", traceback" if "Traceback" in result.stderr else "")
 
 
@@ -160,7 +160,7 @@ def case_mixed_sizes(work):
         (root / f"c{i % 2}").mkdir(parents=True, exist_ok=True)
         (root / f"c{i % 2}" / f"{i}.png").write_bytes(png(size, 9))
     result, _ = train(work, "mixed", "data=folder", f"data.source.path={root}", "data.num_clusters=2", cache="cache-mixed")
-    got = error_line(result)
+    got = error_line(result, width=400)
     return "one line naming backbone.extractor.size, exit 2", got, \
         result.returncode == 2 and "backbone.extractor.size" in got and "traceback" not in got
 

@@ -73,3 +73,18 @@ def test_two_worker_ray_train_recovers_a_mixture(tmp_path, ray_local):
     assert confidence.shape == (600,) and method.knn_seconds > 0
     with pytest.raises(ValueError, match="knn=700"):
         TEMI(6, model={"knn": 700}).fit(vectors)
+
+
+def test_a_fitted_method_crosses_processes_as_its_state_dict():
+    """Ray returns the fitted method from its fit task by pickling it; TEMI's weight-normalised
+    heads refuse pickle ("only supported through state_dict"), which broke jobs/train.py method=temi."""
+    import pickle
+    from dataclasses import asdict
+
+    from raycluster.methods.temi_method import TEMI
+
+    config = TemiConfig(n_clusters=4, feature_dim=8, heads=2, hidden_dim=16, bottleneck_dim=8, knn=2)
+    method = TEMI(4)._restore({"model_config": asdict(config), "model": TemiModel(config).state_dict()})
+    again = pickle.loads(pickle.dumps(method))
+    vectors = np.random.default_rng(0).normal(size=(20, 8)).astype(np.float32)
+    np.testing.assert_array_equal(method.predict(vectors)[0], again.predict(vectors)[0])

@@ -98,6 +98,20 @@ class TorchMethod(ClusteringMethod):
         self.model.eval()
         return self
 
+    def __getstate__(self):
+        """Ray moves fitted methods between processes by pickling them; a torch module travels as
+        its config and state dict (parametrized modules, e.g. TEMI's weight norm, refuse pickle)."""
+        state = dict(self.__dict__)
+        if state.get("model") is not None:
+            state["model"] = {"model_config": self.model_config_used, "model": self.model.state_dict()}
+        return state
+
+    def __setstate__(self, state):
+        model = state.get("model")
+        self.__dict__.update({**state, "model": None})
+        if isinstance(model, dict):
+            self._restore(model)
+
     def portable_model_config(self) -> dict:
         """The model config to save: what rebuilds the module without the files it was trained
         from (a method replaces paths whose content the weights already hold)."""
