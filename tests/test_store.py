@@ -13,7 +13,7 @@ def test_write_and_load_parts_sorted_by_key(tmp_path):
     assert loaded.keys.tolist() == ["a", "b", "c", "d"]
     assert loaded.labels.tolist() == [0, 1, 2, 3] and loaded.has_labels
     assert loaded.vectors.dtype == np.float32 and loaded.vectors[1].tolist() == [1, 1, 1, 1]
-    assert store.done_shards() == {part_name("/x/shard-000000.tar"), part_name("/x/shard-000001.tar")}
+    assert store.done_shards() == {part_name("/x/shard-000000.tar"): None, part_name("/x/shard-000001.tar"): None}
     meta = {m["shard"]: m for m in store.part_metadata()}
     assert meta["/x/shard-000001.tar"]["corrupt"] == 1 and meta["/x/shard-000001.tar"]["samples"] == 3
 

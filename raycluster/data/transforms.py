@@ -109,7 +109,7 @@ def decode_batch(batch: dict, spec: ImageSpec) -> dict:
     for index, array in enumerate(decoded):
         if array is not None:
             if array.shape != shape:
-                raise ImageSizeError(f"images of different sizes ({keys[index]!r} decodes to {tuple(array.shape)}, "
+                raise ImageSizeError(f"images of different sizes ({str(keys[index])!r} decodes to {tuple(array.shape)}, "
                                      f"others to {tuple(shape)}) and no resize: set backbone.extractor.size "
                                      "(e.g. backbone.extractor.size=32)")
             pixels[index] = array
