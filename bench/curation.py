@@ -37,7 +37,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 from common import SHARED, append_json_rows, parse_with_work_dir  # noqa: E402
 
-from raycluster.methods.hkmeans import HierarchicalKMeans, faiss_kmeans, nearest  # noqa: E402
+from raycluster.methods.hkmeans import HierarchicalKMeans, nearest  # noqa: E402
 from raycluster.metrics import supervised_metrics  # noqa: E402
 
 

@@ -98,7 +98,9 @@ class DiEC(TorchMethod):
         return directory
 
     # -- stage 2 -------------------------------------------------------------------------
-    def layer_and_timestep(self, pixels: np.ndarray, unet: str, labels=None) -> tuple[str, int]:
+    def layer_and_timestep(self, pixels: np.ndarray, unet: str, labels=None, force: bool = False) -> tuple[str, int]:
+        """(COL, COT): as configured, else a search result made from the same inputs, else (or
+        with force) a new search."""
         from raycluster.tune.layer_timestep import search_layer_timestep
 
         if self.layer is not None and self.timestep is not None:
@@ -108,7 +110,7 @@ class DiEC(TorchMethod):
         inputs = {"unet": unet, "unet_files": local_paths_in(unet), "search": self.search, "image_shape": self.image_shape,
                   "n_clusters": self.n_clusters, "pool": self.model_overrides.get("pool", 1), "seed": self.seed,
                   "rows": array_fingerprint(pixels)}
-        if reusable(directory, inputs, "DiEC's COL/COT search", self.reuse) and os.path.exists(saved):
+        if not force and reusable(directory, inputs, "DiEC's COL/COT search", self.reuse) and os.path.exists(saved):
             with open(saved) as handle:
                 found = json.load(handle)
             log.warning("DiEC: reusing the COL/COT search in %s (same UNet, settings and rows)", saved)
@@ -194,19 +196,14 @@ class DiEC(TorchMethod):
         """Stage 2 alone, searched again even when a result exists: the (layer, timestep) grid of
         `method.search`, written to <work_dir>/search where `fit` reuses it (`tune` and
         output_dir are not used: DiEC's search has its own settings)."""
-        from raycluster.fingerprint import FINGERPRINT_FILE
-
         pixels = self.check_input(vectors)
         unet = self.unet if self.unet is not None else os.path.join(self.work_dir, "pretrained")
         if self.unet is None and not os.path.exists(os.path.join(unet, "unet", "config.json")):
             raise FileNotFoundError(f"no pretrained UNet in {unet}: run jobs/pretrain_diffusion.py with the same "
                                     "overrides first, or pass method.unet=<diffusers folder or hub name>")
-        stale = os.path.join(self.work_dir, "search", FINGERPRINT_FILE)
-        if os.path.exists(stale):
-            os.remove(stale)   # this job always searches; fit reuses what it finds
         start = time.time()
         self.layer, self.timestep = None, None
-        layer, timestep = self.layer_and_timestep(pixels, unet, labels)
+        layer, timestep = self.layer_and_timestep(pixels, unet, labels, force=True)   # fit reuses what it finds
         found = self.stages["search"]
         return {"layer": layer, "timestep": timestep, "criterion": self.search.get("criterion", "silhouette"),
                 "best_by_acc": found["best_by_acc"], "heatmaps": found["heatmaps"],
