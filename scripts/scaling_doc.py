@@ -37,7 +37,7 @@ def cores_of(machine: str) -> int:
 def main() -> int:
     scale = [r for r in rows("scale") if r.get("case") == "job"]
     extract = [r for r in rows("extract_throughput") if r.get("method") == "ray_pipeline"
-               and "lite0" in r.get("model", "") and r.get("device", "").startswith("cpu")]
+               and "lite0" in r.get("model", "") and "(CPU)" in r.get("machine", "")]
     if not scale or not extract:
         print("error: need bench/results/scale.jsonl (bench/scale.py) and a Lite0 CPU row in "
               "bench/results/extract_throughput.jsonl (bench/extract_throughput.py --backbone effnet_lite0)",
@@ -47,7 +47,7 @@ def main() -> int:
     small = min(scale, key=lambda r: r["n"])
     machine_cores = cores_of(big.get("machine"))
     lite0 = extract[-1]
-    lite0_per_core = lite0["images_per_s"] / cores_of(lite0.get("device", "cpu x2").split("x")[-1])
+    lite0_per_core = lite0["images_per_s"] / cores_of(lite0.get("machine"))
     # Per-core rows/s of the k-means passes and assignment on the bench's 192-d pixels, scaled to
     # 1280-d Lite0 features (both stages read and compare every dimension of every row: cost ~ D).
     width = LITE0_DIM / big["dim"]
@@ -80,7 +80,7 @@ def main() -> int:
         f"{big['driver_peak_rss_gib']} GiB ({big['driver_peak_rss_gib'] / small['driver_peak_rss_gib']:.2f}x for "
         f"{big['n'] / small['n']:.0f}x the rows): the driver holds O(K x D) plus a fixed-size sample.",
         f"Lite0 features from real JPEGs (`bench/extract_throughput.py`, {lite0['dataset']}): "
-        f"{lite0['images_per_s']} images/s through the Ray pipeline on {lite0['device']} "
+        f"{lite0['images_per_s']} images/s through the Ray pipeline on {lite0['machine']} "
         f"({lite0_per_core:.1f} per core).",
         "",
         "## Model",

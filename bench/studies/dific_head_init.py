@@ -1,7 +1,9 @@
 """DiFiC's guidance start: how much of the warm-up clusters the clustering head keeps at step 0.
 
-    python bench/dific_head_init.py --run outputs/bench/quality/mnist-test/dific/seed0 --seed 0
-    python bench/dific_head_init.py --run RUN --seed 1 --experiment dific_mnist --json rows.jsonl
+Study, 2026-12-01. Decision it produced: none yet: cross-entropy-fitted prototypes would start guidance closer to the warm-up clusters.
+
+    python bench/studies/dific_head_init.py --run outputs/bench/quality/mnist-test/dific/seed0 --seed 0
+    python bench/studies/dific_head_init.py --run RUN --seed 1 --experiment dific_mnist --json rows.jsonl
 
 Reads a finished (or warmed-up) DiFiC run on the MNIST test split (`<run>/dific/warmup.pt`, as
 `bench/quality.py` or `jobs/train.py experiment=dific_mnist*` leave it), computes S* for the 10,000
@@ -17,12 +19,15 @@ Rows (--json): {"bench", "dataset", "method", "seed", "acc", "nmi", "ari", "agre
 """
 from __future__ import annotations
 
+import sys
+from pathlib import Path
 import argparse
 import os
 
 import numpy as np
 
-from common import SHARED, append_json_rows
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # bench/common.py
+from common import SHARED, append_json_rows  # noqa: E402
 
 
 def main(argv=None):

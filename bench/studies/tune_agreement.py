@@ -1,7 +1,9 @@
 """How well CLUDI's label-free ASHA choice agrees with the best trial by ACC.
 
-    python bench/tune_agreement.py                       # ImageNet-50 DINO features, configs/tune/asha.yaml
-    python bench/tune_agreement.py --num-samples 4 --epochs 10 --json rows.jsonl
+Study, 2026-11-23. Decision it produced: CLUDI's ASHA compares trials by the cosine silhouette of the input features.
+
+    python bench/studies/tune_agreement.py                       # ImageNet-50 DINO features, configs/tune/asha.yaml
+    python bench/studies/tune_agreement.py --num-samples 4 --epochs 10 --json rows.jsonl
 Runs the same search as `jobs/tune.py method=cludi` (raycluster.tune.asha.asha_search) on the
 real DINO ViT-S/16 embeddings of ImageNet-50 (../shared/data), labels logged only. Prints every
 trial (criterion, the teacher's ACC on that epoch's batches, epochs it ran before ASHA stopped
@@ -13,10 +15,12 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from pathlib import Path
 import time
 from dataclasses import asdict
 
-from common import SHARED, append_json_rows
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # bench/common.py
+from common import SHARED, append_json_rows  # noqa: E402
 
 
 def main(argv=None):

@@ -1,7 +1,9 @@
 """DiFiC warm-up: how good S* gets, epoch by epoch, under different object-mask settings.
 
-    python bench/dific_warmup.py                       # the figures behind method.model.mask_threshold
-    python bench/dific_warmup.py --variants "t0.3:mask_threshold=0.3" --seed 0 --epochs 30 --json rows.jsonl
+Study, 2026-11-24. Decision it produced: DiFiC's `mask_threshold` is 0.1.
+
+    python bench/studies/dific_warmup.py                       # the figures behind method.model.mask_threshold
+    python bench/studies/dific_warmup.py --variants "t0.3:mask_threshold=0.3" --seed 0 --epochs 30 --json rows.jsonl
 
 Trains the from-scratch warm-up of `experiment=dific_mnist` (extractor + 16x16 conditional UNet +
 text encoder, masked denoising loss) in this process, without Ray, on the 10,000 MNIST test digits,
@@ -15,13 +17,16 @@ Rows (--json): {"bench", "dataset", "method", "seed", "epoch", "knn_agreement", 
 """
 from __future__ import annotations
 
+import sys
+from pathlib import Path
 import argparse
 import time
 
 import numpy as np
 import yaml
 
-from common import SHARED, append_json_rows
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # bench/common.py
+from common import SHARED, append_json_rows  # noqa: E402
 
 VARIANTS = ["threshold-0.3:mask_threshold=0.3", "threshold-0.1:mask_threshold=0.1", "no-mask:mask_start_epoch=-1"]
 

@@ -1,9 +1,11 @@
 """What one DiFiC training step costs on this machine, and what the mask-pass early exit and the
+
+Study, 2026-12-02. Decision it produced: the mask pass stops after the last cross-attention; AdamW is fused.
 fused optimiser save, measured side by side in one run (Ray-free; random weights: cost does not
 depend on them).
 
-    python bench/dific_step.py                       # experiment=dific_mnist's model, batch 128
-    python bench/dific_step.py --experiment dific_mnist --repeats 30 --json rows.jsonl
+    python bench/studies/dific_step.py                       # experiment=dific_mnist's model, batch 128
+    python bench/studies/dific_step.py --experiment dific_mnist --repeats 30 --json rows.jsonl
 
 Rows, each the median of `--repeats` timed calls after two warm-up calls, torch threads = 2
 (what a Ray Train worker with 1.5 CPUs gets):
@@ -17,13 +19,16 @@ Rows, each the median of `--repeats` timed calls after two warm-up calls, torch 
 """
 from __future__ import annotations
 
+import sys
+from pathlib import Path
 import argparse
 import statistics
 import time
 
 import numpy as np
 
-from common import append_json_rows
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # bench/common.py
+from common import append_json_rows  # noqa: E402
 
 
 def median_seconds(call, repeats: int) -> float:

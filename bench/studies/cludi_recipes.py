@@ -1,7 +1,9 @@
 """CLUDI's recipes trained in one process without Ray, on a GPU when there is one.
 
-    python bench/cludi_recipes.py                      # cludi_paper on ImageNet-50 and digits, 3 seeds
-    python bench/cludi_recipes.py --recipes cludi cludi_paper --datasets digits --seeds 1 --epochs 30
+Study, 2026-11-24. Decision it produced: `cludi_paper` (the public code's recipe) is for GPUs; the CPU `cludi` recipe is a separate config.
+
+    python bench/studies/cludi_recipes.py                      # cludi_paper on ImageNet-50 and digits, 3 seeds
+    python bench/studies/cludi_recipes.py --recipes cludi cludi_paper --datasets digits --seeds 1 --epochs 30
 
 `bench/quality.py` runs CLUDI through the product (Ray Train workers); it skips `cludi_paper` on
 a machine without a GPU. This script runs the loop those workers run (`train.loop.train_epochs`,
@@ -22,6 +24,7 @@ Rows (--json): {"bench", "dataset", "method", "seed", "device", "acc", "nmi", "a
 """
 from __future__ import annotations
 
+import sys
 import argparse
 import math
 import time
@@ -30,7 +33,8 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from common import SHARED, append_json_rows
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # bench/common.py
+from common import SHARED, append_json_rows  # noqa: E402
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "method"
 

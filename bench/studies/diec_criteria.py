@@ -1,7 +1,9 @@
 """Which label-free criterion would pick DiEC's (layer, timestep) well? Spearman with ACC per cell.
 
-    python bench/diec_criteria.py --unet outputs/bench/quality/mnist-test/diec/seed0/diec/pretrained
-    python bench/diec_criteria.py --pretrain-epochs 60 --output outputs/bench/diec_unet60   # GPU
+Study, 2026-11-23. Decision it produced: DiEC's search criterion defaults to the silhouette (`method.search.criterion`).
+
+    python bench/studies/diec_criteria.py --unet outputs/bench/quality/mnist-test/diec/seed0/diec/pretrained
+    python bench/studies/diec_criteria.py --pretrain-epochs 60 --output outputs/bench/diec_unet60   # GPU
 The UNet is one DiEC pretrained (bench/quality.py --methods diec leaves it there), or, with
 `--pretrain-epochs N`, one pretrained here first: configs/method/diec.yaml's pretraining (UNet,
 schedule, EMA) with N epochs, on all 10,000 MNIST test digits, in this process (the loop a Ray
@@ -20,10 +22,12 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 import numpy as np
 
-from common import SHARED, append_json_rows
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # bench/common.py
+from common import SHARED, append_json_rows  # noqa: E402
 
 
 def scores(embeddings: np.ndarray, labels: np.ndarray, k: int) -> dict:
@@ -50,14 +54,14 @@ def pretrain_here(images: np.ndarray, epochs: int, output: str) -> str:
     from pathlib import Path
 
     import torch
-    import yaml
+    from raycluster.config import compose
 
     from raycluster.diffusion.objective import build_denoiser
     from raycluster.diffusion.pretrain import pretraining_setup
     from raycluster.diffusion.unet import save_unet
     from raycluster.train.loop import make_optimizer, train_epochs
 
-    settings = yaml.safe_load((Path(__file__).resolve().parents[1] / "configs/method/diec.yaml").read_text())["pretrain"]
+    settings = compose(["method=diec"]).method["pretrain"]
     config, optim = pretraining_setup((1, 28, 28), settings["unet"], {**settings["optim"], "epochs": epochs},
                                       settings["ema_decay"])
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -81,14 +85,14 @@ def finetune_here(unet: str, layer: str, timestep: int, images: np.ndarray, labe
     from pathlib import Path
 
     import torch
-    import yaml
+    from raycluster.config import compose
 
     from raycluster.methods.diec import build_diec
     from raycluster.methods.diec_method import DiEC
     from raycluster.metrics import supervised_metrics
     from raycluster.train.loop import make_optimizer, train_epochs
 
-    settings = yaml.safe_load((Path(__file__).resolve().parents[1] / "configs/method/diec.yaml").read_text())
+    settings = compose(["method=diec"]).method
     method = DiEC(10, unet=unet, layer=layer, timestep=timestep, model=settings["model"], optim=settings["optim"],
                   manifold=settings.get("manifold"))
     pixels = images.reshape(len(images), -1).astype(np.float32) / 255

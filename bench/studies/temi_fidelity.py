@@ -1,7 +1,9 @@
-"""TEMI as the public code runs, side by side with its figures (study; decision: configs/method/temi.yaml).
+"""TEMI as the public code runs, side by side with its figures.
 
-    python bench/temi_fidelity.py                          # 100 and 300 epochs, seed 0 (~20 min on 2 cores)
-    python bench/temi_fidelity.py --epochs 100 --seeds 0 1 --json rows.jsonl
+Study, 2026-12-02. Decision it produced: configs/method/temi.yaml follows the public code (lr, warm-up, heads, momentum schedule).
+
+    python bench/studies/temi_fidelity.py                          # 100 and 300 epochs, seed 0 (~20 min on 2 cores)
+    python bench/studies/temi_fidelity.py --epochs 100 --seeds 0 1 --json rows.jsonl
 
 The 2,500 ImageNet-50 DINO ViT-S/16 val embeddings, TEMI's configs/method/temi.yaml recipe
 (the public code's defaults: 16 heads, beta 0.6, 50-NN, batch 1,024, lr 5e-4 x batch / 256, ...)
@@ -19,8 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # bench/common.py
 from common import SHARED, append_json_rows  # noqa: E402
 
 PUBLIC_ACC = {100: 0.472, 300: 0.577}   # NOTES-cludi.md: HHU-MMBS/TEMI-official-BMVC2023 on this file
