@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import io
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -37,7 +36,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 from common import SHARED, append_json_rows, parse_with_work_dir  # noqa: E402
 
-from raycluster.methods.hkmeans import HierarchicalKMeans, nearest  # noqa: E402
+from raycluster.methods.hkmeans.method import HierarchicalKMeans, nearest  # noqa: E402
 from raycluster.metrics import supervised_metrics  # noqa: E402
 
 
@@ -165,7 +164,7 @@ def dedup_rows_bench(thresholds: list[float], copies: int, seed: int, work: Path
     from raycluster.data.shards import read_manifest, write_shards
     from raycluster.data.store import EmbeddingStore
     from raycluster.features.extract import run_extraction
-    from raycluster.methods.kmeans import KMeans
+    from raycluster.methods.kmeans.method import FaissKMeans
     from raycluster.ray_utils import ensure_ray
 
     root = SHARED / "tinyimagenet-val" / "images"
@@ -193,7 +192,7 @@ def dedup_rows_bench(thresholds: list[float], copies: int, seed: int, work: Path
     run_extraction(DataConfig(name="dedup", shards=str(shards), source=None), backbone, ClusterConfig(), store_dir)
     data = StoreRows(EmbeddingStore(store_dir)).load()
     true_pairs = {tuple(sorted(p[:2])) for p in pairs}
-    model = KMeans(k, n_init=1, seed=seed).fit(data.vectors)
+    model = FaissKMeans(k, n_init=1, seed=seed).fit(data.vectors)
     cluster, _ = model.predict(data.vectors)
     rows = []
     for threshold in thresholds:

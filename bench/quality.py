@@ -32,7 +32,8 @@ import numpy as np
 
 from raycluster.config import compose
 from raycluster.metrics import size_entropy, supervised_metrics
-from raycluster.pipeline import build_method, ensure_embeddings, open_rows
+from raycluster.app.pipeline import ensure_embeddings, open_rows
+from raycluster.methods.base import ClusteringMethod
 from raycluster.ray_utils import ensure_ray
 from common import SHARED, append_json_rows
 
@@ -135,7 +136,7 @@ def run_method(method: str, dataset: str, vectors: np.ndarray, labels: np.ndarra
     cfg = compose([experiment or f"method={method}", f"seed={seed}", f"data.num_clusters={k}",
                    f"output_dir={output_dir}", *args.method_overrides])
     ensure_ray(None, None)
-    model = build_method(cfg.method)
+    model = ClusteringMethod.from_config(cfg.method)
     start = time.time()
     model.fit(vectors, labels)  # labels feed logged per-epoch metrics only
     fit_seconds = time.time() - start

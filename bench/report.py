@@ -34,7 +34,7 @@ from common import SHARED, append_json_rows
 def tinyimagenet_run(work: Path, cache_dir: str) -> tuple[str, str]:
     """Run the main job (no report) on all Tiny-ImageNet val photos; returns (run_dir, method)."""
     from raycluster.config import compose
-    from raycluster.pipeline import run_train
+    from raycluster.app.pipeline import run_train
 
     images = SHARED / "tinyimagenet-val" / "images"
     if not images.exists():

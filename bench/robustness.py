@@ -231,7 +231,7 @@ def case_fingerprint_cost(work):
     from raycluster.data.store import EmbeddingStore
     from raycluster.features.extract import extractor_inputs, pending_shards
     from raycluster.fingerprint import reusable
-    from raycluster.pipeline import ensure_shards
+    from raycluster.app.pipeline import ensure_shards
 
     train(work, "default-for-timing", cache="cache")
     cfg = compose([f"cache_dir={work / 'cache'}"])

@@ -131,8 +131,8 @@ def streamed_vs_in_memory(name: str, store_dir: str, k: int, seeds: list[int], n
     """ACC of the streamed k-means path and of in-memory KMeans.fit on the same vectors, per seed."""
     from raycluster.assign import assign_rows
     from raycluster.data.rows import store_rows
-    from raycluster.fitting import fit_off_driver
-    from raycluster.methods.kmeans import KMeans
+    from raycluster.app.fitting import fit_off_driver
+    from raycluster.methods.kmeans.method import FaissKMeans
     from raycluster.metrics import supervised_metrics
 
     rows = store_rows(store_dir, local_bytes=0)
@@ -140,13 +140,13 @@ def streamed_vs_in_memory(name: str, store_dir: str, k: int, seeds: list[int], n
     streamed, in_memory, seconds = [], [], {"streamed": 0.0, "in_memory": 0.0}
     for seed in seeds:
         start = time.time()
-        method = fit_off_driver(KMeans(k, n_init=n_init, seed=seed, max_points_per_centroid=max_points_per_centroid),
+        method = fit_off_driver(FaissKMeans(k, n_init=n_init, seed=seed, max_points_per_centroid=max_points_per_centroid),
                                 rows)
         stats, _ = assign_rows(method, rows, os.path.join(store_dir + "-assign", f"seed{seed}"))
         seconds["streamed"] += time.time() - start
         streamed.append(stats.metrics()["acc"])
         start = time.time()
-        cluster, _ = KMeans(k, n_init=n_init, seed=seed).fit(data.vectors).predict(data.vectors)
+        cluster, _ = FaissKMeans(k, n_init=n_init, seed=seed).fit(data.vectors).predict(data.vectors)
         seconds["in_memory"] += time.time() - start
         in_memory.append(supervised_metrics(data.labels, cluster)["acc"])
         print(f"  {name} seed {seed}: streamed {streamed[-1]:.4f}  in-memory {in_memory[-1]:.4f}", flush=True)

@@ -6,13 +6,13 @@ Writes <run_dir>/curated.parquet: key, cluster (level 1), cluster_l<i> per level
 """
 import hydra
 
-from raycluster.cli import run_or_exit, setup_logging
+from raycluster.app.cli import run_or_exit, setup_logging
 from raycluster.config import CONFIG_DIR
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="curate")
 def main(cfg):
-    from raycluster.curation.run import run_curate
+    from raycluster.app.curation import run_curate
     from raycluster.curation.sampling import SamplingConfig
 
     setup_logging()

@@ -6,14 +6,14 @@ Writes <run_dir>/dedup/: kept.parquet and removed.parquet (key, cluster, group),
 """
 import hydra
 
-from raycluster.cli import run_or_exit, setup_logging
+from raycluster.app.cli import run_or_exit, setup_logging
 from raycluster.config import CONFIG_DIR
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="dedup")
 def main(cfg):
     from raycluster.curation.dedup import DedupConfig
-    from raycluster.curation.run import run_dedup
+    from raycluster.app.curation import run_dedup
 
     setup_logging()
     config = run_or_exit(lambda: DedupConfig(float(cfg.threshold), cfg.keep))

@@ -3,8 +3,8 @@
     python jobs/extract.py data=mnist backbone=pixels
     python jobs/extract.py data=shards data.shards='s3://b/shards-{000000..000127}.tar' backbone=vit_small cluster=gpu_node
 """
-from raycluster.cli import hydra_job
-from raycluster.pipeline import ensure_embeddings
+from raycluster.app.cli import hydra_job
+from raycluster.app.pipeline import ensure_embeddings
 
 
 def extract(cfg):

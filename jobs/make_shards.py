@@ -3,8 +3,8 @@
     python jobs/make_shards.py data=mnist
     python jobs/make_shards.py data=folder data.source.path=/photos data.shards=s3://bucket/photos data.samples_per_shard=2000
 """
-from raycluster.cli import hydra_job
-from raycluster.pipeline import ensure_shards
+from raycluster.app.cli import hydra_job
+from raycluster.app.pipeline import ensure_shards
 
 
 def make_shards(cfg):

@@ -6,8 +6,8 @@
 Writes <output_dir>/index/ (reused by later runs with the same settings) and
 <output_dir>/knn_graph/part-*.parquet (key, neighbors, similarities); a rerun skips finished parts.
 """
-from raycluster.cli import hydra_job
-from raycluster.neighbors.run import run_neighbors
+from raycluster.app.cli import hydra_job
+from raycluster.app.neighbors import run_neighbors
 
 main = hydra_job(run_neighbors)
 

@@ -7,9 +7,9 @@ Writes <run_dir>/predictions.parquet (key, cluster, confidence) unless output= i
 """
 import hydra
 
-from raycluster.cli import run_or_exit, setup_logging
+from raycluster.app.cli import run_or_exit, setup_logging
 from raycluster.config import CONFIG_DIR
-from raycluster.predict import run_predict
+from raycluster.app.predict import run_predict
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="predict")

@@ -7,8 +7,8 @@ Writes <output_dir>/diec/pretrained/{unet,scheduler} (EMA weights, diffusers for
 DiEC as `method.unet=...`, or rerun jobs/train.py with the same output_dir and it is reused.
 Checkpoints every epoch under <output_dir>/diec/pretrain; rerun the same command to resume.
 """
-from raycluster.cli import hydra_job
-from raycluster.diffusion.pretrain import run_pretrain_diffusion
+from raycluster.app.cli import hydra_job
+from raycluster.app.pretrain import run_pretrain_diffusion
 
 main = hydra_job(run_pretrain_diffusion)
 

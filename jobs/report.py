@@ -8,7 +8,7 @@ import logging
 
 import hydra
 
-from raycluster.cli import run_or_exit, setup_logging
+from raycluster.app.cli import run_or_exit, setup_logging
 from raycluster.config import CONFIG_DIR, typed
 from raycluster.report import ReportOptions, report_run
 

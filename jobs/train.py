@@ -6,8 +6,8 @@
     python jobs/train.py data=folder data.source.path=/photos data.num_clusters=20 backbone=effnet_lite0
     RAY_AUTH_MODE=token ray job submit --working-dir . -- python jobs/train.py cluster=gpu_node ...
 """
-from raycluster.cli import hydra_job
-from raycluster.pipeline import run_train
+from raycluster.app.cli import hydra_job
+from raycluster.app.pipeline import run_train
 
 main = hydra_job(run_train)
 

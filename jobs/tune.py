@@ -7,8 +7,8 @@ DiEC: a grid over method.search.layers x method.search.timesteps, each trial sco
 method.search.criterion (silhouette, or chi: Calinski-Harabasz) of k-means on a subset; heatmaps (criterion, and ACC when labels
 exist: logged, never used) and search.json under <output_dir>/diec/search/.
 """
-from raycluster.cli import hydra_job
-from raycluster.tune.run import run_tune
+from raycluster.app.cli import hydra_job
+from raycluster.app.tune import run_tune
 
 main = hydra_job(run_tune)
 

@@ -30,7 +30,7 @@ import pyarrow.parquet as pq
 from raycluster.data.rows import StoreRows, in_sample
 from raycluster.data.store import embedding_matrix
 from raycluster.metrics import count_entropy, table_metrics
-from raycluster.postprocess import Postprocess
+from raycluster.data.postprocess import Postprocess
 
 log = logging.getLogger(__name__)
 

@@ -13,16 +13,13 @@ from typing import Any, Optional, Sequence
 
 from omegaconf import DictConfig, OmegaConf
 
+from raycluster.errors import ConfigError
 from raycluster.neighbors.index import IndexSpec
 
 
 # `${ifnull:${data.source.classes},202}`: a config value that falls back when another is null.
 if not OmegaConf.has_resolver("ifnull"):
     OmegaConf.register_new_resolver("ifnull", lambda value, default: default if value is None else value)
-
-
-class ConfigError(ValueError):
-    """A configuration that cannot run; the message says which key and why."""
 
 
 @dataclass

@@ -21,7 +21,7 @@ from typing import Any
 
 import fsspec
 
-from raycluster.config import ConfigError
+from raycluster.errors import ConfigError
 
 log = logging.getLogger(__name__)
 

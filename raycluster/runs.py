@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import os
 
-from raycluster.postprocess import Postprocess
+from raycluster.data.postprocess import Postprocess
 
 POSTPROCESS_FILE = "postprocess.npz"
 METHOD_FILE = "method.safetensors"

@@ -7,7 +7,7 @@ import pytest
 
 from raycluster.assign import AssignmentStats, assign_rows, read_assignment_stats
 from raycluster.data.rows import StoreRows
-from raycluster.methods.kmeans import KMeans
+from raycluster.methods.kmeans.method import FaissKMeans
 from raycluster.metrics import size_entropy, supervised_metrics
 
 from test_rows import make_store
@@ -15,7 +15,7 @@ from test_rows import make_store
 
 def fitted_kmeans(store, k=5):
     data = store.load()
-    return KMeans(k, n_init=1, seed=0).fit(data.vectors), data
+    return FaissKMeans(k, n_init=1, seed=0).fit(data.vectors), data
 
 
 def test_stats_equal_the_in_memory_metrics():

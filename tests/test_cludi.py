@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch
 
-from raycluster.methods.cludi import CludiConfig, CludiModel, self_classifier_loss, sqrt_schedule
+from raycluster.methods.cludi.model import CludiConfig, CludiModel, self_classifier_loss, sqrt_schedule
 from raycluster.metrics import supervised_metrics
 from raycluster.train.loop import OptimConfig, learning_rate, make_optimizer, train_epochs
 
@@ -90,7 +90,7 @@ def test_plain_loop_recovers_a_mixture_without_ray():
 
 
 def cludi_method(tmp_path, workers, epochs, run_name="run", seed=0):
-    from raycluster.methods.cludi_method import CLUDI
+    from raycluster.methods.cludi.method import CLUDI
 
     model = {k: v for k, v in small_config().__dict__.items() if k not in ("n_clusters", "feature_dim")}
     return CLUDI(4, model=model, optim={"epochs": epochs, "batch_size": 120, "lr": 1e-3},
@@ -119,7 +119,7 @@ def test_ray_train_two_workers_recover_mixture(tmp_path, ray_local):
 @pytest.mark.timeout(600)
 def test_checkpoint_resume_continues_from_last_epoch(tmp_path, ray_local):
     from raycluster.train.run import fit_with_ray_train
-    from raycluster.methods.cludi import build_cludi
+    from raycluster.methods.cludi.model import build_cludi
     from raycluster.config import TrainConfig
 
     vectors, _ = mixture(n_per=30)
@@ -137,14 +137,14 @@ def test_checkpoint_resume_continues_from_last_epoch(tmp_path, ray_local):
 def test_save_and_load_give_the_same_predictions(tmp_path):
     from dataclasses import asdict
 
-    from raycluster.methods.cludi_method import CLUDI
+    from raycluster.methods.cludi.method import CLUDI
     from raycluster.methods.saving import load_fitted, save_fitted
 
     trained = CLUDI(4, seed=3)
     config = asdict(small_config())
     trained._restore({"model_config": config, "model": CludiModel(small_config()).state_dict()})
     save_fitted(trained, str(tmp_path / "method.safetensors"),
-                {"_target_": "raycluster.methods.cludi_method.CLUDI", "n_clusters": 4, "seed": 3})
+                {"_target_": "raycluster.methods.cludi.method.CLUDI", "n_clusters": 4, "seed": 3})
     restored = load_fitted(str(tmp_path / "method.safetensors"))
     vectors, _ = mixture(n_per=10)
     np.testing.assert_array_equal(trained.predict(vectors)[0], restored.predict(vectors)[0])
@@ -168,9 +168,9 @@ def test_warm_start_teaches_the_initial_clusters_then_hands_over_to_the_chain():
 
 
 def test_cludi_reduces_wide_rows_and_saves_the_projection(tmp_path):
-    from raycluster.methods.cludi_method import CLUDI
+    from raycluster.methods.cludi.method import CLUDI
     from raycluster.methods.saving import load_fitted, save_fitted
-    from raycluster.postprocess import Postprocess
+    from raycluster.data.postprocess import Postprocess
 
     vectors, _ = mixture(n_per=10)                   # 128-d
     method = CLUDI(4, seed=1, input_dim=16)
@@ -178,7 +178,7 @@ def test_cludi_reduces_wide_rows_and_saves_the_projection(tmp_path):
     method._restore({"model_config": asdict_config(small_config(feature_dim=16)),
                      "model": CludiModel(small_config(feature_dim=16)).state_dict()})
     save_fitted(method, str(tmp_path / "m.safetensors"),
-                {"_target_": "raycluster.methods.cludi_method.CLUDI", "n_clusters": 4, "seed": 1, "input_dim": 16})
+                {"_target_": "raycluster.methods.cludi.method.CLUDI", "n_clusters": 4, "seed": 1, "input_dim": 16})
     again = load_fitted(str(tmp_path / "m.safetensors"))
     np.testing.assert_array_equal(method.predict(vectors)[0], again.predict(vectors)[0])
     with pytest.raises(ValueError, match="width 8"):

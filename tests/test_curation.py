@@ -97,8 +97,8 @@ def test_hkmeans_run_then_curate_and_dedup_jobs(compose_config, ray_local, tmp_p
     import json
     import os
 
-    from raycluster.curation.run import run_curate, run_dedup
-    from raycluster.pipeline import run_train
+    from raycluster.app.curation import run_curate, run_dedup
+    from raycluster.app.pipeline import run_train
 
     cfg = compose_config(["method=hkmeans", "method.levels=[30,10,3]", "report=true"])
     summary = run_train(cfg)

@@ -1,9 +1,9 @@
-"""raycluster.methods.diec (pure torch), the DiEC method's stages and its Ray Train fine-tune."""
+"""raycluster.methods.diec.model (pure torch), the DiEC method's stages and its Ray Train fine-tune."""
 import numpy as np
 import pytest
 import torch
 
-from raycluster.methods.diec import build_diec, dec_kl, student_t_assignments, target_distribution
+from raycluster.methods.diec.model import build_diec, dec_kl, student_t_assignments, target_distribution
 
 from tests.test_unet_features import TINY_UNET
 
@@ -89,7 +89,7 @@ def test_initial_clusters_are_the_first_target_then_dec_takes_over():
 
 
 def test_a_typo_in_the_manifold_settings_fails_before_any_stage():
-    from raycluster.methods.diec_method import DiEC
+    from raycluster.methods.diec.method import DiEC
 
     with pytest.raises(ValueError, match=r"diec: unknown manifold setting\(s\) \['n_neighbor'\]"):
         DiEC(10, manifold={"n_neighbor": 15})
@@ -103,7 +103,7 @@ def test_wrong_number_of_centres_is_one_clear_error():
 @pytest.mark.slow
 def test_two_worker_finetune_decreases_the_loss_and_resumes(ray_local, tmp_path):
     from raycluster.config import TrainConfig
-    from raycluster.methods.diec import build_diec as factory
+    from raycluster.methods.diec.model import build_diec as factory
     from raycluster.train.loop import OptimConfig
     from raycluster.train.run import fit_with_ray_train
 
@@ -124,8 +124,7 @@ def test_initial_clusters_reach_each_worker_by_dataset_row(ray_local, tmp_path):
     """Initial clusters (a relabelling of the classes) travel as shared context; each of two
     workers must look its own rows up by dataset id, or the model learns scrambled targets."""
     from raycluster.config import TrainConfig
-    from raycluster.methods.diec import build_diec as factory
-    from raycluster.metrics import supervised_metrics
+    from raycluster.methods.diec.model import build_diec as factory
     from raycluster.train.loop import OptimConfig
     from raycluster.train.run import fit_with_ray_train
 
@@ -156,9 +155,9 @@ def test_pretrain_then_tune_then_train_jobs_reuse_each_stage(ray_local, compose_
     import json
     import os
 
-    from raycluster.diffusion.pretrain import run_pretrain_diffusion
-    from raycluster.pipeline import run_train
-    from raycluster.tune.run import run_tune
+    from raycluster.app.pretrain import run_pretrain_diffusion
+    from raycluster.app.pipeline import run_train
+    from raycluster.app.tune import run_tune
 
     cfg = compose_config(DIGITS_DIEC)
     work = f"{tmp_path}/run/diec"

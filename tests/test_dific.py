@@ -1,4 +1,4 @@
-"""raycluster.methods.dific (pure torch), the pretrained-mode loader, and DiFiC on Ray Train."""
+"""raycluster.methods.dific.model (pure torch), the pretrained-mode loader, and DiFiC on Ray Train."""
 import json
 import os
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from raycluster.methods.dific import (attention_mask_from_maps, balance, build_dific, image_space_weights,
+from raycluster.methods.dific.model import (attention_mask_from_maps, balance, build_dific, image_space_weights,
                                       masked_denoising_error, neighbor_consistency)
 
 from tests.test_diec import tiny_patterns
@@ -142,7 +142,7 @@ def test_wrong_prompt_or_centres_is_one_clear_error():
 
 
 def test_a_typo_in_the_manifold_settings_fails_before_any_training():
-    from raycluster.methods.dific_method import DiFiC
+    from raycluster.methods.dific.method import DiFiC
 
     with pytest.raises(ValueError, match=r"unknown manifold setting\(s\) \['n_component'\]"):
         DiFiC(10, manifold={"n_component": 10})
@@ -215,7 +215,7 @@ def test_pretrained_mode_loads_a_saved_pipeline_and_trains_only_the_extractor(tm
 @pytest.mark.slow
 def test_two_worker_warmup_decreases_the_loss_and_resumes(ray_local, tmp_path):
     from raycluster.config import TrainConfig
-    from raycluster.methods.dific import build_dific as factory
+    from raycluster.methods.dific.model import build_dific as factory
     from raycluster.train.loop import OptimConfig
     from raycluster.train.run import fit_with_ray_train
 
@@ -246,7 +246,7 @@ def test_train_job_runs_every_stage_then_reuses_the_warmup(ray_local, compose_co
 
     from raycluster.data.store import EmbeddingStore
     from raycluster.methods.saving import load_fitted
-    from raycluster.pipeline import run_train
+    from raycluster.app.pipeline import run_train
 
     cfg = compose_config(DIGITS_DIFIC)
     summary = run_train(cfg)
@@ -266,7 +266,7 @@ def test_train_job_runs_every_stage_then_reuses_the_warmup(ray_local, compose_co
 def test_extractor_loads_a_local_checkpoint_and_normalises_like_its_network(tmp_path):
     import timm
 
-    from raycluster.methods.dific import SemanticExtractor
+    from raycluster.methods.dific.model import SemanticExtractor
 
     torch.manual_seed(0)
     source = timm.create_model("test_efficientnet", pretrained=False, num_classes=0, in_chans=3)

@@ -6,7 +6,7 @@ import pytest
 
 from raycluster.data.builtin import encode_png
 from raycluster.fingerprint import (StaleArtifactError, changed_inputs, listing_hash, reusable, write_fingerprint)
-from raycluster.pipeline import ensure_shards
+from raycluster.app.pipeline import ensure_shards
 
 
 def _image_folder(root, classes=("a", "b"), per_class=3):
@@ -66,7 +66,7 @@ def test_shards_follow_their_source(tmp_path, compose_config):
 def test_method_stage_is_redone_when_its_inputs_change(tmp_path, monkeypatch):
     """Case 2 (method stages): DiEC's search result was reused whenever search.json existed."""
     import raycluster.tune.layer_timestep as layer_timestep
-    from raycluster.methods.diec_method import DiEC
+    from raycluster.methods.diec.method import DiEC
 
     calls = []
 

@@ -1,8 +1,8 @@
-"""raycluster.methods.hkmeans: levels, the split route for large K, resampling, bad levels."""
+"""raycluster.methods.hkmeans.method: levels, the split route for large K, resampling, bad levels."""
 import numpy as np
 import pytest
 
-from raycluster.methods.hkmeans import HierarchicalKMeans, shares, split_kmeans
+from raycluster.methods.hkmeans.method import HierarchicalKMeans, shares, split_kmeans
 from raycluster.metrics import supervised_metrics
 
 

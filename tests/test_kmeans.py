@@ -2,7 +2,9 @@
 import numpy as np
 import pytest
 
-from raycluster.methods.kmeans import KMeans, UMAPKMeans, cluster_means, manifold_kmeans, start_clusters
+from raycluster.methods.kmeans.method import FaissKMeans
+from raycluster.methods.kmeans.umap import UMAPKMeans
+from raycluster.methods.start import cluster_means, manifold_kmeans, start_clusters
 from raycluster.metrics import cluster_acc, size_entropy
 
 
@@ -10,14 +12,14 @@ def test_kmeans_recovers_separated_blobs_with_confidences():
     from sklearn.datasets import make_blobs
 
     vectors, labels = make_blobs(600, n_features=8, centers=4, cluster_std=0.5, random_state=0)
-    model = KMeans(4, seed=0).fit(vectors.astype(np.float32))
+    model = FaissKMeans(4, seed=0).fit(vectors.astype(np.float32))
     clusters, confidence = model.predict(vectors.astype(np.float32))
     assert cluster_acc(labels, clusters) == 1.0
     assert clusters.dtype == np.int64 and ((confidence > 0.25) & (confidence <= 1)).all()
     with pytest.raises(ValueError, match="width 3"):
         model.predict(np.zeros((2, 3), np.float32))
     with pytest.raises(RuntimeError, match="fit"):
-        KMeans(4).predict(vectors)
+        FaissKMeans(4).predict(vectors)
 
 
 def test_spherical_kmeans_keeps_the_restart_with_the_highest_summed_cosine():
@@ -30,8 +32,8 @@ def test_spherical_kmeans_keeps_the_restart_with_the_highest_summed_cosine():
         return float((vectors @ model.centroids.T).max(axis=1).sum())
 
     for seed in range(3):   # n_init=1 runs the first of the n_init=10 restarts
-        first = summed_cosine(KMeans(30, n_init=1, seed=seed, spherical=True).fit(vectors))
-        best = summed_cosine(KMeans(30, n_init=10, seed=seed, spherical=True).fit(vectors))
+        first = summed_cosine(FaissKMeans(30, n_init=1, seed=seed, spherical=True).fit(vectors))
+        best = summed_cosine(FaissKMeans(30, n_init=10, seed=seed, spherical=True).fit(vectors))
         assert best >= first - 1e-3   # FAISS maximises the cosine sum; keeping the lowest kept the worst
 
 
@@ -46,14 +48,14 @@ def three_equal_clusters_one_wide():
 
 def test_balance_tolerance_prefers_even_sizes_among_near_tied_restarts():
     vectors, labels = three_equal_clusters_one_wide()
-    lowest, _ = KMeans(3, seed=0).fit(vectors).predict(vectors)
+    lowest, _ = FaissKMeans(3, seed=0).fit(vectors).predict(vectors)
     assert cluster_acc(labels, lowest) < 0.6 and size_entropy(lowest, 3) < 0.85
-    balanced, _ = KMeans(3, seed=0, balance_tolerance=0.05).fit(vectors).predict(vectors)
+    balanced, _ = FaissKMeans(3, seed=0, balance_tolerance=0.05).fit(vectors).predict(vectors)
     assert cluster_acc(labels, balanced) == 1.0
-    far, _ = KMeans(3, seed=0, balance_tolerance=0.005).fit(vectors).predict(vectors)
+    far, _ = FaissKMeans(3, seed=0, balance_tolerance=0.005).fit(vectors).predict(vectors)
     assert cluster_acc(labels, far) < 0.6          # a 2% costlier solution is no near-tie at 0.5%
     with pytest.raises(ValueError, match="balance_tolerance"):
-        KMeans(3, balance_tolerance=-0.1)
+        FaissKMeans(3, balance_tolerance=-0.1)
 
 
 def test_manifold_kmeans_follows_curved_clusters_that_kmeans_cuts_across():
@@ -61,7 +63,7 @@ def test_manifold_kmeans_follows_curved_clusters_that_kmeans_cuts_across():
 
     vectors, labels = make_moons(600, noise=0.04, random_state=0)
     vectors = vectors.astype(np.float32)
-    plain, _ = KMeans(2, seed=0).fit(vectors).predict(vectors)
+    plain, _ = FaissKMeans(2, seed=0).fit(vectors).predict(vectors)
     manifold = manifold_kmeans(vectors, 2, n_components=2, metric="euclidean", seed=0)
     assert cluster_acc(labels, plain) < 0.9          # k-means splits the moons across
     assert cluster_acc(labels, manifold) > 0.97      # UMAP keeps each moon whole
@@ -105,7 +107,7 @@ def test_umap_kmeans_predicts_new_rows_through_the_fitted_map():
 def test_lloyd_pass_is_one_exact_lloyd_iteration(tmp_path):
     from raycluster.data.rows import StoreRows
     from raycluster.data.store import EmbeddingStore
-    from raycluster.methods.lloyd import lloyd_pass
+    from raycluster.methods.kmeans.lloyd import lloyd_pass
 
     rng = np.random.default_rng(0)
     vectors = rng.normal(size=(900, 5)).astype(np.float32)
@@ -129,7 +131,7 @@ def test_fit_rows_on_a_sample_then_lloyd_passes_matches_full_kmeans(tmp_path):
 
     from raycluster.data.rows import StoreRows
     from raycluster.data.store import EmbeddingStore
-    from raycluster.methods.lloyd import lloyd_pass
+    from raycluster.methods.kmeans.lloyd import lloyd_pass
 
     vectors, labels = make_blobs(20000, n_features=16, centers=40, cluster_std=3.0, random_state=0)
     vectors = vectors.astype(np.float32)
@@ -139,9 +141,9 @@ def test_fit_rows_on_a_sample_then_lloyd_passes_matches_full_kmeans(tmp_path):
         store.write_part(f"p{part}", [f"k{i:06d}" for i in range(rows.start, rows.stop)], labels[rows], vectors[rows],
                          from_shard=False)
     rows = StoreRows(store)
-    unrefined = KMeans(40, n_init=2, seed=0, max_points_per_centroid=64, refine_passes=0).fit_rows(rows)
-    refined = KMeans(40, n_init=2, seed=0, max_points_per_centroid=64, refine_passes=10).fit_rows(rows)
-    full = KMeans(40, n_init=2, seed=0).fit(vectors)
+    unrefined = FaissKMeans(40, n_init=2, seed=0, max_points_per_centroid=64, refine_passes=0).fit_rows(rows)
+    refined = FaissKMeans(40, n_init=2, seed=0, max_points_per_centroid=64, refine_passes=10).fit_rows(rows)
+    full = FaissKMeans(40, n_init=2, seed=0).fit(vectors)
     objective = {name: lloyd_pass(rows, model.centroids)[1] for name, model in
                  (("unrefined", unrefined), ("refined", refined), ("full", full))}
     assert unrefined.refine_info == {"sample_rows": unrefined.refine_info["sample_rows"], "rows": 20000, "passes": 0}

@@ -133,7 +133,7 @@ def test_knn_graph_job_writes_parts_excludes_self_and_resumes(tmp_path, ray_loca
 @pytest.mark.slow
 def test_neighbors_job_builds_then_reuses_the_index(compose_config, ray_local):
     """jobs/neighbors.py's library call on the embedded default (digits -> shards -> pixels)."""
-    from raycluster.neighbors.run import run_neighbors
+    from raycluster.app.neighbors import run_neighbors
 
     cfg = compose_config(["neighbors=hnsw", "neighbors.shards=2", "neighbors.k=5"])
     first = run_neighbors(cfg)

@@ -1,7 +1,7 @@
 """Real photos through the whole pipeline: pretrained features must cluster clearly better."""
 import pytest
 
-from raycluster.pipeline import run_train
+from raycluster.app.pipeline import run_train
 
 from conftest import SHARED_DATA
 

@@ -1,13 +1,12 @@
 import json
 import os
 
-import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
 from raycluster.data.builtin import samples_from_source
 from raycluster.data.shards import write_shards
-from raycluster.pipeline import ensure_shards, run_train
+from raycluster.app.pipeline import ensure_shards, run_train
 
 from tests.conftest import REPO
 
@@ -61,23 +60,23 @@ def test_shards_from_elsewhere_without_a_manifest_are_read_as_they_are(compose_c
 @pytest.mark.parametrize("experiment", sorted(p.stem for p in (REPO / "configs" / "experiment").glob("*.yaml")))
 def test_every_experiment_config_composes_and_builds_its_method(experiment, compose_config):
     """A typo in an experiment file (a key the schema or the method does not know) fails here."""
-    from raycluster.pipeline import build_method
+    from raycluster.methods.base import ClusteringMethod
 
     cfg = compose_config([f"experiment={experiment}"])
-    method = build_method(cfg.method)
+    method = ClusteringMethod.from_config(cfg.method)
     assert method.n_clusters == cfg.data.num_clusters
 
 
 @pytest.mark.parametrize("method_name", sorted(p.stem for p in (REPO / "configs" / "method").glob("*.yaml")))
 def test_every_method_config_composes_and_builds(method_name, compose_config):
-    from raycluster.pipeline import build_method
+    from raycluster.methods.base import ClusteringMethod
 
-    method = build_method(compose_config([f"method={method_name}"]).method)
+    method = ClusteringMethod.from_config(compose_config([f"method={method_name}"]).method)
     assert method.n_clusters == 10     # the embedded default's digits
 
 
 def test_a_collapsed_clustering_is_said_loudly():
-    from raycluster.pipeline import collapse_warnings, format_summary
+    from raycluster.app.pipeline import collapse_warnings, format_summary
 
     assert collapse_warnings({"size_entropy": 0.93, "clusters_used": 10}, 10) == []
     warnings = collapse_warnings({"size_entropy": 0.0, "clusters_used": 1}, 20)

@@ -1,8 +1,8 @@
-"""raycluster.postprocess: PCA fitted on a sample, applied batch by batch, saved without pickle."""
+"""raycluster.data.postprocess: PCA fitted on a sample, applied batch by batch, saved without pickle."""
 import numpy as np
 import pytest
 
-from raycluster.postprocess import Postprocess
+from raycluster.data.postprocess import Postprocess
 
 
 def test_pca_and_l2_match_a_whole_matrix_pca_and_apply_in_any_batches():

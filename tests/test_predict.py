@@ -10,8 +10,8 @@ from raycluster.data.store import EmbeddingStore, EmbeddingWidthError
 
 @pytest.mark.slow
 def test_predict_reproduces_train_assignments_and_checks_width(tmp_path, compose_config, ray_local):
-    from raycluster.pipeline import run_train
-    from raycluster.predict import run_predict
+    from raycluster.app.pipeline import run_train
+    from raycluster.app.predict import run_predict
 
     cfg = compose_config(["method.n_init=2"])
     summary = run_train(cfg)

@@ -81,7 +81,7 @@ def test_embedding_only_report_has_everything_but_thumbnails(tmp_path):
 @pytest.mark.slow
 def test_report_of_main_job_renders_in_chromium(tmp_path, compose_config, ray_local):
     """Main job on digits with report=true, opened in Debian's Chromium (headless)."""
-    from raycluster.pipeline import run_train
+    from raycluster.app.pipeline import run_train
     from raycluster.report.browser import inspect_page
 
     summary = run_train(compose_config(["report=true"]))
@@ -133,7 +133,7 @@ def test_hostile_class_and_file_names_stay_text_in_chromium(tmp_path, compose_co
     """Case 3 of the trust issue: autoescaping was off, so a folder or file name became markup that
     ran in the browser. Names like these are legal on Linux and arrive in shared photo folders."""
     from raycluster.data.builtin import encode_png
-    from raycluster.pipeline import run_train
+    from raycluster.app.pipeline import run_train
     from raycluster.report.browser import inspect_page
 
     hostile_class = "<img src=x onerror=alert('class')>"

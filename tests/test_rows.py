@@ -4,7 +4,7 @@ import pytest
 
 from raycluster.data.rows import StoreRows, in_sample
 from raycluster.data.store import EmbeddingStore, EmbeddingWidthError
-from raycluster.postprocess import Postprocess
+from raycluster.data.postprocess import Postprocess
 
 
 def make_store(root, parts=4, rows=250, dim=8, seed=0):

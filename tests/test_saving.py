@@ -8,8 +8,9 @@ import pytest
 
 from conftest import SHARED_DATA
 
-from raycluster.methods.hkmeans import HierarchicalKMeans
-from raycluster.methods.kmeans import KMeans, UMAPKMeans
+from raycluster.methods.hkmeans.method import HierarchicalKMeans
+from raycluster.methods.kmeans.method import FaissKMeans
+from raycluster.methods.kmeans.umap import UMAPKMeans
 from raycluster.methods.saving import NotAFittedMethodError, load_fitted, save_fitted
 
 
@@ -20,9 +21,9 @@ def _blobs(n=600, d=8, k=4, seed=0):
 
 
 @pytest.mark.parametrize("method, settings", [
-    (KMeans(4, n_init=2), {"_target_": "raycluster.methods.kmeans.KMeans", "n_clusters": 4, "n_init": 2}),
-    (HierarchicalKMeans([8, 4, 2]), {"_target_": "raycluster.methods.hkmeans.HierarchicalKMeans", "levels": [8, 4, 2]}),
-    (UMAPKMeans(4, n_init=1), {"_target_": "raycluster.methods.kmeans.UMAPKMeans", "n_clusters": 4, "n_init": 1}),
+    (FaissKMeans(4, n_init=2), {"_target_": "raycluster.methods.kmeans.method.FaissKMeans", "n_clusters": 4, "n_init": 2}),
+    (HierarchicalKMeans([8, 4, 2]), {"_target_": "raycluster.methods.hkmeans.method.HierarchicalKMeans", "levels": [8, 4, 2]}),
+    (UMAPKMeans(4, n_init=1), {"_target_": "raycluster.methods.kmeans.umap.UMAPKMeans", "n_clusters": 4, "n_init": 1}),
 ])
 def test_saved_method_predicts_the_same(tmp_path, method, settings):
     vectors = _blobs()

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from raycluster.methods.temi import TemiConfig, TemiModel, beta_pmi
+from raycluster.methods.temi.model import TemiConfig, TemiModel, beta_pmi
 
 
 def test_beta_pmi_prefers_agreement_on_a_cluster_and_penalises_collapse():
@@ -56,7 +56,7 @@ def test_model_without_neighbors_says_so():
 def test_two_worker_ray_train_recovers_a_mixture(tmp_path, ray_local):
     """Sharded exact k-NN table (2 shards) + 2 Ray Train workers on 6 well-separated clusters
     (a faster teacher than the paper's 0.996: 180 steps, not tens of thousands)."""
-    from raycluster.methods.temi_method import TEMI
+    from raycluster.methods.temi.method import TEMI
     from raycluster.metrics import cluster_acc
 
     rng = np.random.default_rng(0)
@@ -81,7 +81,7 @@ def test_a_fitted_method_crosses_processes_as_its_state_dict():
     import pickle
     from dataclasses import asdict
 
-    from raycluster.methods.temi_method import TEMI
+    from raycluster.methods.temi.method import TEMI
 
     config = TemiConfig(n_clusters=4, feature_dim=8, heads=2, hidden_dim=16, bottleneck_dim=8, knn=2)
     method = TEMI(4)._restore({"model_config": asdict(config), "model": TemiModel(config).state_dict()})

@@ -21,7 +21,7 @@ def test_both_criteria_prefer_separated_clusters():
 
 
 def test_unknown_criterion_is_one_clear_error():
-    from raycluster.methods.diec_method import DiEC
+    from raycluster.methods.diec.method import DiEC
 
     with pytest.raises(ValueError, match="unknown search criterion 'silhouete'"):
         DiEC(10, search={"criterion": "silhouete"})
@@ -71,7 +71,7 @@ def test_asha_search_of_cludi_reports_every_trial(ray_local, tmp_path):
     model = {"n_clusters": 3, "feature_dim": 128, "embedding_dim": 8, "depth": 1, "teacher_draws": 2,
              "teacher_steps": 2, "eval_draws": 2, "eval_steps": 2}
     optim = {"epochs": 4, "batch_size": 60, "lr": 1e-3, "warmup_epochs": 0}
-    report = asha_search(features, "raycluster.methods.cludi.build_cludi", model, optim,
+    report = asha_search(features, "raycluster.methods.cludi.model.build_cludi", model, optim,
                          {"ce_weight": [10.0, 50.0], "rescaling_factor": [9.0, 49.0]}, str(tmp_path), labels,
                          num_samples=4, grace_period=1, max_concurrent=2, seed=0)
     assert len(report["trials"]) == 4
@@ -82,7 +82,7 @@ def test_asha_search_of_cludi_reports_every_trial(ray_local, tmp_path):
 
 
 def test_tune_job_rejects_an_unknown_hyperparameter(compose_config):
-    from raycluster.tune.run import run_tune
+    from raycluster.app.tune import run_tune
 
     cfg = compose_config(["method=cludi", "+tune.space.rescaling_facter=[1,2]"])
     with pytest.raises(ValueError, match=r"\['rescaling_facter'\].*not cludi model hyperparameters"):

@@ -73,7 +73,7 @@ def test_unet_extractor_runs_on_decoded_batches(tmp_path):
 def test_unet_backbone_through_the_ray_data_extraction_job(ray_local, compose_config, tmp_path):
     from raycluster.data.store import EmbeddingStore
     from raycluster.diffusion.unet import save_unet
-    from raycluster.pipeline import ensure_embeddings
+    from raycluster.app.pipeline import ensure_embeddings
 
     save_unet(load_unet(TINY_UNET), build_scheduler(), str(tmp_path / "model"))
     cfg = compose_config(["data.source.limit=200", "backbone=unet", f"backbone.extractor.unet={tmp_path}/model",

@@ -94,7 +94,7 @@ def run(recipe_name: str, dataset: str, data: tuple, seed: int, device: str, epo
     """Fit `recipe_name` on `data` (what load_dataset(dataset) returns) with `seed`; -> one row."""
     import torch
 
-    from raycluster.methods.cludi import build_cludi
+    from raycluster.methods.cludi.model import build_cludi
     from raycluster.metrics import supervised_metrics
     from raycluster.train.loop import OptimConfig, make_optimizer, train_epochs
 

@@ -51,7 +51,6 @@ def scores(embeddings: np.ndarray, labels: np.ndarray, k: int) -> dict:
 
 def pretrain_here(images: np.ndarray, epochs: int, output: str) -> str:
     """images (N, 28, 28) uint8 -> a UNet folder: diec.yaml's pretraining with `epochs`, trained in this process."""
-    from pathlib import Path
 
     import torch
     from raycluster.config import compose
@@ -82,13 +81,12 @@ def pretrain_here(images: np.ndarray, epochs: int, output: str) -> str:
 def finetune_here(unet: str, layer: str, timestep: int, images: np.ndarray, labels: np.ndarray) -> list[dict]:
     """DiEC's stage 3 on all `images` (N, 28, 28) uint8 at (layer, timestep) -> rows for the k-means
     start and the fine-tuned model (ACC / NMI / ARI)."""
-    from pathlib import Path
 
     import torch
     from raycluster.config import compose
 
-    from raycluster.methods.diec import build_diec
-    from raycluster.methods.diec_method import DiEC
+    from raycluster.methods.diec.model import build_diec
+    from raycluster.methods.diec.method import DiEC
     from raycluster.metrics import supervised_metrics
     from raycluster.train.loop import make_optimizer, train_epochs
 

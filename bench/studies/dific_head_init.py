@@ -48,16 +48,16 @@ def main(argv=None):
 
     from raycluster.config import compose
     from raycluster.data.store import EmbeddingStore
-    from raycluster.methods.dific import build_dific, cosine_head_logits
-    from raycluster.methods.dific_method import unit_rows
-    from raycluster.methods.kmeans import cluster_means, manifold_kmeans
+    from raycluster.methods.dific.model import build_dific, cosine_head_logits
+    from raycluster.methods.dific.method import unit_rows
+    from raycluster.methods.start import cluster_means, manifold_kmeans
     from raycluster.metrics import supervised_metrics
-    from raycluster.pipeline import build_method
+    from raycluster.methods.base import ClusteringMethod
 
     cfg = compose([f"experiment={args.experiment}", f"seed={args.seed}", f"cache_dir={args.cache_dir}",
                    f"data.source.path={SHARED / 'mnist-test'}", f"output_dir={args.run}"])
     store = EmbeddingStore(cfg.embeddings_path).load()
-    method = build_method(cfg.method)
+    method = ClusteringMethod.from_config(cfg.method)
     model = build_dific({**method.base_config(), "guidance": False, "init_from": warmup})
     # the method's own steps (DiFiC.warmup_clusters): unit-length S*, k-means on its UMAP, mean directions
     unit = unit_rows(model.embed(torch.from_numpy(store.vectors.astype(np.float32))).numpy())

@@ -54,12 +54,12 @@ def main(argv=None):
     import torch
 
     from raycluster.config import compose
-    from raycluster.methods.dific import build_dific
-    from raycluster.pipeline import build_method
+    from raycluster.methods.dific.model import build_dific
+    from raycluster.methods.base import ClusteringMethod
     from raycluster.train.loop import make_optimizer
 
     torch.set_num_threads(args.threads)
-    method = build_method(compose([f"experiment={args.experiment}"]).method)
+    method = ClusteringMethod.from_config(compose([f"experiment={args.experiment}"]).method)
     pixels = torch.rand(args.batch_size, int(np.prod(method.image_shape)))
     rows = {}
 

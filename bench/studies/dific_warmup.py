@@ -51,8 +51,8 @@ def knn_label_agreement(vectors: np.ndarray, labels: np.ndarray, k: int = 10) ->
 def run_variant(name: str, overrides: dict, pixels, labels: np.ndarray, method: dict, args) -> list[dict]:
     import torch
 
-    from raycluster.methods.dific import build_dific
-    from raycluster.methods.kmeans import KMeans
+    from raycluster.methods.dific.model import build_dific
+    from raycluster.methods.kmeans.method import FaissKMeans
     from raycluster.metrics import supervised_metrics
     from raycluster.train.loop import OptimConfig, make_optimizer, train_epochs
 
@@ -72,7 +72,7 @@ def run_variant(name: str, overrides: dict, pixels, labels: np.ndarray, method: 
             return
         words = model.embed(pixels).numpy()
         words /= np.linalg.norm(words, axis=1, keepdims=True).clip(1e-8)   # as DiFiC clusters S*: cosine
-        clusters, _ = KMeans(10, seed=args.seed).fit(words).predict(words)
+        clusters, _ = FaissKMeans(10, seed=args.seed).fit(words).predict(words)
         row = {"bench": "dific_warmup", "dataset": "mnist-test", "method": name, "seed": args.seed, "epoch": epoch + 1,
                "knn_agreement": round(knn_label_agreement(words, labels), 4),
                "kmeans_acc": round(supervised_metrics(labels, clusters)["acc"], 4),

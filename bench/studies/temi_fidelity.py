@@ -33,7 +33,7 @@ def run(epochs: int, seed: int) -> dict:
 
     from raycluster.config import compose
     from raycluster.data.store import unit_rows
-    from raycluster.methods.temi import TemiConfig, TemiModel
+    from raycluster.methods.temi.model import TemiConfig, TemiModel
     from raycluster.metrics import supervised_metrics
     from raycluster.train.loop import OptimConfig, make_optimizer, train_epochs
 

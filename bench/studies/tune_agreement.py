@@ -35,7 +35,7 @@ def main(argv=None):
     import torch
 
     from raycluster.config import compose
-    from raycluster.pipeline import build_method
+    from raycluster.methods.base import ClusteringMethod
     from raycluster.ray_utils import ensure_ray
     from raycluster.tune.asha import asha_search
 
@@ -46,7 +46,7 @@ def main(argv=None):
     features = torch.load(folder / "features_val.pth").float().numpy()
     labels = torch.load(folder / "labels_val.pth").numpy()
     cfg = compose(["method=cludi", "data.num_clusters=50", f"seed={args.seed}"])
-    method = build_method(cfg.method)
+    method = ClusteringMethod.from_config(cfg.method)
     optim = asdict(method.optim)
     optim["epochs"] = args.epochs or cfg.tune.epochs or optim["epochs"]
     ensure_ray(None, None)

@@ -23,7 +23,7 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from raycluster.data.store import EmbeddingStore, Embeddings, EmbeddingWidthError, embedding_matrix
-from raycluster.postprocess import Postprocess
+from raycluster.data.postprocess import Postprocess
 
 LOCAL_BYTES = 256 << 20   # stores up to this size stream in-process (the embedded default does)
 BATCH_ROWS = 16384

@@ -21,16 +21,13 @@ from typing import Iterable, Optional, Sequence, Union
 import fsspec
 
 from raycluster.data.builtin import Sample
+from raycluster.errors import ShardNotFoundError
 from raycluster.io import atomic_write_bytes, url_exists
 
 log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
 BUILDING = "build-in-progress.json"
-
-
-class ShardNotFoundError(FileNotFoundError):
-    """One or more shards named by the data config do not exist."""
 
 
 def shard_name(index: int) -> str:

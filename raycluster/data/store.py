@@ -19,11 +19,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from raycluster.errors import EmbeddingWidthError
 from raycluster.io import atomic_write_bytes, is_local
-
-
-class EmbeddingWidthError(ValueError):
-    """Embeddings do not have the width a model or index expects."""
 
 
 @dataclass

@@ -54,21 +54,3 @@ def pretrain_unet(pixels: np.ndarray, image_shape: Sequence[int], output_dir: st
     log.warning("pretrained UNet saved to %s (%d epochs, loss %.4f, %.0f s)", output_dir, summary["epochs"],
                 summary["final_loss"] or float("nan"), summary["seconds"])
     return summary
-
-
-def run_pretrain_diffusion(cfg) -> dict:
-    """`jobs/pretrain_diffusion.py`: shards -> pixel rows (cached store) -> the configured method's
-    pretraining stage alone (`raycluster.methods.base.Pretrainable`; DiEC: a UNet in
-    `<method.work_dir>/pretrained`, which its fit reuses). cfg: RunConfig with backbone=pixels."""
-    from raycluster.config import ConfigError
-    from raycluster.methods.base import Pretrainable
-    from raycluster.pipeline import build_method, ensure_embeddings, open_rows
-
-    method = build_method(cfg.method, cfg.reuse)
-    if not isinstance(method, Pretrainable):
-        raise ConfigError(f"method {method.name!r} has no pretraining stage: use method=diec (or experiment=diec_mnist)")
-    ensure_embeddings(cfg)
-    rows = open_rows(cfg).load()
-    summary = {**method.pretrain_stage(rows.vectors), "samples": int(len(rows.keys)), "data": cfg.data.name}
-    print("\n".join(["pretrain summary"] + [f"  {k}: {v}" for k, v in summary.items()]))
-    return summary

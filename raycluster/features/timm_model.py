@@ -12,13 +12,10 @@ import logging
 from typing import Optional
 
 from raycluster.data.transforms import ImageSpec
+from raycluster.errors import CheckpointError
 from raycluster.features.base import Extractor
 
 log = logging.getLogger(__name__)
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint that does not fit the model it is loaded into."""
 
 
 def create_timm_model(model_name: str, pretrained: bool = False, checkpoint: Optional[str] = None,

@@ -1,6 +1,6 @@
 """The interface every clustering method implements, so jobs and benchmarks treat them alike.
 
-    method = hydra.utils.instantiate(cfg.method)   # constructor kwargs = the config
+    method = ClusteringMethod.from_config(cfg.method)   # _target_ + constructor settings
     method.fit(vectors, labels=None)               # (N, D) float32; labels only for logged metrics
     cluster, confidence = method.predict(vectors)  # (N,) int64 in [0, K), (N,) float32 in [0, 1]
 
@@ -14,6 +14,27 @@ from typing import Optional, Protocol, runtime_checkable
 
 import numpy as np
 
+from raycluster.errors import ConfigError
+
+PACKAGE = "raycluster.methods."
+
+
+def method_class(target: str) -> type:
+    """The ClusteringMethod class `target` ("raycluster.methods.<...>.<Class>") names, checked
+    before anything outside raycluster.methods is imported; ConfigError for anything else."""
+    import importlib
+
+    module, _, name = target.rpartition(".")
+    if not module.startswith(PACKAGE) or not name.isidentifier() or not module.replace(".", "").replace("_", "").isalnum():
+        raise ConfigError(f"method class {target!r} is not in {PACKAGE.rstrip('.')}")
+    try:
+        cls = getattr(importlib.import_module(module), name, None)
+    except ImportError:
+        cls = None
+    if not (isinstance(cls, type) and issubclass(cls, ClusteringMethod)):
+        raise ConfigError(f"method class {target!r} is not a raycluster clustering method")
+    return cls
+
 
 class ClusteringMethod:
     name: str = "base"
@@ -25,6 +46,30 @@ class ClusteringMethod:
         if n_clusters < 2:
             raise ValueError(f"n_clusters must be >= 2, got {n_clusters}")
         self.n_clusters = n_clusters
+
+    @staticmethod
+    def from_config(settings, reuse: str = "auto") -> "ClusteringMethod":
+        """The method `settings` describe ({"_target_": class path, **constructor settings}), the one
+        way every job and bench builds one. Every setting is checked here, before shards, Ray or
+        extraction: a class outside raycluster.methods, a nested `_target_`, an unknown key or a bad
+        value is one ConfigError naming the method."""
+        from omegaconf import DictConfig, OmegaConf
+
+        if isinstance(settings, DictConfig):
+            settings = OmegaConf.to_container(settings, resolve=True)
+        if not isinstance(settings, dict) or not isinstance(settings.get("_target_"), str):
+            raise ConfigError("method config has no _target_")
+        cls = method_class(settings["_target_"])
+        kwargs = {key: value for key, value in settings.items() if not key.startswith("_")}
+        nested = [key for key, value in kwargs.items() if isinstance(value, dict) and "_target_" in value]
+        if nested:
+            raise ConfigError(f"method {cls.__name__}: settings {nested} name a class to build; not allowed")
+        try:
+            method = cls(**kwargs)
+        except (TypeError, ValueError) as err:   # unknown keyword, bad value: the message names it
+            raise ConfigError(f"method {cls.__name__}: {err}") from None
+        method.reuse = reuse
+        return method
 
     def check_input(self, vectors: np.ndarray) -> np.ndarray:
         """(N, D) float32 contiguous, with N >= K; one clear error otherwise."""
@@ -43,7 +88,7 @@ class ClusteringMethod:
 
     def fit_rows(self, rows, with_labels: bool = False) -> "ClusteringMethod":
         """Fit on a `raycluster.data.rows.StoreRows`. This default reads every row into the
-        process it runs in (`raycluster.fitting` runs it in a Ray task, not the driver); methods
+        process it runs in (`raycluster.app.fitting` runs it in a Ray task, not the driver); methods
         that scale past one process's memory override it (k-means: a sample, then Lloyd passes).
         with_labels: pass known labels to `fit` for its logged metrics."""
         data = rows.load()
@@ -70,6 +115,22 @@ class TorchMethod(ClusteringMethod):
     model_factory: str = ""        # "package.module.function"
     model_config_class: str = ""   # "package.module.Dataclass": the settings `method.model` may override
     model = None
+
+    def __init__(self, n_clusters: int, model: Optional[dict] = None, optim: Optional[dict] = None,
+                 train: Optional[dict] = None, use_gpu: bool = False, seed: int = 0, max_failures: int = 0):
+        """The settings every torch method shares: `model` (overrides of the model config,
+        checked), `optim` (`train.loop.OptimConfig`), `train` (`config.TrainConfig`: Ray Train
+        workers, CPUs, checkpoints), `use_gpu`, `seed`, `max_failures` (Ray Train retries)."""
+        from raycluster.config import TrainConfig
+        from raycluster.train.loop import OptimConfig
+
+        super().__init__(n_clusters)
+        self.model_overrides = self.checked_overrides(model)
+        self.optim = OptimConfig(**(optim or {}))
+        self.train = TrainConfig(**(train or {}))
+        self.use_gpu, self.seed, self.max_failures = use_gpu, seed, max_failures
+        self.stages: dict = {}
+        self.model = None
 
     def checked_overrides(self, model: Optional[dict]) -> dict:
         """`method.model` as a dict; a key the model's config does not have is one clear error

@@ -15,10 +15,10 @@ import json
 
 import numpy as np
 
+from raycluster.errors import ConfigError
 from raycluster.methods.base import ClusteringMethod
 
 FORMAT = "raycluster-method/1"
-PACKAGE = "raycluster.methods."
 
 
 class NotAFittedMethodError(ValueError):
@@ -49,15 +49,12 @@ def _plain(value):
 
 def method_class(target: str) -> type:
     """The ClusteringMethod class a saved `_target_` names; NotAFittedMethodError for anything else."""
-    import importlib
+    from raycluster.methods.base import method_class as resolve
 
-    module, _, name = target.rpartition(".")
-    if not module.startswith(PACKAGE) or not name.isidentifier() or not module.replace(".", "").replace("_", "").isalnum():
-        raise NotAFittedMethodError(f"saved method class {target!r} is not in {PACKAGE.rstrip('.')}")
-    cls = getattr(importlib.import_module(module), name, None)
-    if not (isinstance(cls, type) and issubclass(cls, ClusteringMethod)):
-        raise NotAFittedMethodError(f"saved method class {target!r} is not a raycluster clustering method")
-    return cls
+    try:
+        return resolve(target)
+    except ConfigError as err:
+        raise NotAFittedMethodError(f"saved {err}") from None
 
 
 def _no_nested_targets(value, where: str = "settings") -> None:

@@ -14,7 +14,7 @@ from typing import Optional
 
 import numpy as np
 
-from raycluster.data.store import EmbeddingWidthError
+from raycluster.errors import EmbeddingWidthError
 
 log = logging.getLogger(__name__)
 

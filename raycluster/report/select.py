@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from raycluster.data.store import unit_rows
+
 
 def bounded_sample(n: int, max_items: int, seed: int = 0) -> np.ndarray:
     """Sorted int64 indices of min(n, max_items) rows drawn uniformly without replacement."""
@@ -22,9 +24,9 @@ def cluster_centroids(vectors: np.ndarray, cluster: np.ndarray, n_clusters: int,
     """(K, D) float32 unit-norm mean direction of each cluster's unit-norm vectors (zeros if empty)."""
     sums = np.zeros((n_clusters, vectors.shape[1]), dtype=np.float64)
     for start in range(0, len(vectors), chunk):
-        block = _unit(vectors[start:start + chunk])
+        block = unit_rows(vectors[start:start + chunk])
         np.add.at(sums, cluster[start:start + chunk], block)
-    return _unit(sums).astype(np.float32)
+    return unit_rows(sums).astype(np.float32)
 
 
 def centrality(vectors: np.ndarray, cluster: np.ndarray, n_clusters: int, chunk: int = 65536) -> np.ndarray:
@@ -32,7 +34,7 @@ def centrality(vectors: np.ndarray, cluster: np.ndarray, n_clusters: int, chunk:
     centroids = cluster_centroids(vectors, cluster, n_clusters, chunk)
     out = np.empty(len(vectors), dtype=np.float32)
     for start in range(0, len(vectors), chunk):
-        block = _unit(vectors[start:start + chunk])
+        block = unit_rows(vectors[start:start + chunk])
         out[start:start + chunk] = np.einsum("nd,nd->n", block, centroids[cluster[start:start + chunk]])
     return out
 
@@ -62,6 +64,3 @@ def representative_members(vectors: np.ndarray, cluster: np.ndarray, confidence:
     return members
 
 
-def _unit(x: np.ndarray) -> np.ndarray:
-    x = np.asarray(x, dtype=np.float64 if x.dtype == np.float64 else np.float32)
-    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)

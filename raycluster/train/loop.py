@@ -1,7 +1,7 @@
 """The training loop, readable top to bottom; Ray-free so it runs in tests and on one process.
 
-`train_epochs` drives any model that has `training_step(batch) -> (loss, terms)`,
-`parameter_groups(lr, weight_decay)` and optionally `update_teacher()`. Under Ray Train,
+`train_epochs` drives any `TrainableModel`; the optional hooks it and `run.py` call are the
+protocols below (declared here, so a model says what it takes part in). Under Ray Train,
 `run.py` passes `average_gradients` (all-reduce over workers) and an `on_epoch_end` that
 reports metrics and checkpoints.
 """
@@ -10,9 +10,46 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Callable, Optional, Protocol, runtime_checkable
 
 import torch
+
+
+@runtime_checkable
+class TrainableModel(Protocol):
+    def training_step(self, batch: tuple) -> tuple[torch.Tensor, dict]: ...
+
+    def parameter_groups(self, lr: float, weight_decay: float) -> list[dict]: ...
+
+
+@runtime_checkable
+class TeacherStudent(Protocol):
+    """A model with a teacher that follows the student (EMA): called after every optimiser step."""
+
+    def update_teacher(self) -> None: ...
+
+
+@runtime_checkable
+class EpochAware(Protocol):
+    """A model that prepares each epoch from its worker's whole shard (DEC's targets, a schedule)."""
+
+    def on_epoch_start(self, features: torch.Tensor, epoch: int) -> None: ...
+
+
+@runtime_checkable
+class UsesContext(Protocol):
+    """A model that needs dataset-wide arrays beside its shard (TEMI: every embedding + the k-NN
+    table); `run.py` hands them over once per worker, and the batch's row ids are dataset-wide."""
+
+    def attach_context(self, **arrays) -> None: ...
+
+
+@runtime_checkable
+class KeepsShardState(Protocol):
+    """A model with per-row state for its worker's shard (DEC's targets): `run.py` tells it which
+    dataset rows are its shard's, and the batch's row ids are positions in that shard."""
+
+    def attach_shard(self, shard_rows: torch.Tensor) -> None: ...
 
 
 @dataclass
@@ -65,7 +102,7 @@ def train_epochs(model, features: torch.Tensor, optim: OptimConfig, optimizer: t
     for epoch in range(start_epoch, optim.epochs):
         generator.manual_seed(seed * 100_003 + epoch)  # a resumed epoch sees the same order
         order = torch.randperm(len(features), generator=generator)
-        if hasattr(model, "on_epoch_start"):   # e.g. DEC's targets, fixed for the epoch
+        if isinstance(model, EpochAware):   # e.g. DEC's targets, fixed for the epoch
             model.on_epoch_start(features, epoch)
         sums, clusters, seen, start = {}, [], [], time.time()
         for step in range(steps_per_epoch):
@@ -83,7 +120,7 @@ def train_epochs(model, features: torch.Tensor, optim: OptimConfig, optimizer: t
             if optim.grad_clip:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), optim.grad_clip)
             optimizer.step()
-            if hasattr(model, "update_teacher"):
+            if isinstance(model, TeacherStudent):
                 model.update_teacher()
             if "teacher_clusters" in terms:   # models that cluster; a plain denoiser has none
                 clusters.append(terms.pop("teacher_clusters").cpu())

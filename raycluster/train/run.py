@@ -21,7 +21,7 @@ from typing import Callable, Optional
 import numpy as np
 
 from raycluster.config import TrainConfig
-from raycluster.train.loop import OptimConfig
+from raycluster.train.loop import KeepsShardState, OptimConfig
 
 log = logging.getLogger(__name__)
 
@@ -83,16 +83,15 @@ def train_loop_per_worker(config: dict) -> None:
     device = ray.train.torch.get_device()
     model.to(device)
     shared = config.get("context")
-    if shared:  # dataset-wide arrays a model needs beside its shard (TEMI: all embeddings + k-NN table)
+    if shared:  # dataset-wide arrays a model needs beside its shard (loop.UsesContext)
         model.attach_context(**{name: ray.get(ref) for name, ref in shared.items()})
 
     rows = list(ray.train.get_dataset_shard("train").iter_batches(batch_size=65536, batch_format="numpy"))
     features = torch.from_numpy(np.concatenate([r["features"] for r in rows])).float().to(device)
     labels = np.concatenate([r["label"] for r in rows])
     shard_rows = torch.from_numpy(np.concatenate([r["index"] for r in rows]))   # dataset-wide ids
-    if hasattr(model, "attach_shard"):   # DEC: which rows of the shared context are this worker's
+    if isinstance(model, KeepsShardState):
         model.attach_shard(shard_rows)
-    if getattr(model, "local_row_ids", False):   # DEC: per-row targets of this worker's rows
         row_ids = torch.arange(len(features))
     elif shared:    # dataset-wide ids, to look rows up in the shared context
         row_ids = shard_rows

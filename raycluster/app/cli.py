@@ -4,13 +4,11 @@ from __future__ import annotations
 import logging
 import sys
 
-from raycluster.config import ConfigError
-from raycluster.data.shards import ShardNotFoundError
-from raycluster.data.store import EmbeddingWidthError
+from raycluster.errors import CheckpointError, ConfigError, EmbeddingWidthError, ShardNotFoundError
 
 # Errors caused by the user's input or config: shown as one line, exit status 2. Anything else
 # is a bug and keeps its traceback.
-USER_ERRORS = (ConfigError, ShardNotFoundError, EmbeddingWidthError, FileNotFoundError, ValueError)
+USER_ERRORS = (ConfigError, ShardNotFoundError, EmbeddingWidthError, CheckpointError, FileNotFoundError, ValueError)
 
 
 def setup_logging() -> None:
@@ -44,11 +42,9 @@ def hydra_job(run):
 
 def run_or_exit(fn, *args):
     """Call fn(*args); on a user error print `error: ...` and exit 2 instead of a traceback."""
-    from raycluster.features.timm_model import CheckpointError
-
     try:
         return fn(*args)
-    except USER_ERRORS + (CheckpointError,) as err:
+    except USER_ERRORS as err:
         logging.getLogger("raycluster").error("%s: %s", type(err).__name__, err)
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)

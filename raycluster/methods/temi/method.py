@@ -8,10 +8,8 @@ from typing import Optional
 
 import numpy as np
 
-from raycluster.config import TrainConfig
 from raycluster.methods.base import TorchMethod
 from raycluster.neighbors.index import IndexSpec
-from raycluster.train.loop import OptimConfig
 
 log = logging.getLogger(__name__)
 
@@ -26,22 +24,17 @@ class TEMI(TorchMethod):
     """
 
     name = "temi"
-    model_factory = "raycluster.methods.temi.build_temi"
-    model_config_class = "raycluster.methods.temi.TemiConfig"
+    model_factory = "raycluster.methods.temi.model.build_temi"
+    model_config_class = "raycluster.methods.temi.model.TemiConfig"
 
     def __init__(self, n_clusters: int, model: Optional[dict] = None, optim: Optional[dict] = None,
                  train: Optional[dict] = None, index: Optional[dict] = None, index_shards: int = 1,
                  use_gpu: bool = False, seed: int = 0, storage_path: str = "outputs/train", run_name: str = "temi",
                  max_failures: int = 0):
-        super().__init__(n_clusters)
-        self.model_overrides = self.checked_overrides(model)
-        self.optim = OptimConfig(**(optim or {}))
-        self.train = TrainConfig(**(train or {}))
+        super().__init__(n_clusters, model, optim, train, use_gpu, seed, max_failures)
         self.index_spec = IndexSpec(**(index or {"kind": "flat"}))
         self.index_shards = index_shards
-        self.use_gpu, self.seed, self.max_failures = use_gpu, seed, max_failures
         self.storage_path, self.run_name = storage_path, run_name
-        self.model = None
         self.knn_seconds = 0.0
 
     def model_config(self, feature_dim: int) -> dict:
@@ -60,7 +53,7 @@ class TEMI(TorchMethod):
         return table
 
     def fit(self, vectors: np.ndarray, labels: Optional[np.ndarray] = None) -> "TEMI":
-        from raycluster.methods.temi import build_temi
+        from raycluster.methods.temi.model import build_temi
         from raycluster.train.run import fit_with_ray_train
 
         vectors = self.check_input(vectors)

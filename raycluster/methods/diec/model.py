@@ -88,9 +88,7 @@ class DiECConfig:
 class DiECModel(torch.nn.Module):
     """UNet + cluster centres; `training_step(pixels, row_ids)` = KL(p||q) + lambda * denoising.
     pixels: (B, C*H*W) float in [0, 1]; row_ids: (B,) positions into this worker's rows, whose
-    targets `on_epoch_start` computed at the start of the epoch."""
-
-    local_row_ids = True   # training_step's row_ids are positions in this worker's shard
+    targets `on_epoch_start` computed at the start of the epoch (train.loop.KeepsShardState)."""
 
     def __init__(self, config: DiECConfig):
         super().__init__()

@@ -22,9 +22,10 @@ log = logging.getLogger(__name__)
 
 def run_tune(cfg) -> dict:
     from raycluster.methods.base import Searchable
-    from raycluster.pipeline import build_method, ensure_embeddings, open_rows
+    from raycluster.app.pipeline import ensure_embeddings, open_rows
+    from raycluster.methods.base import ClusteringMethod
 
-    method = build_method(cfg.method, cfg.reuse)
+    method = ClusteringMethod.from_config(cfg.method, cfg.reuse)
     if not isinstance(method, Searchable):
         raise ConfigError(f"method {method.name!r} has no label-free search for jobs/tune.py (diec and cludi have one)")
     method.check_search_settings(cfg.tune)

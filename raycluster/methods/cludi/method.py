@@ -6,9 +6,7 @@ from typing import Optional
 
 import numpy as np
 
-from raycluster.config import TrainConfig
 from raycluster.methods.base import TorchMethod
-from raycluster.train.loop import OptimConfig
 
 log = logging.getLogger(__name__)
 
@@ -28,37 +26,31 @@ class CLUDI(TorchMethod):
     """
 
     name = "cludi"
-    model_factory = "raycluster.methods.cludi.build_cludi"
-    model_config_class = "raycluster.methods.cludi.CludiConfig"
+    model_factory = "raycluster.methods.cludi.model.build_cludi"
+    model_config_class = "raycluster.methods.cludi.model.CludiConfig"
 
     def __init__(self, n_clusters: int, model: Optional[dict] = None, optim: Optional[dict] = None,
                  train: Optional[dict] = None, use_gpu: bool = False, seed: int = 0,
                  storage_path: str = "outputs/train", run_name: str = "cludi", max_failures: int = 0,
                  manifold: Optional[dict] = None, input_dim: Optional[int] = 256):
-        from raycluster.methods.kmeans import check_manifold
-        from raycluster.postprocess import Postprocess
+        from raycluster.methods.start import check_manifold
+        from raycluster.data.postprocess import Postprocess
 
-        super().__init__(n_clusters)
-        self.model_overrides = self.checked_overrides(model)
+        super().__init__(n_clusters, model, optim, train, use_gpu, seed, max_failures)
         self.manifold = check_manifold(manifold, "cludi")
         if input_dim is not None and input_dim < 2:
             raise ValueError(f"cludi: input_dim must be >= 2 or null, got {input_dim}")
         self.input_dim, self.projection = input_dim, Postprocess()
-        self.stages: dict = {}
-        self.optim = OptimConfig(**(optim or {}))
-        self.train = TrainConfig(**(train or {}))
-        self.use_gpu, self.seed, self.max_failures = use_gpu, seed, max_failures
         self.storage_path, self.run_name = storage_path, run_name
-        self.model = None
 
     def model_config(self, feature_dim: int) -> dict:
         return {**self.model_overrides, "n_clusters": self.n_clusters, "feature_dim": feature_dim}
 
     def fit(self, vectors: np.ndarray, labels: Optional[np.ndarray] = None) -> "CLUDI":
-        from raycluster.methods.cludi import build_cludi
+        from raycluster.methods.cludi.model import build_cludi
         from raycluster.train.run import fit_with_ray_train
 
-        from raycluster.postprocess import PCA_SAMPLE, Postprocess
+        from raycluster.data.postprocess import PCA_SAMPLE, Postprocess
 
         vectors = self.check_input(vectors)
         if self.input_dim and vectors.shape[1] > self.input_dim:
@@ -77,11 +69,12 @@ class CLUDI(TorchMethod):
     def warm_start_clusters(self, vectors: np.ndarray, labels: Optional[np.ndarray] = None) -> np.ndarray:
         """(N,) int64: the warm start's teacher, from the rows alone (labels only score it)."""
         from raycluster.data.store import unit_rows
-        from raycluster.methods.kmeans import KMeans, manifold_kmeans
+        from raycluster.methods.kmeans.method import FaissKMeans
+        from raycluster.methods.start import manifold_kmeans
         from raycluster.metrics import supervised_metrics
 
         unit = unit_rows(vectors)   # the denoiser sees normalised features too
-        clusters, _ = KMeans(self.n_clusters, n_init=3, seed=self.seed).fit(unit).predict(unit)
+        clusters, _ = FaissKMeans(self.n_clusters, n_init=3, seed=self.seed).fit(unit).predict(unit)
         if self.manifold is not None:
             found = manifold_kmeans(unit, self.n_clusters, seed=self.seed, **self.manifold)
             clusters = np.where(found >= 0, found, clusters)
@@ -113,7 +106,7 @@ class CLUDI(TorchMethod):
         return arrays, values
 
     def restore_fitted(self, arrays: dict, values: dict) -> "CLUDI":
-        from raycluster.postprocess import Postprocess
+        from raycluster.data.postprocess import Postprocess
 
         arrays = dict(arrays)
         if "input_components" in arrays:
@@ -121,7 +114,7 @@ class CLUDI(TorchMethod):
         return super().restore_fitted(arrays, values)
 
     def check_search_settings(self, tune) -> None:
-        from raycluster.methods.cludi import CludiConfig
+        from raycluster.methods.cludi.model import CludiConfig
 
         unknown = sorted(set(tune.space) - set(CludiConfig.__dataclass_fields__))
         if unknown:

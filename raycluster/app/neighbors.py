@@ -37,7 +37,7 @@ def open_or_build_index(store: EmbeddingStore, settings: NeighborsConfig, index_
 
 def run_neighbors(cfg: RunConfig) -> dict:
     """Shards -> embeddings (cached) -> sharded index -> k-NN graph Parquet; returns the summary."""
-    from raycluster.pipeline import ensure_embeddings
+    from raycluster.app.pipeline import ensure_embeddings
 
     start = time.time()
     settings = cfg.neighbors

@@ -7,7 +7,7 @@ fit(pixels) on pixel rows (N, C*H*W) in [0, 1] (`backbone=pixels`):
 2. COL/COT: `layer`/`timestep` as given, or (null) the Ray Tune search of
    `raycluster.tune.layer_timestep` over `search.layers x search.timesteps`, writing
    `<work_dir>/search/` (search.json, heatmaps).
-3. DEC fine-tune at (COL, COT) with Ray Train (`raycluster.methods.diec`), started from k-means
+3. DEC fine-tune at (COL, COT) with Ray Train (`raycluster.methods.diec.model`), started from k-means
    on a UMAP embedding of the COL/COT embeddings (`manifold`; null: k-means on the embeddings);
    checkpoints per epoch under `<work_dir>/train`, resume by rerun.
 Each stage's output is reused by a rerun only when its inputs (settings, rows, the UNet it
@@ -25,11 +25,9 @@ from typing import Optional
 
 import numpy as np
 
-from raycluster.config import TrainConfig
 from raycluster.fingerprint import array_fingerprint, local_paths_in, reusable, write_fingerprint
 from raycluster.methods.base import TorchMethod
-from raycluster.methods.kmeans import check_manifold
-from raycluster.train.loop import OptimConfig
+from raycluster.methods.start import check_manifold
 
 log = logging.getLogger(__name__)
 
@@ -39,15 +37,15 @@ SEARCH_KEYS = {"layers", "timesteps", "subset", "draws", "cpus_per_trial", "max_
 
 class DiEC(TorchMethod):
     name = "diec"
-    model_factory = "raycluster.methods.diec.build_diec"
-    model_config_class = "raycluster.methods.diec.DiECConfig"
+    model_factory = "raycluster.methods.diec.model.build_diec"
+    model_config_class = "raycluster.methods.diec.model.DiECConfig"
 
     def __init__(self, n_clusters: int, image_shape=(1, 28, 28), unet=None, pretrain: Optional[dict] = None,
                  layer: Optional[str] = None, timestep: Optional[int] = None, search: Optional[dict] = None,
                  model: Optional[dict] = None, optim: Optional[dict] = None, train: Optional[dict] = None,
                  manifold: Optional[dict] = None, use_gpu: bool = False, seed: int = 0, work_dir: str = "outputs/diec",
                  max_failures: int = 0):
-        super().__init__(n_clusters)
+        super().__init__(n_clusters, model, optim, train, use_gpu, seed, max_failures)
         self.image_shape = tuple(image_shape)
         self.pretrain = dict(pretrain or {})
         if set(self.pretrain) - {"unet", "optim", "ema_decay"}:
@@ -61,17 +59,11 @@ class DiEC(TorchMethod):
         if unknown:   # a typo here would otherwise be ignored until after the pretraining
             raise ValueError(f"diec: unknown search setting(s) {sorted(unknown)}; known: {sorted(SEARCH_KEYS)}")
         check_criterion(self.search.get("criterion", "silhouette"))
-        self.model_overrides = self.checked_overrides(model)
         self.manifold = check_manifold(manifold, "diec")   # kmeans.UMAPKMeans settings; None: k-means start
-        self.optim = OptimConfig(**(optim or {}))
-        self.train = TrainConfig(**(train or {}))
         # Ray Tune trials and Train workers run in their own working directories: local paths
         # must be absolute before they are handed over.
         self.unet = os.path.abspath(unet) if isinstance(unet, str) and os.path.exists(unet) else unet
-        self.use_gpu, self.seed, self.max_failures = use_gpu, seed, max_failures
         self.work_dir = work_dir if "://" in work_dir else os.path.abspath(work_dir)
-        self.stages: dict = {}
-        self.model = None
 
     # -- stage 1 -------------------------------------------------------------------------
     def pretrain_inputs(self, pixels: np.ndarray) -> dict:
@@ -143,8 +135,8 @@ class DiEC(TorchMethod):
         embedding space, and they are the first `initial_target_epochs`' target."""
         import torch
 
-        from raycluster.methods.diec import build_diec
-        from raycluster.methods.kmeans import start_clusters
+        from raycluster.methods.diec.model import build_diec
+        from raycluster.methods.start import start_clusters
 
         start = time.time()
         config = {**self.model_overrides, "n_clusters": self.n_clusters, "unet": unet, "image_shape": self.image_shape,
@@ -158,7 +150,7 @@ class DiEC(TorchMethod):
         return {**config, "embedding_scale": scale, "centers": centers.tolist()}, initial
 
     def fit(self, vectors: np.ndarray, labels: Optional[np.ndarray] = None) -> "DiEC":
-        from raycluster.methods.diec import build_diec
+        from raycluster.methods.diec.model import build_diec
         from raycluster.train.run import fit_with_ray_train
 
         pixels = self.check_input(vectors)

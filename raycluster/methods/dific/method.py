@@ -24,52 +24,42 @@ from typing import Optional
 
 import numpy as np
 
-from raycluster.config import TrainConfig
+from raycluster.data.store import unit_rows
 from raycluster.fingerprint import array_fingerprint, reusable, write_fingerprint
 from raycluster.methods.base import TorchMethod
-from raycluster.methods.kmeans import check_manifold
+from raycluster.methods.start import check_manifold
 from raycluster.neighbors.index import IndexSpec
 from raycluster.train.loop import OptimConfig
 
 log = logging.getLogger(__name__)
 
 
-def unit_rows(words: np.ndarray) -> np.ndarray:
-    """(N, D) float32 S* -> the same rows scaled to unit length (N, D) float32."""
-    return words / np.linalg.norm(words, axis=1, keepdims=True).clip(1e-8)
-
-
 class DiFiC(TorchMethod):
     name = "dific"
-    model_factory = "raycluster.methods.dific.build_dific"
-    model_config_class = "raycluster.methods.dific.DiFiCConfig"
+    model_factory = "raycluster.methods.dific.model.build_dific"
+    model_config_class = "raycluster.methods.dific.model.DiFiCConfig"
 
     def __init__(self, n_clusters: int, image_shape=(1, 28, 28), model: Optional[dict] = None,
                  warmup: Optional[dict] = None, optim: Optional[dict] = None, train: Optional[dict] = None,
                  knn: int = 10, manifold: Optional[dict] = None, index: Optional[dict] = None,
                  index_shards: int = 1, use_gpu: bool = False,
                  seed: int = 0, work_dir: str = "outputs/dific", max_failures: int = 0, mask_examples: int = 12):
-        super().__init__(n_clusters)
+        super().__init__(n_clusters, model, optim, train, use_gpu, seed, max_failures)
         self.image_shape = tuple(image_shape)
-        self.model_overrides = self.checked_overrides(model)
         self.warmup = OptimConfig(**(warmup or {}))   # the distillation stage's schedule
-        self.optim = OptimConfig(**(optim or {}))     # the guidance stage's schedule
-        self.train = TrainConfig(**(train or {}))
+        # self.optim (TorchMethod): the guidance stage's schedule
         self.knn, self.index_spec, self.index_shards = knn, IndexSpec(**(index or {"kind": "flat"})), index_shards
         self.manifold = check_manifold(manifold, "dific")   # kmeans.UMAPKMeans settings; None: k-means on S*
-        self.use_gpu, self.seed, self.max_failures = use_gpu, seed, max_failures
         # Ray Train workers run in their own working directories: paths must be absolute
         self.work_dir = work_dir if "://" in work_dir else os.path.abspath(work_dir)
         self.mask_examples = mask_examples
-        self.stages: dict = {}
-        self.model = None
 
     def base_config(self) -> dict:
         return {**self.model_overrides, "n_clusters": self.n_clusters, "image_shape": self.image_shape}
 
     def _train(self, config: dict, pixels: np.ndarray, optim: OptimConfig, stage: str, labels=None,
                context: Optional[dict] = None) -> dict:
-        from raycluster.methods.dific import build_dific
+        from raycluster.methods.dific.model import build_dific
         from raycluster.train.run import fit_with_ray_train
 
         start = time.time()
@@ -112,8 +102,8 @@ class DiFiC(TorchMethod):
         prototypes being the mean directions of S* in each cluster."""
         import torch
 
-        from raycluster.methods.dific import build_dific
-        from raycluster.methods.kmeans import start_clusters
+        from raycluster.methods.dific.model import build_dific
+        from raycluster.methods.start import start_clusters
         from raycluster.neighbors.graph import neighbor_table
 
         start = time.time()

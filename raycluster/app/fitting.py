@@ -15,7 +15,7 @@ log = logging.getLogger(__name__)
 def _fit(method, rows, with_labels: bool):
     import ray.data
 
-    from raycluster.cli import setup_logging
+    from raycluster.app.cli import setup_logging
 
     setup_logging()   # the task's log lines reach the driver's console like its own
     # A worker's stderr is not a terminal: Ray Data's bars would arrive as one line per refresh.

@@ -2,7 +2,7 @@
 
 Every stage is skipped when its output exists (shards with a manifest, embedding parts per
 shard), so a rerun after a crash redoes only what is missing. After extraction nothing of size
-N reaches the driver: the method fits in a Ray task (`raycluster.fitting`), rows are assigned
+N reaches the driver: the method fits in a Ray task (`raycluster.app.fitting`), rows are assigned
 as a stream (`raycluster.assign`), metrics come from summed counts plus a bounded sample.
 """
 from __future__ import annotations
@@ -14,22 +14,23 @@ import time
 from collections import Counter
 from dataclasses import asdict
 
+from raycluster.app.fitting import fit_off_driver
 from raycluster.assign import HasLevels, PoolSettings, assign_rows, level_counts
-from raycluster.config import ConfigError, RunConfig
+from raycluster.config import RunConfig
 from raycluster.data.builtin import samples_from_source
+from raycluster.data.postprocess import PCA_SAMPLE, Postprocess
 from raycluster.data.rows import StoreRows
 from raycluster.data.shards import BUILDING, MANIFEST, read_manifest, resolve_shards, write_shards
 from raycluster.data.store import EmbeddingStore
 from raycluster.features.extract import run_extraction
 from raycluster.fingerprint import listing_hash, reusable, write_fingerprint
-from raycluster.fitting import fit_off_driver
 from raycluster.io import atomic_write_bytes
+from raycluster.methods.base import ClusteringMethod
 from raycluster.methods.saving import save_fitted
 from raycluster.metrics import silhouette_sample, table_metrics
-from raycluster.postprocess import PCA_SAMPLE, Postprocess
 from raycluster.ray_utils import ensure_ray
 from raycluster.report.build import ReportData
-from raycluster.runs import METHOD_FILE, POSTPROCESS_FILE, load_run_summary  # noqa: F401  (load_run_summary: re-exported)
+from raycluster.runs import METHOD_FILE, POSTPROCESS_FILE
 
 log = logging.getLogger(__name__)
 
@@ -87,26 +88,6 @@ def ensure_embeddings(cfg: RunConfig):
     shards = ensure_shards(cfg.data, cfg.reuse)
     ensure_ray(cfg.cluster.address, cfg.cluster.num_cpus)
     return shards, run_extraction(cfg.data, cfg.backbone, cfg.cluster, cfg.embeddings_path, cfg.reuse)
-
-
-def build_method(method_cfg: dict, reuse: str = "auto"):
-    """The method a config describes (`_target_` + constructor settings). Every setting is checked
-    here, before shards, Ray or extraction: a bad value or an unknown key is one ConfigError."""
-    from hydra.utils import instantiate
-
-    from raycluster.methods.base import ClusteringMethod
-
-    if "_target_" not in method_cfg:
-        raise ConfigError("method config has no _target_")
-    try:
-        method = instantiate(method_cfg, _convert_="all")
-    except Exception as err:   # Hydra wraps the constructor's error; its message names the key
-        cause = err.__cause__ or err
-        raise ConfigError(f"method {method_cfg['_target_'].rsplit('.', 1)[-1]}: {cause}") from None
-    if not isinstance(method, ClusteringMethod):
-        raise ConfigError(f"method._target_ {method_cfg['_target_']!r} is not a raycluster clustering method")
-    method.reuse = reuse
-    return method
 
 
 def open_rows(cfg: RunConfig) -> StoreRows:
@@ -173,7 +154,7 @@ def collapse_warnings(metrics: dict, n_clusters: int) -> list[str]:
 def run_train(cfg: RunConfig) -> dict:
     """Run the whole pipeline for one config; returns the summary dict (also saved as JSON)."""
     start = time.time()
-    method = build_method(cfg.method, cfg.reuse)   # a bad method setting fails here, before any work
+    method = ClusteringMethod.from_config(cfg.method, cfg.reuse)   # a bad method setting fails here, before any work
     os.makedirs(cfg.output_dir, exist_ok=True)
     shards, extraction = ensure_embeddings(cfg)
     store = EmbeddingStore(cfg.embeddings_path)

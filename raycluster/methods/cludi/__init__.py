@@ -1,0 +1,1 @@
+"""CLUDI: `model.py` pure torch, `method.py` behind the method interface (Ray Train)."""

@@ -1,0 +1,1 @@
+"""DiEC: `model.py` pure torch, `method.py` pretrain -> search -> fine-tune."""

@@ -1,0 +1,1 @@
+"""Hierarchical k-means (`method.py`)."""

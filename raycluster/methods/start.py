@@ -1,0 +1,62 @@
+"""Where a clustering head starts (DiEC's DEC centres, DiFiC's prototypes, CLUDI's warm start):
+k-means on the features, or k-means on a UMAP embedding of them."""
+from __future__ import annotations
+
+from typing import Optional
+
+import numpy as np
+
+from raycluster.methods.kmeans.method import FaissKMeans
+from raycluster.methods.kmeans.umap import UMAPKMeans
+
+
+def manifold_kmeans(vectors: np.ndarray, n_clusters: int, **settings) -> np.ndarray:
+    """vectors (N, D) float32 -> clusters (N,) int64 of `UMAPKMeans(n_clusters, **settings)` fitted
+    on them, -1 for rows outside its UMAP sample."""
+    return UMAPKMeans(n_clusters, **settings).fit(vectors).fit_clusters
+
+
+def check_manifold(manifold: Optional[dict], method: str) -> Optional[dict]:
+    """A method's `manifold` setting (UMAPKMeans keyword arguments, or None: no UMAP), with one
+    readable error for a key UMAPKMeans does not take (a typo would otherwise surface late)."""
+    import inspect
+
+    if not manifold:
+        return None
+    known = set(inspect.signature(UMAPKMeans).parameters) - {"n_clusters", "seed", "use_gpu"}
+    if set(manifold) - known:
+        raise ValueError(f"{method}: unknown manifold setting(s) {sorted(set(manifold) - known)}; known: {sorted(known)}")
+    return dict(manifold)
+
+
+def cluster_means(vectors: np.ndarray, clusters: np.ndarray, fallback: np.ndarray) -> np.ndarray:
+    """(N, D) vectors, (N,) int cluster ids (-1: not clustered) -> (K, D) mean of each cluster's
+    rows, K = len(fallback); a cluster with no rows keeps its row of `fallback` (K, D)."""
+    return np.stack([vectors[clusters == k].mean(0) if (clusters == k).any() else fallback[k]
+                     for k in range(len(fallback))]).astype(np.float32)
+
+
+def start_clusters(vectors: np.ndarray, n_clusters: int, seed: int = 0, manifold: Optional[dict] = None,
+                   labels: Optional[np.ndarray] = None) -> tuple[np.ndarray, Optional[np.ndarray], dict]:
+    """Where a clustering head starts (DiEC's DEC centres, DiFiC's prototypes), from (N, D) float32.
+
+    k-means on `vectors` always runs (its scores are the papers' "k-means on the features" row);
+    with `manifold` (UMAPKMeans settings) the start is k-means on a UMAP embedding instead and
+    the centres are its clusters' means in `vectors`' space.
+    Returns centres (K, D) float32; the manifold clusters (N,) int64 (-1 outside UMAP's sample)
+    or None; {"init_kmeans", "init_manifold"} supervised scores when all labels are known."""
+    from raycluster.metrics import supervised_metrics
+
+    scored = labels is not None and (np.asarray(labels) >= 0).all()
+    kmeans = FaissKMeans(n_clusters, seed=seed).fit(vectors)
+    clusters, _ = kmeans.predict(vectors)
+    centers, initial, scores = kmeans.centroids, None, {}
+    if scored:
+        scores["init_kmeans"] = supervised_metrics(labels, clusters)
+    if manifold is not None:
+        initial = manifold_kmeans(vectors, n_clusters, seed=seed, **manifold)
+        centers = cluster_means(vectors, initial, centers)
+        if scored:
+            sampled = initial >= 0
+            scores["init_manifold"] = supervised_metrics(np.asarray(labels)[sampled], initial[sampled])
+    return np.asarray(centers, np.float32), initial, scores
