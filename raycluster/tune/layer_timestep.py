@@ -8,18 +8,7 @@ Euclidean on the standardised activations). The choice is the arg-max of `criter
 `tie_tolerance` the smallest timestep among the near-best cells (`choose_cell`).
 Labels, when given, only add `acc` to the trial's report for the second heatmap.
 
-Default criterion: silhouette, not the paper's CH. On a UNet pretrained to a low loss (60
-epochs on the 10,000 MNIST test digits, `bench/diec_criteria.py --pretrain-epochs 60`, H100) the
-35 cells' Spearman correlation with ACC was 0.77 for silhouette and 0.56 for CH; silhouette
-picked `mid` t=200 (ACC 0.819, best cell 0.855), CH picked `up_0` t=0 (0.413); a second such
-UNet: silhouette 0.740, CH 0.355, best 0.775 (Spearman 0.77 / 0.51). CH rewards the
-noise-free t=0 activations of the decoder, whose dispersion ratio is high for reasons other
-than classes. On under-trained UNets (8 epochs at 32 px) both pick poor cells. The CPU config's
-UNet (16 px, 20 epochs, loss 0.032; `bench/diec_criteria.py --unet ...`) agrees: Spearman 0.93
-for silhouette, 0.82 for CH; silhouette picks the best cell by ACC (`up_0` t=100, 0.770), CH
-`up_0` t=200 (0.728). Labels were used to make this choice (three UNets, one subset);
-`criterion: chi` keeps the paper's.
-"""
+Default criterion: the silhouette, not the paper's CH; why, with the figures: docs/methods/diec.md."""
 from __future__ import annotations
 
 import logging

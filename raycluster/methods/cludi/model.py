@@ -27,32 +27,7 @@ Objects (B points, D noise draws per point, K clusters, d = embedding_dim, F = f
 - inference: M draws x S DDIM steps, mean of logits over draws, argmax; confidence = mean over
   draws of the winning cluster's probability.
 
-Choices where code and paper leave room (deliberate, documented):
-- Gradients flow through the teacher chain (`teacher_gradients=true`), as the public code
-  does (it is most of its step time, see shared NOTES-cludi). Tried here with a stop-gradient
-  teacher (the usual self-distillation reading): on ImageNet-50 features the teacher's
-  assignments drifted towards fewer clusters (size entropy 0.91 -> 0.70 over 30 epochs) and
-  ACC fell; through the chain the cross-entropy trains both views, as in Self-Classifier.
-  `teacher_gradients=false` keeps the cheaper variant available.
-- Teacher = the student in eval mode, as the code (its EMA copy is built but never used);
-  `ema_teacher=0.999` switches to an EMA teacher for those who want it.
-- Cluster vectors C are fixed random vectors, as the paper says and vit_new.py does
-  (`requires_grad_(False)`; the older models.py learned them at lr / 10).
-- Denoiser: vit_new.py's architecture, the one the code trains. The older models.py MLP
-  (one hidden width, no time-embedding MLP, no final normalise) was this module's first
-  version; measured here with the same recipe it collapsed towards few clusters (digits: size
-  entropy 0.72, ACC 0.40 at lr 1e-3, 30 epochs) where this one stays balanced (entropy 0.98,
-  ACC 0.65).
-  The feature dropout is applied once (vit_new.py applies the same 0.15 dropout twice).
-- With W data-parallel workers the self-classifier loss sees the gathered global batch and
-  the per-draw timesteps are rank 0's (`gather_batch`, `same_on_all_workers`), so W workers
-  optimise the same objective as one worker with the whole batch.
-- Status: on this project's CPU see bench/quality.py; the paper recipe on a GPU
-  (bench/cludi_recipes.py, H100) reaches ACC 0.654 on the 2,500 ImageNet-50 val embeddings,
-  below k-means; the README's results give both.
-- The feature projection is computed once per batch and reused across the DDIM steps (it
-  does not depend on z_t or t): same maths, fewer FLOPs.
-"""
+Choices where code and paper leave room, and what was measured for them: docs/methods/cludi.md."""
 from __future__ import annotations
 
 import copy

@@ -8,8 +8,7 @@ The method, as read from the paper's versions (v1-v4), and the choices made here
   ("OTS"): on a data subset, noise-averaged embeddings, k-means, Calinski-Harabasz index.
   v4 searches layer x timestep. We search the full grid with Ray Tune
   (`raycluster.tune.layer_timestep`) scoring each (layer, t) by a label-free criterion of
-  k-means on standardised embeddings of a subset: the mean silhouette by default (it tracked
-  ACC better than the paper's CH index on a well-trained UNet; figures in that module),
+  k-means on standardised embeddings of a subset: the mean silhouette by default (why: docs/methods/diec.md),
   `search.criterion=chi` for the paper's; restricting the grid to `mid` gives v1's search. Labels, when present, are only logged (the ACC heatmap), never used to choose.
 - Fine-tune: DEC (Xie et al. 2016): Student-t soft assignments q_ij = (1 + |z_i - mu_j|^2/a)^-(a+1)/2
   normalised over j (a = 1), target p_ij = (q_ij^2 / f_j) / sum_j' (q_ij'^2 / f_j') with
@@ -17,20 +16,15 @@ The method, as read from the paper's versions (v1-v4), and the choices made here
   every step: a fixed target is what makes self-training stable), loss KL(p || q); plus
   lambda x the DDPM denoising loss at uniform random t, which keeps the UNet a denoiser (the
   paper's "denoising-consistency" branch). The UNet and the centres mu both train.
-- Start: the paper initialises mu by k-means on the COL/COT embeddings (`manifold: null`).
-  By default here the start is k-means on a 10-d UMAP embedding of them (`manifold`, as N2D and
-  our DiFiC): the classes lie on curved manifolds that k-means in the activation space cuts
-  across (16-px UNet, 20 CPU epochs, `up_0` t=100 on all 10,000 MNIST digits: k-means 0.691,
-  UMAP + k-means 0.923, `bench/diec_criteria.py --finetune`). The centres are those clusters'
-  means in the embedding space, and for the first `initial_target_epochs` the target p is
-  their one-hot (rows outside UMAP's sample get DEC's p): a nearest-centre q alone would fall
-  back to the k-means partition. After that, DEC's self-training as above (same run: 0.911).
+- Start: the paper initialises mu by k-means on the COL/COT embeddings (`manifold: null`); by
+  default here k-means on a 10-d UMAP embedding of them (`manifold`), whose clusters' means are
+  the centres and whose one-hot labels are the target for the first `initial_target_epochs`
+  (why, with the figures: docs/methods/diec.md).
 - Left out: v1's residual mapping head and its adaptive graph / entropy regularisers (v4
   drops them from the headline objective; the issue asks for KL + denoising).
 - Embedding scale: pooled activations are divided by one scalar fixed at initialisation (the
   RMS of the initial embeddings' per-dimension std) so the Student-t kernel sees O(1)
-  distances whatever the layer width; the scalar is part of the model config.
-"""
+  distances whatever the layer width; the scalar is part of the model config."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field

@@ -2,74 +2,11 @@
 Liu, Li, arXiv 2412.18838): pure torch pieces. `dific_method.py` puts them behind the method
 interface and runs them on Ray Train.
 
-The method, and the choices made here (the paper's prose was read; its exact hyperparameters
-were not at hand offline, so every value below is ours and stated):
-- Semantic distillation. A semantic extractor (a timm network) maps an image to one proxy-word
-  embedding S* (B, word_dim). S* replaces the placeholder token's input embedding in the prompt
-  `prompt` ("a photo of a {}", the placeholder standing for S*); the text encoder's output
-  conditions the UNet's cross-attention; the denoising loss on the noised image trains the
-  extractor. Text encoder and UNet are frozen in pretrained mode (Stable Diffusion components);
-  in from-scratch mode (no text-to-image model available) a small `UNet2DConditionModel` in pixel
-  space and a small `CLIPTextModel`, both built from config, train jointly with the extractor:
-  the same objective read as a diffusion autoencoder whose code is a word.
-- Timesteps for the denoising loss: uniform over [0, T) (DDPM's simple loss), T = 1000, linear betas.
-- Warm-up length (configs/method/dific.yaml): 30 epochs from scratch on MNIST (S* keeps
-  improving through them: k-means ACC on S* 0.18 -> 0.59 over the first 10 at 16 px), 20 in
-  pretrained mode, where only the extractor learns. Guidance: 8 epochs (30 pretrained), lr 1e-4.
-  20 + 5 (experiment=dific_mnist_fast, for slower machines): MNIST seeds 0 / 1 / 2 0.788 / 0.875 / 0.905
-  (30 + 8: 0.923 / 0.928 / 0.927, 2,651 / 2,500 / 2,638 s for the whole pipeline on one 2-core machine).
-- From scratch on a CPU, `image_size` = 16 diffuses 16x16 digits (4x cheaper than 32x32; the
-  extractor sees the same 16x16 image).
-- Object concentration. At `mask_timestep` (t = 300 of 1000: enough noise that the UNet must rely
-  on the condition, little enough that the layout survives) the proxy token's cross-attention
-  probabilities, averaged over heads and over every cross-attention layer (each upsampled to the
-  image size), are min-max normalised per image to [0, 1]; `mask_threshold` (0.1) then zeroes the
-  weak part: mask = clamp((a - tau) / (1 - tau), 0, 1), a soft mask. The mask comes from a
-  separate no-grad forward pass and is detached. The loss is on "masked original and predicted
-  images": with epsilon prediction |m * (x0 - x0_hat)|^2 = (1 - abar_t) / abar_t |m * (eps - eps_hat)|^2,
-  so each image's mask-weighted epsilon error (normalised by the mask's mass, so a shrinking mask
-  is no shortcut) is multiplied by (1 - abar_t) / abar_t clamped at `image_space_max_weight` (5;
-  unclamped it explodes as t -> T). The image-space weighting matters for distillation: in
-  epsilon space the noisy, high-t steps - where only S* can tell the UNet what the image was -
-  weigh almost nothing (MNIST, 10 warm-up epochs: k-means on S* ACC 0.49 with plain epsilon loss).
-  The mask switches on at `mask_start_epoch` of the warm-up (before that a from-scratch model's
-  attention means nothing) and is on throughout guidance.
-  `mask_threshold` is 0.1, not 0.3: from scratch, the attention that draws the mask is trained by
-  the masked loss itself, and at 0.3 the masks of some runs shrank onto part of the digit (MNIST
-  seed 2: mask mean 0.37 after 10 warm-up epochs, 0.27 at the end of its run) and S* learned less:
-  after 10 epochs its 10-NN label agreement was 0.824 at 0.3, 0.857 at 0.1 (masks ~0.47, steady),
-  0.872 with no mask at all (`python bench/dific_warmup.py`). MNIST has no background to ignore,
-  so the mask can only cost there; 0.1 keeps object concentration while it cannot starve the loss.
-  With Stable Diffusion's trained attention (pretrained mode) the threshold is untested here.
-- Warm-up clusters (dific_method.py). The paper clusters S* by k-means after the warm-up; from
-  scratch on MNIST that splits the 4/9 and 3/5/8 groups across (k-means on S* ACC 0.74: two
-  clusters each half 4s, half 9s) although S*'s 10-NN share the label 90% of the time. So by
-  default (`manifold` in configs/method/dific.yaml) the warm-up clusters are k-means on a UMAP
-  embedding of S* (kmeans.UMAPKMeans, N2D's recipe: 10-d, 15-NN, min_dist 0; 0.90 on the same S*),
-  and the head's prototypes start at their mean S* directions; `manifold: null` is the paper's
-  plain k-means. Guidance itself is unchanged. Whole pipeline (bench/quality.py, mnist-test,
-  seed 0): head ACC 0.905 after guidance from the UMAP clusters, 0.778 from plain k-means.
-  k-means in the UMAP map keeps, among restarts within 5% of the lowest objective, the one with
-  the most even cluster sizes (`balance_tolerance` 0.05, the balance prior guidance already
-  assumes): on seed 1's S* the lowest-objective restart merged 4 with 9 and split the 1s (ACC
-  0.775, size entropy 0.967; guidance from it ended at 0.797), a 2.5% costlier one found by a
-  third of the restarts does not (0.849, 0.991); 5 of 5 UMAP seeds pick the latter with the
-  tolerance, 1 of 10 without. On seed 0's S* both rules pick the same (0.90). At mask_threshold
-  0.3 three seeds ended at 0.905 / 0.854 / 0.718 (seed 2's S*: 10-NN label agreement 0.84 vs
-  0.90); at 0.1 seeds 0 / 1 / 2 end at 0.914 / 0.933 / 0.926 (warm-up clusters 0.913 / 0.928 /
-  0.916, S* 10-NN label agreement 0.90 / 0.90 / 0.91; README has the table).
-- Cluster guidance. After the warm-up (distillation alone; clusters as above), a
-  clustering head on S* is trained with a neighbourhood-consistency loss plus a balance term,
-  and this loss also updates the extractor: for an anchor i and one of its k nearest
-  neighbours j in the k-NN graph of the warm-up S* (cosine, `knn` = 10, from raycluster.neighbors),
-  L_nc = -log <p_i, p_j>, L_bal = -H(mean_i p_i) (minimising it spreads samples over clusters),
-  total = L_diffusion + `neighbor_weight` (1.0) * L_nc + `balance_weight` (5.0, SCAN's value) * L_bal.
-  The head is a cosine-prototype layer logits = <S*/|S*|, c_k/|c_k|> / `head_temperature` (0.1)
-  whose prototypes start at the warm-up clusters' centres, so guidance starts from the warm-up
-  clusters instead of from chance.
-- Prediction: argmax of the head; confidence = its probability. Before guidance (a model that
-  has only been distilled) there is no head and `embed` is what the method uses (k-means on S*).
-"""
+Semantic distillation (an extractor maps an image to a proxy-word embedding S* that conditions
+a text-to-image UNet; the denoising loss trains it), object concentration (masks from the proxy
+token's cross-attention weight the loss) and cluster guidance (a cosine-prototype head with
+neighbour consistency + balance). Every value, why it was chosen and what it was measured at:
+docs/methods/dific.md."""
 from __future__ import annotations
 
 import os

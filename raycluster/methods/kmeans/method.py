@@ -15,16 +15,13 @@ class FaissKMeans(ClusteringMethod):
     """faiss.Kmeans (Lloyd iterations, GPU when present) from `n_init` k-means++ seedings
     (scikit-learn's `kmeans_plusplus`); the restart with the lowest objective wins.
 
-    Why k-means++ and not FAISS's random init: on Tiny-ImageNet (20 classes) EfficientNet
-    features, random init reached ACC 0.47 and k-means++ 0.52 (scikit-learn's figure).
+    Why k-means++ and not FAISS's random init: docs/methods/kmeans.md.
 
     balance_tolerance: restarts whose objective is within (1 + balance_tolerance) x the lowest are
     near-ties, and among them the one with the most even cluster sizes (size entropy) wins; 0 (the
     default) keeps the plain lowest-objective rule. For embeddings whose distances mean little at
-    the scale of a few percent (a UMAP map) when the clusters are known to be of similar size:
-    DiFiC's warm-up S* of one seed (MNIST) has a lowest-objective solution with 4 and 9 merged and
-    the 1s split (ACC 0.775, size entropy 0.967), and one 2.5% costlier with one cluster per digit
-    (ACC 0.849, entropy 0.991), found by 13 of 40 restarts.
+    the scale of a few percent (a UMAP map) when the clusters are known to be of similar size
+    (the case that made it: docs/methods/kmeans.md).
 
     fit_rows (a store of any size): the restarts run on a uniform sample of at most
     `max_points_per_centroid` x K rows (FAISS's own training-sample rule), then up to

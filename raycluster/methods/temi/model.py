@@ -1,6 +1,6 @@
 """TEMI (Adaloglou et al., BMVC 2023, "Exploring the limits of deep image clustering using
 pretrained models"), pure torch: clustering heads trained on pairs of k-nearest neighbours in a
-frozen embedding space. Ray-free; `temi_method.py` puts it behind the method interface.
+frozen embedding space. Ray-free; `method.py` puts it behind the method interface.
 
 Recipe (paper and HHU-MMBS/TEMI-official-BMVC2023), with the choices made here:
 - Pairs: each anchor x is paired with one of its k = 50 nearest neighbours x' (cosine), drawn
