@@ -8,6 +8,21 @@ from typing import Optional
 log = logging.getLogger(__name__)
 
 
+def quiet_ray_data() -> None:
+    """Ray Data settings for readable logs, in the process that builds a dataset (they travel with
+    it to the processes that execute it): no two-line execution plan per dataset, and progress
+    bars only on a terminal (in a log file they are multi-line blocks; stages log their own line)."""
+    import sys
+
+    import ray.data
+
+    context = ray.data.DataContext.get_current()
+    context.print_on_execution_start = False
+    context.enable_progress_bars = sys.stderr.isatty()
+    # ...and not the warning that says they are off (once per process)
+    logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)
+
+
 def ensure_ray(address: Optional[str] = None, num_cpus: Optional[int] = None) -> None:
     """Connect to `address` ("auto", "ray://host:10001"), or start a local Ray; no-op when
     already connected (tests share one instance). Under `ray job submit`, RAY_ADDRESS is set
@@ -37,6 +52,7 @@ def ensure_ray(address: Optional[str] = None, num_cpus: Optional[int] = None) ->
         ray.init(num_cpus=num_cpus, include_dashboard=True, log_to_driver=True, dashboard_host="127.0.0.1")
         start_watchdog()
     protect_token()
+    quiet_ray_data()
     log.info("Ray resources: %s", ray.cluster_resources())
 
 

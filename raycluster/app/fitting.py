@@ -13,13 +13,11 @@ log = logging.getLogger(__name__)
 
 
 def _fit(method, rows, with_labels: bool):
-    import ray.data
-
     from raycluster.app.cli import setup_logging
+    from raycluster.ray_utils import quiet_ray_data
 
     setup_logging()   # the task's log lines reach the driver's console like its own
-    # A worker's stderr is not a terminal: Ray Data's bars would arrive as one line per refresh.
-    ray.data.DataContext.get_current().enable_progress_bars = False
+    quiet_ray_data()  # a worker's stderr is not a terminal: no progress bars, no execution plans
     return method.fit_rows(rows, with_labels)
 
 

@@ -183,7 +183,10 @@ def fit_with_ray_train(model_factory: Callable, model_config: dict, vectors: np.
                                                resources_per_worker=worker_resources),
         run_config=ray.train.RunConfig(name=run_name, storage_path=os.path.abspath(storage_path),
                                        checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
-                                       failure_config=ray.train.FailureConfig(max_failures=max_failures)),
+                                       failure_config=ray.train.FailureConfig(max_failures=max_failures),
+                                       # per-epoch metric lines are ours; Ray Train's per-report and
+                                       # per-checkpoint INFO lines (three a epoch) are not shown
+                                       logging_config=ray.train.LoggingConfig(log_level="WARNING")),
         datasets={"train": embedding_dataset(vectors, labels)},
     )
     result = trainer.fit()

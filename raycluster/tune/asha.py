@@ -67,6 +67,7 @@ def asha_search(features: np.ndarray, model_factory: str, model_config: dict, op
     from ray.tune.schedulers import ASHAScheduler
 
     from raycluster.io import atomic_write_bytes
+    from raycluster.tune.progress import trial_lines
 
     trainable = ray.tune.with_resources(
         ray.tune.with_parameters(_trial, features=np.ascontiguousarray(features, np.float32),
@@ -82,7 +83,9 @@ def asha_search(features: np.ndarray, model_factory: str, model_config: dict, op
         tune_config=ray.tune.TuneConfig(metric="silhouette", mode="max", scheduler=scheduler, num_samples=num_samples,
                                         max_concurrent_trials=max_concurrent,
                                         search_alg=ray.tune.search.BasicVariantGenerator(random_state=seed)),
-        run_config=ray.tune.RunConfig(name="asha", storage_path=os.path.abspath(output_dir), verbose=1))
+        run_config=ray.tune.RunConfig(name="asha", storage_path=os.path.abspath(output_dir), verbose=0,
+                                      callbacks=[trial_lines(num_samples, sorted(space),
+                                                             ["epoch", "silhouette", "size_entropy", "acc"])]))
     results = tuner.fit()
     trials = []
     for result in results:

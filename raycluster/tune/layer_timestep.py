@@ -64,7 +64,8 @@ def score_layer_timestep(config: dict, pixels: np.ndarray, labels: Optional[np.n
     unet = load_unet(config["unet"]).eval()
     scheduler = build_scheduler(source=config["unet"] if isinstance(config["unet"], str) else None)
     generator = torch.Generator().manual_seed(int(config["seed"]))
-    images = to_model_input(torch.from_numpy(pixels), config["image_shape"], unet.config.sample_size)
+    # torch.tensor copies: the object store hands over read-only arrays
+    images = to_model_input(torch.tensor(pixels), config["image_shape"], unet.config.sample_size)
     with torch.no_grad():
         embeddings = unet_features(unet, scheduler, images, [config["layer"]], int(config["timestep"]),
                                    int(config["draws"]), generator, int(config.get("pool", 1)),
@@ -108,6 +109,7 @@ def search_layer_timestep(pixels: np.ndarray, unet, image_shape: Sequence[int], 
     import ray.tune
 
     from raycluster.io import atomic_write_bytes
+    from raycluster.tune.progress import trial_lines
 
     check_criterion(criterion)
     if isinstance(unet, str) and os.path.exists(unet):
@@ -122,8 +124,10 @@ def search_layer_timestep(pixels: np.ndarray, unet, image_shape: Sequence[int], 
                    "seed": seed, "pool": pool, "threads": max(1, int(cpus_per_trial))}
     tuner = ray.tune.Tuner(trainable, param_space=param_space,
                            tune_config=ray.tune.TuneConfig(metric=criterion, mode="max", max_concurrent_trials=max_concurrent),
-                           run_config=ray.tune.RunConfig(name="layer_timestep", storage_path=os.path.abspath(output_dir),
-                                                         verbose=1))
+                           run_config=ray.tune.RunConfig(
+                               name="layer_timestep", storage_path=os.path.abspath(output_dir), verbose=0,
+                               callbacks=[trial_lines(len(layers) * len(timesteps), ["layer", "timestep"],
+                                                      [*CRITERIA, "acc"])]))
     results = tuner.fit()
     errors = [r.error for r in results if r.error]
     if errors:
