@@ -170,6 +170,16 @@ class RunConfig:
 CONFIG_DIR = str(Path(__file__).resolve().parents[1] / "configs")
 
 
+def check_keys(schema: type, values: dict, what: str) -> dict:
+    """`values` as a dict, or one ValueError naming every key the dataclass `schema` does not
+    have (a typo in a method's settings fails when it is built, not hours later)."""
+    known = set(schema.__dataclass_fields__)
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ValueError(f"{what}: unknown setting(s) {unknown}; known: {sorted(known)}")
+    return dict(values)
+
+
 def compose(overrides: Sequence[str] = ()) -> "RunConfig":
     """The project's config composed as `jobs/train.py <overrides>` would see it (for benches,
     notebooks and tests, which do not go through @hydra.main)."""

@@ -135,7 +135,7 @@ def test_guidance_step_trains_extractor_head_and_scratch_diffusion_model():
 def test_wrong_prompt_or_centres_is_one_clear_error():
     with pytest.raises(ValueError, match="needs a '{}'"):
         build_dific(scratch_config(prompt="a photo"))
-    with pytest.raises(ValueError, match=r"unknown model setting\(s\) \['mask_treshold'\]"):
+    with pytest.raises(ValueError, match=r"dific model: unknown setting\(s\) \['mask_treshold'\]"):
         build_dific(scratch_config(mask_treshold=0.5))
     with pytest.raises(ValueError, match="3 x 16 initial centres"):
         build_dific(scratch_config(guidance=True, centers=[[0.0] * 16] * 2))

@@ -48,7 +48,7 @@ def test_make_shards_then_extract_cli(tmp_path):
     (["data.num_clusters=0"], "data.num_clusters must be >= 2, got 0"),
     (["data.num_clusters=-1"], "data.num_clusters must be >= 2, got -1"),
     (["++method.foo=1"], "unexpected keyword argument 'foo'"),
-    (["method=diec", "++method.model.bogus=1"], "unknown method.model setting(s) ['bogus']"),
+    (["method=diec", "++method.model.bogus=1"], "diec method.model: unknown setting(s) ['bogus']"),
     (["reuse=sometimes"], "reuse='sometimes': expected auto or strict"),
 ])
 def test_config_errors_stop_before_any_work(overrides, message, tmp_path):

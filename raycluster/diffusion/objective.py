@@ -60,9 +60,8 @@ class DiffusionPretraining(torch.nn.Module):
 
 
 def build_denoiser(config: dict) -> DiffusionPretraining:
-    unknown = sorted(set(config) - set(DenoiserConfig.__dataclass_fields__))
-    if unknown:
-        raise ValueError(f"denoiser: unknown setting(s) {unknown}; known: {sorted(DenoiserConfig.__dataclass_fields__)}")
-    known = dict(config)
+    from raycluster.config import check_keys
+
+    known = check_keys(DenoiserConfig, config, "denoiser")
     known["image_shape"] = tuple(known.get("image_shape", (1, 28, 28)))
     return DiffusionPretraining(DenoiserConfig(**known))

@@ -137,12 +137,9 @@ class TorchMethod(ClusteringMethod):
         here, when the method is built, not after hours of extraction or pretraining."""
         from hydra.utils import get_class
 
-        overrides = dict(model or {})
-        fields = set(get_class(self.model_config_class).__dataclass_fields__)
-        unknown = sorted(set(overrides) - fields)
-        if unknown:
-            raise ValueError(f"{self.name}: unknown method.model setting(s) {unknown}; known: {sorted(fields)}")
-        return overrides
+        from raycluster.config import check_keys
+
+        return check_keys(get_class(self.model_config_class), model or {}, f"{self.name} method.model")
 
     def fit_resources(self) -> dict:
         # The work runs in Ray Train / Tune workers with their own resources; the task that

@@ -180,9 +180,8 @@ class DiECModel(torch.nn.Module):
 
 
 def build_diec(config: dict) -> DiECModel:
-    unknown = sorted(set(config) - set(DiECConfig.__dataclass_fields__))
-    if unknown:
-        raise ValueError(f"diec: unknown model setting(s) {unknown}; known: {sorted(DiECConfig.__dataclass_fields__)}")
-    known = dict(config)
+    from raycluster.config import check_keys
+
+    known = check_keys(DiECConfig, config, "diec model")
     known["image_shape"] = tuple(known.get("image_shape", (1, 28, 28)))
     return DiECModel(DiECConfig(**known))

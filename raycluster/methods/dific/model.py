@@ -438,16 +438,10 @@ class DiFiCModel(torch.nn.Module):
         return cluster, confidence.float()
 
 
-def check_model_keys(config: dict) -> None:
-    """One clear error for a key DiFiCConfig does not have (a typo in method.model)."""
-    unknown = sorted(set(config) - set(DiFiCConfig.__dataclass_fields__))
-    if unknown:
-        raise ValueError(f"dific: unknown model setting(s) {unknown}; known: {sorted(DiFiCConfig.__dataclass_fields__)}")
-
-
 def build_dific(config: dict) -> DiFiCModel:
-    check_model_keys(config)
-    known = dict(config)
+    from raycluster.config import check_keys
+
+    known = check_keys(DiFiCConfig, config, "dific model")
     known["image_shape"] = tuple(known.get("image_shape", (1, 28, 28)))
     if known.get("pretrained") and os.path.exists(known["pretrained"]):
         known["pretrained"] = os.path.abspath(known["pretrained"])
