@@ -15,6 +15,17 @@ from typing import Callable, Optional, Protocol, runtime_checkable
 import torch
 
 
+def shared_tensor(array, dtype: torch.dtype) -> torch.Tensor:
+    """A tensor over a (possibly read-only) array from Ray's object store, without a copy: every
+    worker of a node maps the same memory, and the models only read it. torch warns about
+    non-writable arrays because writing through the tensor would fail; nothing here writes."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        return torch.as_tensor(array, dtype=dtype)
+
+
 @runtime_checkable
 class TrainableModel(Protocol):
     def training_step(self, batch: tuple) -> tuple[torch.Tensor, dict]: ...

@@ -40,6 +40,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from raycluster.train.loop import shared_tensor
+
 
 @dataclass
 class CludiConfig:
@@ -230,7 +232,7 @@ class CludiModel(nn.Module):
 
     def attach_context(self, initial_clusters) -> None:
         """(N,) int64 clusters of every training row (k-means), the teacher of the warm start."""
-        self.initial_clusters = torch.as_tensor(initial_clusters, dtype=torch.int64)
+        self.initial_clusters = shared_tensor(initial_clusters, torch.int64)
 
     def on_epoch_start(self, features: torch.Tensor, epoch: int) -> None:
         self.epoch = epoch

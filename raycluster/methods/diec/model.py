@@ -32,6 +32,8 @@ from typing import Optional
 
 import torch
 
+from raycluster.train.loop import shared_tensor
+
 
 def student_t_assignments(embeddings: torch.Tensor, centers: torch.Tensor, alpha: float = 1.0) -> torch.Tensor:
     """DEC's soft assignments. embeddings (B, D), centers (K, D) -> q (B, K), rows sum to 1."""
@@ -130,11 +132,11 @@ class DiECModel(torch.nn.Module):
 
     def attach_context(self, initial_clusters) -> None:
         """The initial clusters (N,) int64 of every row (-1: none), the first epochs' target."""
-        self.initial_clusters = torch.as_tensor(initial_clusters, dtype=torch.int64)
+        self.initial_clusters = shared_tensor(initial_clusters, torch.int64)
 
     def attach_shard(self, shard_rows) -> None:
         """Dataset ids (N_local,) int64 of this worker's rows, in the order training sees them."""
-        self.shard_rows = torch.as_tensor(shard_rows, dtype=torch.int64)
+        self.shard_rows = shared_tensor(shard_rows, torch.int64)
 
     def on_epoch_start(self, pixels: torch.Tensor, epoch: int) -> None:
         """Recompute p over this worker's rows every `target_update_epochs` (and after a resume).

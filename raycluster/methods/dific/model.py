@@ -17,6 +17,8 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
+from raycluster.train.loop import shared_tensor
+
 # from-scratch defaults for 28-32 px grayscale images (MNIST); YAML overrides them key by key
 SMALL_CONDITIONAL_UNET = dict(sample_size=32, in_channels=1, out_channels=1, layers_per_block=1,
                               block_out_channels=(32, 64, 64), norm_num_groups=8, attention_head_dim=8,
@@ -363,8 +365,8 @@ class DiFiCModel(torch.nn.Module):
     # -- the training-loop contract ------------------------------------------------------------
     def attach_context(self, bank, neighbors) -> None:
         """All pixel rows (N, C*H*W) and the k-NN table of the warm-up S* (N, knn)."""
-        self.bank = torch.as_tensor(bank, dtype=torch.float32)
-        self.neighbors = torch.as_tensor(neighbors, dtype=torch.int64)
+        self.bank = shared_tensor(bank, torch.float32)
+        self.neighbors = shared_tensor(neighbors, torch.int64)
 
     def on_epoch_start(self, features: torch.Tensor, epoch: int) -> None:
         self.epoch = epoch

@@ -38,6 +38,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from raycluster.train.loop import shared_tensor
+
 
 @dataclass
 class TemiConfig:
@@ -107,8 +109,8 @@ class TemiModel(nn.Module):
 
     def attach_context(self, bank, neighbors) -> None:
         """All embeddings (N, D) and their k-NN table (N, knn) (numpy or torch), for partner lookup."""
-        self.bank = torch.as_tensor(bank, dtype=torch.float32)
-        self.neighbors = torch.as_tensor(neighbors, dtype=torch.int64)
+        self.bank = shared_tensor(bank, torch.float32)
+        self.neighbors = shared_tensor(neighbors, torch.int64)
 
     def partners(self, row_ids: torch.Tensor) -> torch.Tensor:
         """(B,) global row ids -> (B, D) embeddings of one uniformly drawn neighbour each."""
