@@ -191,7 +191,8 @@ class TorchMethod(ClusteringMethod):
         """(N, D) -> the model's (cluster int64, confidence float32), after checking the width."""
         import torch
 
-        from raycluster.data.store import EmbeddingWidthError
+        from raycluster.errors import EmbeddingWidthError
+        from raycluster.train.loop import shared_tensor
 
         if self.model is None:
             raise RuntimeError(f"{self.name}: call fit() (or load()) before predict()")
@@ -199,7 +200,8 @@ class TorchMethod(ClusteringMethod):
         if vectors.shape[1] != expected:
             raise EmbeddingWidthError(f"{self.name}: embeddings have width {vectors.shape[1]}, the model expects "
                                       f"{expected}")
-        cluster, confidence = self.model.predict(torch.from_numpy(np.ascontiguousarray(vectors, np.float32)))
+        rows = shared_tensor(np.ascontiguousarray(vectors, np.float32), torch.float32)   # read, never written
+        cluster, confidence = self.model.predict(rows)
         return cluster.numpy().astype(np.int64), confidence.numpy()
 
 
