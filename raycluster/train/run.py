@@ -63,6 +63,15 @@ def _all_reduce_mean(values: dict) -> dict:
     return {k: float(v) / dist.get_world_size() for k, v in zip(keys, tensor.tolist())}
 
 
+def quiet_report_lines() -> None:
+    """Ray Train logs "Reporting training result N: ..." at INFO on every report (one a epoch)
+    from a logger named by its file path, which `LoggingConfig(log_level=...)` does not reach
+    (it filters loggers named ray.train*). Per-epoch metric lines are ours."""
+    import ray.train.v2._internal.execution.context as train_context
+
+    logging.getLogger(train_context.__file__).setLevel(logging.WARNING)
+
+
 def train_loop_per_worker(config: dict) -> None:
     """Runs on every Ray Train worker. config: model_factory, model_config, optim (dict), seed."""
     import ray.train
@@ -72,6 +81,7 @@ def train_loop_per_worker(config: dict) -> None:
     from raycluster.metrics import size_entropy, supervised_metrics
     from raycluster.train.loop import make_optimizer, train_epochs
 
+    quiet_report_lines()
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
     if config.get("torch_threads"):   # Ray sets OMP threads to floor(CPUs); 1.5 CPUs should mean 2
