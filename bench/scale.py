@@ -203,7 +203,7 @@ def main():
 
     import ray
 
-    ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
     imagenet = imagenet50_store(work)
     if imagenet:
         for points in (256, 16):

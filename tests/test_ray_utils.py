@@ -26,6 +26,24 @@ def test_numba_still_compiles_in_the_driver_after_ray_starts():
     assert "print is builtin: True threads:" in result.stdout
 
 
+# What CI met when a `ray start` cluster of another process was up on the machine: ray.init()
+# without an address joins the cluster /tmp/ray/ray_current_cluster records, and refuses num_cpus.
+RECORDED_CLUSTER = """
+import ray, ray._private.utils
+ray._private.utils.read_ray_address = lambda temp_dir=None: "127.0.0.1:1"   # a cluster `ray start` recorded
+from raycluster.ray_utils import ensure_ray
+ensure_ray(num_cpus=1)
+print("own cluster:", ray.cluster_resources().get("CPU"))
+"""
+
+
+def test_a_job_without_address_starts_its_own_ray_whatever_ray_start_recorded():
+    result = subprocess.run([sys.executable, "-c", RECORDED_CLUSTER], capture_output=True, text=True, timeout=120,
+                            cwd=REPO)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "own cluster: 1.0" in result.stdout
+
+
 LOCAL_DRIVER = """
 import time
 from ray._private import worker
