@@ -16,7 +16,7 @@ sampling   a long-tailed corpus: 300 classes of a Gaussian tree (5 x 6 x 10) wit
 dedup      the 10,100 Tiny-ImageNet val photos plus 1,000 near-duplicates made here from random
            ones (JPEG quality 40-70, resize 0.7-0.9x, 90% crop, horizontal flip, +-10% brightness;
            each recorded), features through the project's extraction (`--backbone`, default
-           effnet_lite0_copies: Lite0 on 32-px thumbnails, flip-averaged); k-means (`--dedup-k`
+           effnet_lite0_copies: Lite0 on 32-px thumbnails, flip-averaged, PCA-whitened); k-means (`--dedup-k`
            10: ~1,100 rows a cluster), then dedup within clusters and the same threshold over all
            pairs at once. precision: of the (kept, removed-for-it) pairs, the injected ones;
            recall: injected (original, copy) pairs whose two images share a group.
@@ -160,6 +160,7 @@ def dedup_rows_bench(thresholds: list[float], copies: int, seed: int, work: Path
     from raycluster.config import ClusterConfig, DataConfig, compose
     from raycluster.curation.dedup import DedupConfig, dedup_table
     from raycluster.data.builtin import Sample, folder_samples, read_class_names
+    from raycluster.data.postprocess import Postprocess
     from raycluster.data.rows import StoreRows
     from raycluster.data.shards import read_manifest, write_shards
     from raycluster.data.store import EmbeddingStore
@@ -191,6 +192,9 @@ def dedup_rows_bench(thresholds: list[float], copies: int, seed: int, work: Path
     backbone = compose([f"backbone={backbone_name}"]).backbone
     run_extraction(DataConfig(name="dedup", shards=str(shards), source=None), backbone, ClusterConfig(), store_dir)
     data = StoreRows(EmbeddingStore(store_dir)).load()
+    # the backbone's post-processing, fitted as jobs/train.py fits it (raycluster.app.pipeline.open_rows)
+    post = Postprocess.fit(data.vectors, backbone.pca_dim, backbone.l2_normalize, seed, backbone.whiten)
+    data.vectors = post(data.vectors)
     true_pairs = {tuple(sorted(p[:2])) for p in pairs}
     model = FaissKMeans(k, n_init=1, seed=seed).fit(data.vectors)
     cluster, _ = model.predict(data.vectors)
@@ -210,6 +214,7 @@ def dedup_rows_bench(thresholds: list[float], copies: int, seed: int, work: Path
             group_of = {key: g for key, g in zip(keys, groups) if g >= 0}
             found_pairs = sum(1 for a, b in true_pairs if a in group_of and group_of.get(b) == group_of[a])
             row = {"case": "dedup", "method": method, "backbone": backbone_name, "threshold": threshold,
+                   "pca_dim": backbone.pca_dim, "whiten": backbone.whiten,
                    "n": len(data.keys),
                    "injected_pairs": len(true_pairs), "predicted_pairs": len(predicted),
                    "precision": round(len(predicted & true_pairs) / max(1, len(predicted)), 4),
@@ -225,7 +230,8 @@ def main():
     parser.add_argument("--parts", nargs="+", default=["hierarchy", "sampling", "dedup"])
     parser.add_argument("--n", type=int, default=1_000_000, help="hierarchy: rows (1,000 leaves)")
     parser.add_argument("--m", type=int, default=10_000, help="sampling: keys picked")
-    parser.add_argument("--thresholds", type=float, nargs="+", default=[0.82, 0.84, 0.86, 0.88])
+    parser.add_argument("--thresholds", type=float, nargs="+", default=[0.45, 0.5, 0.55, 0.6],
+                        help="cosine thresholds (of the post-processed descriptor: whitened for the default)")
     parser.add_argument("--dedup-k", type=int, default=10, help="dedup: k-means clusters the pairs are searched in")
     parser.add_argument("--backbone", default="effnet_lite0_copies",
                         help="dedup: the descriptor (effnet_lite0: the semantic features, for comparison)")

@@ -45,7 +45,12 @@ class TarImages(torch.utils.data.IterableDataset):
                         yield torch.from_numpy(decode_image(tar.extractfile(member).read(), self.spec))
 
 
-def time_model_only(model, spec, images, batch_size, device, autocast):
+def forward(model, inputs, rows):
+    """The model on `inputs` in passes of `rows` rows (None: one pass), as the extractor actors do."""
+    return [model(piece) for piece in inputs.split(rows or len(inputs))]
+
+
+def time_model_only(model, spec, images, batch_size, device, autocast, rows=None):
     batches = [normalize(torch.from_numpy(np.stack(images[i:i + batch_size])), spec).to(device)
                for i in range(0, len(images), batch_size)]
     context = torch.autocast(device.type, dtype=getattr(torch, autocast)) if autocast else torch.autocast("cpu", enabled=False)
@@ -55,19 +60,19 @@ def time_model_only(model, spec, images, batch_size, device, autocast):
             torch.cuda.synchronize()
         start = time.perf_counter()
         for batch in batches:
-            model(batch)
+            forward(model, batch, rows)
         if device.type == "cuda":
             torch.cuda.synchronize()
     return len(images) / (time.perf_counter() - start)
 
 
-def time_dataloader(model, spec, shard_paths, batch_size, device, autocast):
+def time_dataloader(model, spec, shard_paths, batch_size, device, autocast, rows=None):
     loader = torch.utils.data.DataLoader(TarImages(shard_paths, spec), batch_size=batch_size, num_workers=0)
     context = torch.autocast(device.type, dtype=getattr(torch, autocast)) if autocast else torch.autocast("cpu", enabled=False)
     count, start = 0, time.perf_counter()
     with torch.inference_mode(), context:
         for pixels in loader:
-            model(normalize(pixels.to(device), spec)).float().cpu()
+            forward(model, normalize(pixels.to(device), spec), rows)
             count += len(pixels)
     return count / (time.perf_counter() - start)
 
@@ -83,6 +88,9 @@ def main(argv=None):
     parser.add_argument("--folder", help="use real photos from this image folder instead of synthetic JPEGs")
     parser.add_argument("--samples-per-shard", type=int, default=128)
     parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--loop-forward-rows", type=int, default=None,
+                        help="model_only and the loop: rows per forward pass (default: the whole batch, as a "
+                             "plain loop does; the pipeline's CPU actors use cluster.extract.cpu_forward_rows)")
     parser.add_argument("--concurrency", type=int, default=1)
     parser.add_argument("--num-gpus", type=float, default=0.0, help="GPUs per extractor actor")
     parser.add_argument("--device", default="cpu")
@@ -120,8 +128,8 @@ def main(argv=None):
                    for m in tarfile.open(shard_paths[0]) if m.name.endswith((".jpg", ".png"))]
     images = (first_shard * (args.images // len(first_shard) + 1))[: args.images]
     rows = []
-    model_only = time_model_only(model, spec, images, args.batch_size, device, args.autocast)
-    loop = time_dataloader(model, spec, shard_paths, args.batch_size, device, args.autocast)
+    model_only = time_model_only(model, spec, images, args.batch_size, device, args.autocast, args.loop_forward_rows)
+    loop = time_dataloader(model, spec, shard_paths, args.batch_size, device, args.autocast, args.loop_forward_rows)
 
     ensure_ray(None, args.num_cpus)
     cluster = ClusterConfig(use_gpu=args.num_gpus > 0, extract=ExtractConfig(
@@ -138,6 +146,9 @@ def main(argv=None):
                          ("ray_pipeline_steady", steady)):
         rows.append({"bench": "extract_throughput", "dataset": dataset, "method": method, "model": model_label,
                      "device": device_label, "images": args.images, "batch_size": args.batch_size,
+                     "loop_forward_rows": args.loop_forward_rows,
+                     "loop_malloc_env": " ".join(f"{k}={v}" for k, v in sorted(os.environ.items())
+                                                 if k.startswith("MALLOC_")) or "glibc defaults",
                      "images_per_s": round(rate, 2), "ratio_vs_loop": round(rate / loop, 3),
                      "ratio_vs_model": round(rate / model_only, 3)})
     print(f"\nextract_throughput: {dataset}, {args.images} images, {model_label}, {device_label}, "

@@ -54,8 +54,13 @@ class BackboneConfig:
     name: str = "pixels"
     extractor: dict = field(default_factory=dict)  # {_target_: raycluster.features..., kwargs}
     pca_dim: Optional[int] = None   # PCA on the embedding store before clustering
+    whiten: bool = False            # scale each PCA component to unit variance (needs pca_dim)
     l2_normalize: bool = False      # unit-norm embeddings before clustering
     dtype: str = "float32"          # stored embedding dtype: float32 | float16
+
+    def __post_init__(self):
+        if self.whiten and not self.pca_dim:
+            raise ValueError("backbone.whiten needs backbone.pca_dim (the components to whiten)")
 
 
 @dataclass
@@ -69,6 +74,11 @@ class ExtractConfig:
     preprocess_num_cpus: float = 1.0           # per decode/resize task
     autocast: Optional[str] = None             # bfloat16 | float16 (GPU)
     torch_threads: Optional[int] = None        # intra-op threads per actor; null: its CPU share
+    cpu_forward_rows: int = 16                 # rows per forward pass on a CPU actor (features/extract.py)
+
+    def __post_init__(self):
+        if self.cpu_forward_rows < 1:
+            raise ValueError(f"cluster.extract.cpu_forward_rows must be >= 1, got {self.cpu_forward_rows}")
 
 
 @dataclass

@@ -25,6 +25,23 @@ def test_timm_extractor_shapes_dtypes_and_corrupt_rows():
     assert np.all(out["embedding"][1] == 0) and np.abs(out["embedding"][0]).sum() > 0
 
 
+def test_forward_passes_in_pieces_give_the_batch_embeddings():
+    torch.manual_seed(0)
+    whole = TimmExtractor(**TINY, device="cpu")
+    pieces = TimmExtractor(**TINY, device="cpu", forward_rows=3)
+    pieces.model.load_state_dict(whole.model.state_dict())
+    ok = [True, True, False, True, True, True, True]
+    expected = whole(_batch(7, whole.spec, ok=ok))["embedding"]
+    assert np.allclose(pieces(_batch(7, whole.spec, ok=ok))["embedding"], expected, atol=1e-5)
+
+
+def test_cpu_forward_rows_is_checked():
+    from raycluster.config import ExtractConfig
+
+    with pytest.raises(ValueError, match="cpu_forward_rows must be >= 1"):
+        ExtractConfig(cpu_forward_rows=0)
+
+
 def test_timm_extractor_random_init_is_announced():
     assert "NOT meaningful" in TimmExtractor.weights_note(**TINY)
     assert "checkpoint" in TimmExtractor.weights_note(**TINY, checkpoint="/w.pth")

@@ -31,3 +31,17 @@ def test_save_and_load_round_trip_without_pickle(tmp_path):
     np.savez(str(tmp_path / "bad.npz"), l2_normalize=np.array([object()], dtype=object))
     with pytest.raises(ValueError, match="pickle"):
         Postprocess.load(str(tmp_path / "bad.npz"))
+
+
+def test_whitened_components_have_unit_variance_like_sklearn_whiten():
+    from sklearn.decomposition import PCA
+
+    from raycluster.config import BackboneConfig
+
+    vectors = (np.random.default_rng(2).normal(size=(500, 8)) * np.arange(1, 9)).astype(np.float32)
+    post = Postprocess.fit(vectors, pca_dim=5, l2_normalize=False, whiten=True)
+    projected = post(vectors)
+    assert np.allclose(projected.std(axis=0, ddof=1), 1.0, atol=1e-3)
+    assert np.allclose(np.abs(projected), np.abs(PCA(5, whiten=True, random_state=0).fit_transform(vectors)), atol=1e-3)
+    with pytest.raises(ValueError, match="whiten needs backbone.pca_dim"):
+        BackboneConfig(whiten=True)

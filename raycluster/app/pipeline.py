@@ -97,7 +97,8 @@ def open_rows(cfg: RunConfig) -> StoreRows:
                      batch_rows=settings.batch_rows)
     if cfg.backbone.pca_dim:
         sample = rows.sample(PCA_SAMPLE, cfg.seed).vectors
-        return rows.with_postprocess(Postprocess.fit(sample, cfg.backbone.pca_dim, cfg.backbone.l2_normalize, cfg.seed))
+        return rows.with_postprocess(Postprocess.fit(sample, cfg.backbone.pca_dim, cfg.backbone.l2_normalize, cfg.seed,
+                                                       cfg.backbone.whiten))
     return rows.with_postprocess(Postprocess(cfg.backbone.l2_normalize))
 
 
@@ -179,7 +180,8 @@ def run_train(cfg: RunConfig) -> dict:
         "outputs": {"assignments": paths["assignments.parquet"], "embeddings": cfg.embeddings_path,
                     "method": paths[METHOD_FILE], "postprocess": paths[POSTPROCESS_FILE],
                     "summary": paths["summary.json"]},
-        "postprocess": {"pca_dim": cfg.backbone.pca_dim, "l2_normalize": cfg.backbone.l2_normalize},
+        "postprocess": {"pca_dim": cfg.backbone.pca_dim, "whiten": cfg.backbone.whiten,
+                        "l2_normalize": cfg.backbone.l2_normalize},
         "config": {"method": cfg.method, "backbone": cfg.backbone.extractor, "data.shards": cfg.data.shards,
                    "cluster.address": cfg.cluster.address},
     }

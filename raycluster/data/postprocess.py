@@ -1,4 +1,5 @@
-"""What happens to stored embeddings before a method sees them: optional PCA, optional L2 norm.
+"""What happens to stored embeddings before a method sees them: optional PCA (whitened or not),
+optional L2 norm.
 
 The PCA is fitted once on a bounded uniform sample of the store and then applied batch by batch
 wherever rows stream (fit, assignment, report), so the same transform reaches every row and its
@@ -26,8 +27,12 @@ class Postprocess:
     components: Optional[np.ndarray] = None
 
     @classmethod
-    def fit(cls, sample: np.ndarray, pca_dim: Optional[int], l2_normalize: bool, seed: int = 0) -> "Postprocess":
-        """Fit on a (n, D) sample of the store (all of it when the store is small)."""
+    def fit(cls, sample: np.ndarray, pca_dim: Optional[int], l2_normalize: bool, seed: int = 0,
+            whiten: bool = False) -> "Postprocess":
+        """Fit on a (n, D) sample of the store (all of it when the store is small). whiten: each
+        component divided by its standard deviation (folded into `components`), so cosine
+        similarity weighs rare directions as much as the dominant ones: what near-duplicate
+        search wants, where the few directions every photo shares say nothing about copies."""
         if not pca_dim:
             return cls(l2_normalize)
         from sklearn.decomposition import PCA
@@ -35,7 +40,10 @@ class Postprocess:
         if pca_dim > min(sample.shape):
             raise ValueError(f"backbone.pca_dim={pca_dim} exceeds min(N, D) = {min(sample.shape)}")
         pca = PCA(pca_dim, random_state=seed).fit(sample)
-        return cls(l2_normalize, pca.mean_.astype(np.float32), pca.components_.astype(np.float32))
+        components = pca.components_
+        if whiten:
+            components = components / np.sqrt(np.maximum(pca.explained_variance_, 1e-12))[:, None]
+        return cls(l2_normalize, pca.mean_.astype(np.float32), components.astype(np.float32))
 
     @property
     def out_dim(self) -> Optional[int]:

@@ -4,7 +4,7 @@ An extractor is a callable class that Ray Data runs on an actor pool:
 - `image_spec(**config)` (classmethod, runs on the driver, cheap): how images must be decoded.
 - `weights_note(**config)` (classmethod): one line for the job summary saying what the
   weights are, e.g. "random init: features are not meaningful".
-- `__init__(**config, device, autocast, torch_threads)`: loads the model once per actor.
+- `__init__(**config, device, autocast, torch_threads, forward_rows)`: loads the model once per actor.
 - `__call__(batch)`: decoded batch (`pixels` (B, C, H, W) uint8, `ok` (B,) bool, ...) -> same
   batch without `pixels`, plus `embedding` (B, D) float32 (zeros where ok is False).
 Subclasses implement `build(**config) -> torch.nn.Module` mapping normalised images to (B, D).
@@ -24,13 +24,15 @@ log = logging.getLogger(__name__)
 
 class Extractor:
     def __init__(self, device: Optional[str] = None, autocast: Optional[str] = None,
-                 torch_threads: Optional[int] = None, **config):
+                 torch_threads: Optional[int] = None, forward_rows: Optional[int] = None, **config):
+        """forward_rows: rows per forward pass (a batch runs in pieces of this size); None: whole."""
         import torch
 
         if torch_threads:
             torch.set_num_threads(int(torch_threads))
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.autocast_dtype = getattr(torch, autocast) if autocast else None
+        self.forward_rows = forward_rows
         self.spec = self.image_spec(**config)
         self.model = self.build(**config).to(self.device).eval()
         log.info("%s ready on %s (%d torch threads)", type(self).__name__, self.device, torch.get_num_threads())
@@ -57,8 +59,9 @@ class Extractor:
             autocast = (torch.autocast(self.device.type, dtype=self.autocast_dtype)
                         if self.autocast_dtype else nullcontext())
             with torch.inference_mode(), autocast:
-                features = self.model(normalize(inputs, self.spec))
-            features = features.float().cpu().numpy()
+                features = torch.cat([self.model(normalize(piece, self.spec)).float().cpu()
+                                      for piece in inputs.split(self.forward_rows or len(inputs))])
+            features = features.numpy()
             embedding = np.zeros((len(ok), features.shape[1]), dtype=np.float32)
             embedding[ok] = features
         else:  # a batch of only corrupt samples: width unknown here, the writer drops them

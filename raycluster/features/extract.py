@@ -132,13 +132,29 @@ def cause_of_type(err: BaseException, kind: type):
     return kind(found[-1].strip()) if found else None
 
 
-def pool_size(settings):
-    """`concurrency` for map_batches: a fixed pool, or (min, max) for an autoscaling one."""
+# CPU actors share their cores with read tasks and the driver: OpenMP threads that spin while
+# waiting at a barrier burn the time the other processes need (OMP_WAIT_POLICY). And torch's CPU
+# allocator is glibc malloc, which maps every block over its mmap threshold fresh from the kernel
+# and unmaps it when freed: a CNN's activations at batch 64 are ~100 MB each, so every forward
+# pass page-faulted in (and zeroed) all of them again, and the actor spent most of its CPU in the
+# kernel. Forward passes of `cpu_forward_rows` rows keep blocks under the threshold, fixed here at
+# its maximum (32 MiB), and freed memory stays in the process for the next pass (trim threshold,
+# top pad), in one arena: an actor runs its calls on a thread of its own, whose arena would give
+# memory back after every pass. Measured: bench/README.md, extract_throughput.
+CPU_ACTOR_ENV = {"OMP_WAIT_POLICY": "PASSIVE", "MALLOC_MMAP_THRESHOLD_": str(32 << 20),
+                 "MALLOC_TRIM_THRESHOLD_": str(1 << 30), "MALLOC_TOP_PAD_": str(512 << 20), "MALLOC_ARENA_MAX": "1"}
+
+
+def actor_pool(settings):
+    """The extractor actors of map_batches: a fixed pool, or an autoscaling one from
+    `min_concurrency` to `concurrency`."""
+    import ray.data
+
     if settings.min_concurrency is None:
-        return settings.concurrency
+        return ray.data.ActorPoolStrategy(size=settings.concurrency)
     if not 1 <= settings.min_concurrency <= settings.concurrency:
         raise ValueError(f"cluster.extract.min_concurrency={settings.min_concurrency} must be in 1..concurrency")
-    return (settings.min_concurrency, settings.concurrency)
+    return ray.data.ActorPoolStrategy(min_size=settings.min_concurrency, max_size=settings.concurrency)
 
 
 def extractor_inputs(backbone: BackboneConfig) -> dict:
@@ -199,15 +215,14 @@ def run_extraction(data: DataConfig, backbone: BackboneConfig, cluster: ClusterC
     # Threads are not the logical reservation: a CPU actor gets its share of the machine's
     # cores (Ray Data fuses decoding into the actor, and read tasks are mostly I/O).
     threads = settings.torch_threads or max(1, int(total_cpus // settings.concurrency) if not use_gpu else int(cpus))
-    runtime = {"autocast": settings.autocast, "device": "cuda" if use_gpu else "cpu", "torch_threads": threads}
-    # CPU actors share their cores with read tasks and the driver: OpenMP threads that spin while
-    # waiting at a barrier then burn the time the other processes need (bench/extract_throughput.py).
-    actor_env = {} if use_gpu else {"runtime_env": {"env_vars": {"OMP_WAIT_POLICY": "PASSIVE"}}}
+    runtime = {"autocast": settings.autocast, "device": "cuda" if use_gpu else "cpu", "torch_threads": threads,
+               "forward_rows": None if use_gpu else settings.cpu_forward_rows}
+    actor_env = {} if use_gpu else {"runtime_env": {"env_vars": CPU_ACTOR_ENV}}
     dataset = (read_shards(pending)
                .map_batches(decode_batch, fn_kwargs={"spec": spec}, batch_size=settings.batch_size,
                             num_cpus=settings.preprocess_num_cpus)
                .map_batches(cls, fn_constructor_kwargs={**config, **runtime}, batch_size=settings.batch_size,
-                            concurrency=pool_size(settings), num_cpus=cpus, num_gpus=settings.num_gpus_per_actor,
+                            compute=actor_pool(settings), num_cpus=cpus, num_gpus=settings.num_gpus_per_actor,
                             **actor_env))
     writer = ShardPartWriter(store, expected_counts(pending), backbone.dtype, shard_ids)
     try:

@@ -113,6 +113,8 @@ def graph_part_name(part_path: str) -> str:
 def build_knn_graph(store: EmbeddingStore, index: ShardedIndex, out_dir: str, k: int = 10,
                     batch_size: int = 4096, concurrency: int = 1) -> GraphSummary:
     """Write the k-NN graph of every store row not yet in `out_dir`; Ray must be running."""
+    import ray.data
+
     check_k(k, index.ntotal)
     start = time.time()
     parts = part_rows(store)
@@ -128,7 +130,8 @@ def build_knn_graph(store: EmbeddingStore, index: ShardedIndex, out_dir: str, k:
     expected = {os.path.basename(path): count for path, count in pending}
     dataset = (store.ray_dataset([path for path, _ in pending], ["key", "embedding"], include_paths=True)
                .map_batches(NeighborSearcher, fn_constructor_args=(index, k), batch_size=batch_size,
-                            batch_format="pyarrow", concurrency=concurrency, num_cpus=SEARCHER_CPUS))
+                            batch_format="pyarrow", compute=ray.data.ActorPoolStrategy(size=concurrency),
+                            num_cpus=SEARCHER_CPUS))
     buffers = defaultdict(list)
     seen = defaultdict(int)
     for batch in dataset.iter_batches(batch_size=None, batch_format="pyarrow"):
