@@ -52,7 +52,8 @@ def ensure_ray(address: Optional[str] = None, num_cpus: Optional[int] = None) ->
         # address="local": always a Ray of our own. With no address Ray would join the cluster
         # the machine's last `ray start` recorded (/tmp/ray/ray_current_cluster), which refuses
         # num_cpus, and is another user's or test's cluster, not this job's.
-        ray.init(address="local", num_cpus=num_cpus, include_dashboard=True, log_to_driver=True, dashboard_host="127.0.0.1")
+        ray.init(address="local", num_cpus=num_cpus, include_dashboard=True, log_to_driver=True,
+                 dashboard_host="127.0.0.1")
         start_watchdog()
     protect_token()
     quiet_ray_data()

@@ -132,15 +132,10 @@ def cause_of_type(err: BaseException, kind: type):
     return kind(found[-1].strip()) if found else None
 
 
-# CPU actors share their cores with read tasks and the driver: OpenMP threads that spin while
-# waiting at a barrier burn the time the other processes need (OMP_WAIT_POLICY). And torch's CPU
-# allocator is glibc malloc, which maps every block over its mmap threshold fresh from the kernel
-# and unmaps it when freed: a CNN's activations at batch 64 are ~100 MB each, so every forward
-# pass page-faulted in (and zeroed) all of them again, and the actor spent most of its CPU in the
-# kernel. Forward passes of `cpu_forward_rows` rows keep blocks under the threshold, fixed here at
-# its maximum (32 MiB), and freed memory stays in the process for the next pass (trim threshold,
-# top pad), in one arena: an actor runs its calls on a thread of its own, whose arena would give
-# memory back after every pass. Measured: bench/README.md, extract_throughput.
+# CPU actors share their cores with read tasks and the driver: OpenMP threads must not spin at
+# barriers. And glibc malloc must keep activation memory between forward passes instead of
+# mapping it fresh (and page-faulting it in) every pass: why each setting, docs/backbones.md
+# ("Extraction on CPU"); measured, bench/README.md (extract_throughput).
 CPU_ACTOR_ENV = {"OMP_WAIT_POLICY": "PASSIVE", "MALLOC_MMAP_THRESHOLD_": str(32 << 20),
                  "MALLOC_TRIM_THRESHOLD_": str(1 << 30), "MALLOC_TOP_PAD_": str(512 << 20), "MALLOC_ARENA_MAX": "1"}
 
