@@ -134,6 +134,44 @@ def test_checkpoint_resume_continues_from_last_epoch(tmp_path, ray_local):
     assert second["optimizer"]["state"][0]["step"] > first["optimizer"]["state"][0]["step"]
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_fit_on_a_store_never_reads_every_row_into_the_fitting_process(tmp_path, ray_local, monkeypatch):
+    """The store path: PCA and warm start on a sample, the Ray Train worker reads the parts itself
+    (projected, each row with its warm-start cluster); `load()` would fail the test."""
+    from raycluster.data.rows import StoreRows
+    from raycluster.data.store import EmbeddingStore
+    from raycluster.methods.cludi.method import CLUDI
+
+    vectors, labels = mixture(n_per=60)
+    store = EmbeddingStore(str(tmp_path / "store"))
+    for part in range(3):                      # keys interleave the classes across parts
+        rows = np.arange(part, len(vectors), 3)
+        store.write_part(f"shard-{part:06d}.tar", [f"k{i:05d}" for i in rows], labels[rows], vectors[rows],
+                         from_shard=False)
+    monkeypatch.setattr(StoreRows, "load", lambda self: pytest.fail("CLUDI read every row into one process"))
+    # The warm start's teacher for the whole run: the student learns each row's streamed
+    # initial cluster, so a row paired with another row's cluster would show in the ACC.
+    model = {k: v for k, v in small_config(feature_dim=32, warm_start_epochs=12).__dict__.items()
+             if k not in ("n_clusters", "feature_dim")}
+    method = CLUDI(4, model=model, optim={"epochs": 12, "batch_size": 48, "lr": 1e-3},
+                   train={"num_workers": 1, "cpus_per_worker": 0.5}, storage_path=str(tmp_path / "train"),
+                   run_name="store", seed=0, input_dim=32, sample_rows=120)
+    method.fit_rows(StoreRows(EmbeddingStore(store.root)), with_labels=True)
+    assert method.projection.components.shape == (32, 128)       # fitted on the 120-row sample
+    assert method.stages["warm_start"]["acc"] >= 0.9
+    cluster, _ = method.predict(vectors)
+    assert supervised_metrics(labels, cluster)["acc"] >= 0.9
+    # What the checkpoints are keyed on: the store's parts and the fitted transforms, not a copy of the rows.
+    from raycluster.methods.cludi.method import training_columns
+
+    arguments = {"projection": method.projection}
+    first = StoreRows(EmbeddingStore(store.root)).training_data(training_columns, arguments).fingerprint
+    assert StoreRows(EmbeddingStore(store.root)).training_data(training_columns, arguments).fingerprint == first
+    store.write_part("shard-000000.tar", ["k00000"], [0], vectors[:1], from_shard=False)   # a part rewritten
+    assert StoreRows(EmbeddingStore(store.root)).training_data(training_columns, arguments).fingerprint != first
+
+
 def test_save_and_load_give_the_same_predictions(tmp_path):
     from dataclasses import asdict
 
@@ -156,8 +194,8 @@ def test_warm_start_teaches_the_initial_clusters_then_hands_over_to_the_chain():
     torch.manual_seed(0)
     vectors, labels = mixture(n_per=30)
     model = CludiModel(small_config(warm_start_epochs=2))
-    initial = (labels + 1) % 4                       # any clustering of the rows, by dataset row id
-    model.attach_context(initial_clusters=initial)
+    initial = (labels + 1) % 4                       # any clustering of the rows, by position in the shard
+    model.attach_row_columns(initial_clusters=torch.from_numpy(initial))
     rows = torch.arange(len(vectors))
     model.on_epoch_start(None, 0)
     _, terms = model.training_step(torch.from_numpy(vectors), rows)

@@ -118,7 +118,7 @@ def main(argv=None):
         rows += run_variant(name, overrides, pixels, labels, method, args)
     print(f"\nDiFiC warm-up on mnist-test ({len(labels)} digits), seed {args.seed}, epoch {args.epochs} of "
           f"{args.schedule or method['warmup']['epochs']}:")
-    print(f"| variant | 10-NN label agreement | k-means ACC on S* | mask mean | s |\n|---|---|---|---|---|")
+    print("| variant | 10-NN label agreement | k-means ACC on S* | mask mean | s |\n|---|---|---|---|---|")
     last = {row["method"]: row for row in rows}
     for name, row in last.items():
         print(f"| {name} | {row['knn_agreement']:.4f} | {row['kmeans_acc']:.4f} | {row['mask_mean']:.3f} "

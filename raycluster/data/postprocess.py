@@ -58,6 +58,14 @@ class Postprocess:
             vectors = unit_rows(vectors)
         return np.ascontiguousarray(vectors, dtype=np.float32)
 
+    def fingerprint(self) -> dict:
+        """What identifies the transform (a cached artifact built from its output depends on it)."""
+        from raycluster.fingerprint import array_fingerprint
+
+        return {"l2_normalize": self.l2_normalize,
+                **({} if self.components is None else {"mean": array_fingerprint(self.mean),
+                                                        "components": array_fingerprint(self.components)})}
+
     def save(self, path: str) -> None:
         import io
 

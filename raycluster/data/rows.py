@@ -6,8 +6,13 @@ Everything after extraction reads rows through this class, never the whole matri
     rows.sample(n, seed)                       ~n rows chosen by a hash of their key: the same rows
                                                whichever process asks, in any order of parts
     rows.map(fn, ...)                          fn(key, label, vectors) on every batch, results yielded
+    rows.training_data(fn, ...)                a Ray Dataset of the rows (fn's columns), read from the
+                                               store by the Ray Train workers that split it
     rows.load()                                every row (for methods that fit in memory; they run in
                                                a Ray task, not in the driver)
+
+`ArrayRows` gives an in-memory (N, D) array the same reading interface (benches and tests fit
+the streamed methods on arrays through it).
 
 `map` runs in the calling process when the store is small (under `local_bytes`: start-up of a
 Ray Data pipeline would cost more than the pass) and as Ray Data tasks otherwise; either way
@@ -141,6 +146,110 @@ class StoreRows:
     def load(self) -> Embeddings:
         """Every row, post-processed, sorted by key: O(N x D) in the calling process."""
         return self.sample(self.n_rows)
+
+    def fingerprint(self) -> dict:
+        """What identifies the rows as a method sees them, without reading them."""
+        return {"store": self.store.content_fingerprint(), "postprocess": self.postprocess.fingerprint()}
+
+    def training_data(self, fn: Optional[Callable] = None, fn_kwargs: Optional[dict] = None) -> "TrainingData":
+        """The rows as a lazy Ray Dataset for Ray Train: the workers that split it read the store's
+        parts themselves (nothing passes through the caller). Columns: what
+        fn(keys, vectors, **fn_kwargs) returns (a dict with at least `features`; default: the
+        post-processed vectors), `label`, and `order` (a hash of the key, for a stable row order)."""
+        fn_kwargs = fn_kwargs or {}
+        dataset = self.store.ray_dataset(self.parts, ["key", "label", "embedding"]).map_batches(
+            _training_batch, fn_kwargs={"fn": fn, "fn_kwargs": fn_kwargs, "postprocess": self.postprocess},
+            batch_size=self.batch_rows, batch_format="pyarrow")
+        return TrainingData(dataset, {"rows": self.fingerprint(), **_columns_fingerprint(fn, fn_kwargs)})
+
+
+@dataclass
+class TrainingData:
+    """What Ray Train workers split (`raycluster.train.run`): a Ray Dataset with columns
+    `features` (tensor), `label` and either `index` (dataset-wide row id) or `order` (a stable
+    sort key), plus per-row columns a model takes; and what identifies its rows (a checkpoint's
+    fingerprint)."""
+
+    dataset: object
+    fingerprint: dict
+
+
+@dataclass
+class ArrayRows:
+    """An in-memory (N, D) float32 array with StoreRows' reading interface (n_rows, dim, sample,
+    training_data, fingerprint); keys are row positions. labels (N,) int64, -1 unknown."""
+
+    vectors: np.ndarray
+    labels: Optional[np.ndarray] = None
+
+    def __post_init__(self):
+        self.vectors = np.ascontiguousarray(self.vectors, dtype=np.float32)
+        self.labels = (np.full(len(self.vectors), -1, np.int64) if self.labels is None
+                       else np.asarray(self.labels, np.int64))
+
+    @property
+    def n_rows(self) -> int:
+        return len(self.vectors)
+
+    @property
+    def dim(self) -> int:
+        return self.vectors.shape[1]
+
+    def sample(self, n: int, seed: int = 0) -> Embeddings:
+        """The rows StoreRows.sample would pick were the keys the row positions, in row order."""
+        keys = np.arange(self.n_rows)
+        keep = in_sample(keys.astype(object), min(1.0, n / max(self.n_rows, 1)), seed)
+        return Embeddings(keys[keep].astype(object), self.labels[keep], self.vectors[keep])
+
+    def fingerprint(self) -> dict:
+        from raycluster.fingerprint import array_fingerprint
+
+        return {"rows": array_fingerprint(self.vectors)}
+
+    def training_data(self, fn: Optional[Callable] = None, fn_kwargs: Optional[dict] = None) -> TrainingData:
+        """A Ray Dataset of the array (fn's columns, `label`, `index` = row position)."""
+        import pyarrow as pa
+        import ray.data
+        from ray.data.extensions import ArrowTensorArray
+
+        fn_kwargs = fn_kwargs or {}
+        columns = fn(np.arange(self.n_rows).astype(object), self.vectors, **fn_kwargs) if fn else {
+            "features": self.vectors}
+        table = {name: ArrowTensorArray.from_numpy(np.ascontiguousarray(value)) if np.ndim(value) > 1
+                 else pa.array(value) for name, value in columns.items()}
+        table.update(label=pa.array(self.labels), index=pa.array(np.arange(self.n_rows)))
+        return TrainingData(ray.data.from_arrow(pa.table(table)),
+                            {**self.fingerprint(), **_columns_fingerprint(fn, fn_kwargs)})
+
+
+def _columns_fingerprint(fn: Optional[Callable], fn_kwargs: dict) -> dict:
+    """The function that makes a training dataset's columns, and its arguments: arrays by
+    content, a Postprocess by its arrays, a fitted method by its `fitted_state()`."""
+    from raycluster.fingerprint import array_fingerprint
+
+    def identity(value):
+        if isinstance(value, np.ndarray):
+            return array_fingerprint(value)
+        if isinstance(value, Postprocess):
+            return value.fingerprint()
+        if hasattr(value, "fitted_state"):   # a fitted clustering method (raycluster.methods)
+            arrays, values = value.fitted_state()
+            return {"class": type(value).__qualname__, **values,
+                    **{name: array_fingerprint(array) for name, array in arrays.items()}}
+        return value
+
+    if fn is None:
+        return {}
+    return {"columns": f"{fn.__module__}.{fn.__qualname__}",
+            "arguments": {name: identity(value) for name, value in fn_kwargs.items()}}
+
+
+def _training_batch(batch, fn: Optional[Callable], fn_kwargs: dict, postprocess: Postprocess) -> dict:
+    """Ray Data batch (pyarrow) of the store -> the training dataset's columns."""
+    keys = np.asarray(batch.column("key").to_pylist(), dtype=object)
+    vectors = postprocess(embedding_matrix(batch.column("embedding")))
+    columns = fn(keys, vectors, **fn_kwargs) if fn else {"features": vectors}
+    return {**columns, "label": batch.column("label").to_numpy(), "order": key_hash(keys)}
 
 
 def _take_sample(keys, labels, vectors, parts, fraction: float, seed: int) -> dict:

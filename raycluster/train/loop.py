@@ -56,6 +56,15 @@ class UsesContext(Protocol):
 
 
 @runtime_checkable
+class TakesRowColumns(Protocol):
+    """A model that takes per-row values the training dataset carries beside the features
+    (CLUDI's warm-start clusters, computed as the rows are read); the batch's row ids are
+    positions in the worker's shard."""
+
+    def attach_row_columns(self, **columns: torch.Tensor) -> None: ...
+
+
+@runtime_checkable
 class KeepsShardState(Protocol):
     """A model with per-row state for its worker's shard (DEC's targets): `run.py` tells it which
     dataset rows are its shard's, and the batch's row ids are positions in that shard."""

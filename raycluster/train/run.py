@@ -1,9 +1,11 @@
 """Ray Train wiring: TorchTrainer over an embedding dataset, per-epoch report + checkpoint, resume.
 
-`fit_with_ray_train(...)` is what a method's `fit` calls. Each worker takes its shard of the
-dataset (`ray.train.get_dataset_shard`), keeps it in memory (embeddings are small next to the
-images they came from), builds the model from a plain config dict with the same seed on every
-worker, and runs `loop.train_epochs` with gradients all-reduced across workers after each
+`fit_with_ray_train(...)` is what a method's `fit` calls, with an array or with the
+`TrainingData` of a store (`raycluster.data.rows`), whose parts the workers then read
+themselves. Each worker takes its shard of the dataset (`ray.train.get_dataset_shard`), keeps
+it in memory (N / workers rows: embeddings are small next to the images they came from), builds
+the model from a plain config dict with the same seed on every worker, and runs
+`loop.train_epochs` with gradients all-reduced across workers after each
 backward (data parallel, as DDP; not the DDP wrapper itself, because a CLUDI step calls the
 denoiser through several entry points - encode_features, forward, logits - and DDP only
 hooks `forward`). Rank 0 writes a checkpoint every epoch; rerunning with the same
@@ -21,23 +23,11 @@ from typing import Callable, Optional
 import numpy as np
 
 from raycluster.config import TrainConfig
-from raycluster.train.loop import KeepsShardState, OptimConfig
+from raycluster.train.loop import KeepsShardState, OptimConfig, TakesRowColumns
 
 log = logging.getLogger(__name__)
 
 STATE_FILE = "state.pt"
-
-
-def embedding_dataset(vectors: np.ndarray, labels: Optional[np.ndarray] = None):
-    """(N, F) float32 (+ (N,) labels, -1 unknown) -> ray.data.Dataset with columns
-    `features` (tensor), `label`, `index`. Labels only feed logged metrics, never the loss."""
-    import pyarrow as pa
-    import ray.data
-    from ray.data.extensions import ArrowTensorArray
-
-    labels = np.full(len(vectors), -1, np.int64) if labels is None else np.asarray(labels, np.int64)
-    return ray.data.from_arrow(pa.table({"features": ArrowTensorArray.from_numpy(np.ascontiguousarray(vectors, np.float32)),
-                                         "label": pa.array(labels), "index": pa.array(np.arange(len(vectors)))}))
 
 
 def average_gradients(model) -> None:
@@ -72,6 +62,43 @@ def quiet_report_lines() -> None:
     logging.getLogger(train_context.__file__).setLevel(logging.WARNING)
 
 
+def shard_columns(shard) -> dict:
+    """A worker's whole shard as {column: numpy array}, in a stable order: by `order` (a key
+    hash) when the dataset has it, since a read of several parts arrives in any order."""
+    batches = list(shard.iter_batches(batch_size=65536, batch_format="numpy"))
+    if not batches:
+        raise RuntimeError("this Ray Train worker's shard of the training rows is empty")
+    columns = {name: np.concatenate([batch[name] for batch in batches]) for name in batches[0]}
+    if "order" in columns:
+        rank = np.argsort(columns.pop("order"), kind="stable")
+        columns = {name: value[rank] for name, value in columns.items()}
+    return columns
+
+
+def attach_rows(model, columns: dict, shared: bool, n_rows: int):
+    """Hand a worker's shard to the model; returns the row ids its `training_step` takes:
+    positions in the shard, dataset-wide ids (to look rows up in a shared context), or None.
+
+    columns: the shard's columns but features and label: `index` (dataset-wide ids, when the
+    dataset has them) and the per-row values a model takes (`loop.TakesRowColumns`)."""
+    import torch
+
+    index = columns.pop("index", None)
+    if columns:
+        if not isinstance(model, TakesRowColumns):
+            raise TypeError(f"{type(model).__name__} takes no per-row columns, but the dataset has {sorted(columns)}")
+        model.attach_row_columns(**{name: torch.from_numpy(value) for name, value in columns.items()})
+        return torch.arange(n_rows)
+    if not (isinstance(model, KeepsShardState) or shared):
+        return None
+    if index is None:
+        raise ValueError(f"{type(model).__name__} needs dataset-wide row ids (an `index` column)")
+    if isinstance(model, KeepsShardState):
+        model.attach_shard(torch.from_numpy(index))
+        return torch.arange(n_rows)
+    return torch.from_numpy(index)
+
+
 def train_loop_per_worker(config: dict) -> None:
     """Runs on every Ray Train worker. config: model_factory, model_config, optim (dict), seed."""
     import ray.train
@@ -96,17 +123,10 @@ def train_loop_per_worker(config: dict) -> None:
     if shared:  # dataset-wide arrays a model needs beside its shard (loop.UsesContext)
         model.attach_context(**{name: ray.get(ref) for name, ref in shared.items()})
 
-    rows = list(ray.train.get_dataset_shard("train").iter_batches(batch_size=65536, batch_format="numpy"))
-    features = torch.from_numpy(np.concatenate([r["features"] for r in rows])).float().to(device)
-    labels = np.concatenate([r["label"] for r in rows])
-    shard_rows = torch.from_numpy(np.concatenate([r["index"] for r in rows]))   # dataset-wide ids
-    if isinstance(model, KeepsShardState):
-        model.attach_shard(shard_rows)
-        row_ids = torch.arange(len(features))
-    elif shared:    # dataset-wide ids, to look rows up in the shared context
-        row_ids = shard_rows
-    else:
-        row_ids = None
+    columns = shard_columns(ray.train.get_dataset_shard("train"))
+    features = torch.from_numpy(columns.pop("features")).float().to(device)
+    labels = columns.pop("label")
+    row_ids = attach_rows(model, columns, bool(shared), len(features))
     total = torch.tensor([len(features)])
     if dist.is_initialized():
         dist.all_reduce(total)
@@ -151,12 +171,15 @@ def train_loop_per_worker(config: dict) -> None:
                  average_gradients if world > 1 else None, on_epoch_end, row_ids)
 
 
-def fit_with_ray_train(model_factory: Callable, model_config: dict, vectors: np.ndarray, optim: OptimConfig,
+def fit_with_ray_train(model_factory: Callable, model_config: dict, data, optim: OptimConfig,
                        resources: TrainConfig, use_gpu: bool, storage_path: str, run_name: str, seed: int = 0,
                        labels: Optional[np.ndarray] = None, max_failures: int = 0,
                        context: Optional[dict] = None, reuse: str = "auto") -> dict:
     """Train with TorchTrainer; returns the final checkpoint's state (model, optimizer, epoch,
     model_config) plus `metrics`, the last epoch's reported metrics.
+
+    data: (N, F) float32 array (labels: (N,) for logged metrics), or a `TrainingData` (a store's
+    rows, read by the workers; its labels are a column).
 
     context: {name: numpy array} every worker needs whole (put in the object store once, shared
     by the workers of a node), given to `model.attach_context(**context)`; never checkpointed.
@@ -169,14 +192,18 @@ def fit_with_ray_train(model_factory: Callable, model_config: dict, vectors: np.
     import torch
     from ray.train.torch import TorchTrainer
 
+    from raycluster.data.rows import ArrayRows, TrainingData
     from raycluster.fingerprint import array_fingerprint, local_paths_in, reusable, write_fingerprint
+
+    if not isinstance(data, TrainingData):
+        data = ArrayRows(data, labels).training_data()
 
     run_dir = os.path.join(os.path.abspath(storage_path), run_name)
     # `epochs` is left out: a longer run continues from a shorter one's checkpoints.
     schedule = {k: v for k, v in asdict(optim).items() if k != "epochs"}
     inputs = {"model_factory": f"{model_factory.__module__}.{model_factory.__qualname__}", "model_config": model_config,
               "files": local_paths_in(model_config), "optim": schedule, "seed": seed,
-              "rows": array_fingerprint(vectors),
+              "rows": data.fingerprint,
               "context": {name: array_fingerprint(value) for name, value in (context or {}).items()}}
     if not reusable(run_dir, inputs, f"{run_name} checkpoints", reuse):
         write_fingerprint(run_dir, inputs)
@@ -197,7 +224,7 @@ def fit_with_ray_train(model_factory: Callable, model_config: dict, vectors: np.
                                        # per-epoch metric lines are ours; Ray Train's per-report and
                                        # per-checkpoint INFO lines (three a epoch) are not shown
                                        logging_config=ray.train.LoggingConfig(log_level="WARNING")),
-        datasets={"train": embedding_dataset(vectors, labels)},
+        datasets={"train": data.dataset},
     )
     result = trainer.fit()
     if result.checkpoint is None:

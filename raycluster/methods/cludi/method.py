@@ -23,6 +23,8 @@ class CLUDI(TorchMethod):
     input_dim: rows wider than this are first reduced by a PCA fitted on (a sample of) them. The
     denoiser's width grows with its input (F + F/2), so 1280-d Lite0 features made each step
     ~15x slower than 256-d and, at the recipe's lr, unstable; the PCA travels with the method.
+    sample_rows: rows (a keyed sample) the PCA and the warm start are fitted on; the training
+    itself sees every row.
     """
 
     name = "cludi"
@@ -32,7 +34,7 @@ class CLUDI(TorchMethod):
     def __init__(self, n_clusters: int, model: Optional[dict] = None, optim: Optional[dict] = None,
                  train: Optional[dict] = None, use_gpu: bool = False, seed: int = 0,
                  storage_path: str = "outputs/train", run_name: str = "cludi", max_failures: int = 0,
-                 manifold: Optional[dict] = None, input_dim: Optional[int] = 256):
+                 manifold: Optional[dict] = None, input_dim: Optional[int] = 256, sample_rows: int = 100_000):
         from raycluster.methods.start import check_manifold
         from raycluster.data.postprocess import Postprocess
 
@@ -40,48 +42,58 @@ class CLUDI(TorchMethod):
         self.manifold = check_manifold(manifold, "cludi")
         if input_dim is not None and input_dim < 2:
             raise ValueError(f"cludi: input_dim must be >= 2 or null, got {input_dim}")
-        self.input_dim, self.projection = input_dim, Postprocess()
+        if sample_rows < n_clusters:
+            raise ValueError(f"cludi: sample_rows must be >= n_clusters ({n_clusters}), got {sample_rows}")
+        self.input_dim, self.projection, self.sample_rows = input_dim, Postprocess(), sample_rows
         self.storage_path, self.run_name = storage_path, run_name
 
     def model_config(self, feature_dim: int) -> dict:
         return {**self.model_overrides, "n_clusters": self.n_clusters, "feature_dim": feature_dim}
 
     def fit(self, vectors: np.ndarray, labels: Optional[np.ndarray] = None) -> "CLUDI":
+        from raycluster.data.rows import ArrayRows
+
+        return self.fit_rows(ArrayRows(self.check_input(vectors), labels), with_labels=labels is not None)
+
+    def fit_rows(self, rows, with_labels: bool = False) -> "CLUDI":
+        """Fit on a StoreRows (or ArrayRows) without holding every row: the input PCA and the
+        warm start are fitted on a sample (at most `sample_rows`), and the Ray Train workers read
+        the rows themselves, projected and given their warm-start cluster as they are read."""
+        from raycluster.data.postprocess import Postprocess
         from raycluster.methods.cludi.model import build_cludi
         from raycluster.train.run import fit_with_ray_train
 
-        from raycluster.data.postprocess import PCA_SAMPLE, Postprocess
-
-        vectors = self.check_input(vectors)
-        if self.input_dim and vectors.shape[1] > self.input_dim:
-            rows = np.random.default_rng(self.seed).permutation(len(vectors))[:PCA_SAMPLE]
-            self.projection = Postprocess.fit(vectors[rows], min(self.input_dim, len(rows)), False, self.seed)
-            vectors = self.projection(vectors)
-        config = self.model_config(vectors.shape[1])
-        context = None
+        if rows.n_rows < self.n_clusters:
+            raise ValueError(f"{self.name}: k={self.n_clusters} clusters is more than the {rows.n_rows} samples")
+        sample = rows.sample(self.sample_rows, self.seed)
+        if self.input_dim and rows.dim > self.input_dim:
+            self.projection = Postprocess.fit(sample.vectors, min(self.input_dim, len(sample.vectors)), False, self.seed)
+        features = self.projection(sample.vectors)
+        config = self.model_config(features.shape[1])
+        arguments = {"projection": self.projection}
         if config.get("warm_start_epochs"):
-            context = {"initial_clusters": self.warm_start_clusters(vectors, labels)}
-        state = fit_with_ray_train(build_cludi, config, vectors, self.optim, self.train, self.use_gpu,
-                                   self.storage_path, self.run_name, self.seed, labels, self.max_failures,
-                                   context=context, reuse=self.reuse)
+            arguments["starter"] = self.warm_start(features, sample.labels if with_labels else None)
+        state = fit_with_ray_train(build_cludi, config, rows.training_data(training_columns, arguments), self.optim,
+                                   self.train, self.use_gpu, self.storage_path, self.run_name, self.seed,
+                                   max_failures=self.max_failures, reuse=self.reuse)
         return self._restore(state)
 
-    def warm_start_clusters(self, vectors: np.ndarray, labels: Optional[np.ndarray] = None) -> np.ndarray:
-        """(N,) int64: the warm start's teacher, from the rows alone (labels only score it)."""
+    def warm_start(self, features: np.ndarray, labels: Optional[np.ndarray] = None):
+        """The warm start's teacher, fitted label-free on (n, F) sampled features (labels only
+        score it): spherical k-means, or with `manifold` k-means on their UMAP embedding; its
+        `predict` gives every training row its starting cluster as the workers read it."""
         from raycluster.data.store import unit_rows
         from raycluster.methods.kmeans.method import FaissKMeans
-        from raycluster.methods.start import manifold_kmeans
+        from raycluster.methods.kmeans.umap import UMAPKMeans
         from raycluster.metrics import supervised_metrics
 
-        unit = unit_rows(vectors)   # the denoiser sees normalised features too
-        clusters, _ = FaissKMeans(self.n_clusters, n_init=3, seed=self.seed).fit(unit).predict(unit)
-        if self.manifold is not None:
-            found = manifold_kmeans(unit, self.n_clusters, seed=self.seed, **self.manifold)
-            clusters = np.where(found >= 0, found, clusters)
+        unit = unit_rows(features)   # the denoiser sees normalised features too
+        starter = (UMAPKMeans(self.n_clusters, seed=self.seed, **self.manifold) if self.manifold is not None
+                   else FaissKMeans(self.n_clusters, n_init=3, seed=self.seed)).fit(unit)
         if labels is not None and (labels >= 0).all():
-            self.stages["warm_start"] = supervised_metrics(labels, clusters)
-            log.warning("CLUDI warm start: %s", self.stages["warm_start"])
-        return clusters
+            self.stages["warm_start"] = supervised_metrics(labels, starter.predict(unit)[0])
+            log.warning("CLUDI warm start (%d sampled rows): %s", len(unit), self.stages["warm_start"])
+        return starter
 
     def predict(self, vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         import torch
@@ -132,3 +144,15 @@ class CLUDI(TorchMethod):
         return asha_search(vectors, self.model_factory, self.model_config(vectors.shape[1]), optim, tune.space,
                            output_dir, labels, tune.num_samples, tune.grace_period, tune.reduction_factor,
                            tune.max_concurrent, tune.cpus_per_trial, self.seed)
+
+
+def training_columns(keys: np.ndarray, vectors: np.ndarray, projection, starter=None) -> dict:
+    """A batch of rows (n, D) -> CLUDI's training columns: `features` (n, F) float32 after the
+    input PCA and, with a warm start, `initial_clusters` (n,) int64 from the fitted starter."""
+    from raycluster.data.store import unit_rows
+
+    features = projection(vectors)
+    columns = {"features": features}
+    if starter is not None:
+        columns["initial_clusters"] = starter.predict(unit_rows(features))[0]
+    return columns

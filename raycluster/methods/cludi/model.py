@@ -40,7 +40,6 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from raycluster.train.loop import shared_tensor
 
 
 @dataclass
@@ -227,12 +226,13 @@ class CludiModel(nn.Module):
         self.teacher = None
         if config.ema_teacher:
             self.teacher = copy.deepcopy(self.denoiser).requires_grad_(False)
-        self.initial_clusters: Optional[torch.Tensor] = None   # (N,) dataset-wide (attach_context)
+        self.initial_clusters: Optional[torch.Tensor] = None   # (n,) of the worker's rows (attach_row_columns)
         self.epoch = 0
 
-    def attach_context(self, initial_clusters) -> None:
-        """(N,) int64 clusters of every training row (k-means), the teacher of the warm start."""
-        self.initial_clusters = shared_tensor(initial_clusters, torch.int64)
+    def attach_row_columns(self, initial_clusters) -> None:
+        """(n,) int64 warm-start cluster of each of the worker's training rows (a label-free
+        clustering, computed as the rows are read), the teacher of the first epochs."""
+        self.initial_clusters = torch.as_tensor(initial_clusters, dtype=torch.int64)
 
     def on_epoch_start(self, features: torch.Tensor, epoch: int) -> None:
         self.epoch = epoch
@@ -279,8 +279,8 @@ class CludiModel(nn.Module):
         return self.embedding_of(denoiser, logits), logits
 
     def training_step(self, features: torch.Tensor, row_ids: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, dict]:
-        """One CLUDI loss on a batch. features: (B, F) float; row_ids: (B,) dataset-wide ids
-        (used by the warm start). Returns (loss, terms) where terms holds detached floats and
+        """One CLUDI loss on a batch. features: (B, F) float; row_ids: (B,) positions of the rows
+        in the worker's shard (used by the warm start). Returns (loss, terms) where terms holds detached floats and
         `teacher_clusters` (B,) int64 from the first draw."""
         cfg = self.config
         draws = features[None].expand(cfg.teacher_draws, *features.shape)          # (D, B, F)
