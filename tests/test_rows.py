@@ -61,3 +61,28 @@ def test_parts_of_different_widths_are_one_clear_error(tmp_path):
         StoreRows(store)
     with pytest.raises(FileNotFoundError, match="no part files"):
         StoreRows(EmbeddingStore(str(tmp_path / "empty")))
+
+
+def test_array_rows_read_like_a_store_and_are_identified_by_content():
+    from raycluster.data.rows import ArrayRows
+
+    vectors = np.random.default_rng(0).normal(size=(1000, 4)).astype(np.float32)
+    rows = ArrayRows(vectors, np.arange(1000) % 3)
+    sample = rows.sample(300, seed=2)
+    assert rows.n_rows == 1000 and rows.dim == 4 and 250 < len(sample.keys) < 350
+    assert np.array_equal(sample.vectors, vectors[sample.keys.astype(int)])     # keys are row positions
+    assert np.array_equal(sample.labels, sample.keys.astype(int) % 3)
+    assert list(rows.sample(300, seed=2).keys) == list(sample.keys)
+    changed = vectors.copy()
+    changed[5, 0] += 1
+    assert ArrayRows(vectors).fingerprint() == rows.fingerprint() != ArrayRows(changed).fingerprint()
+
+
+def test_store_rows_fingerprint_follows_the_parts_and_the_postprocess(tmp_path):
+    store = make_store(tmp_path / "store")
+    first = StoreRows(store).fingerprint()
+    assert StoreRows(store).fingerprint() == first
+    pca = Postprocess.fit(StoreRows(store).load().vectors, 4, False)
+    assert StoreRows(store).with_postprocess(pca).fingerprint() != first
+    store.write_part("shard-000001.tar", ["x"], [0], np.zeros((1, 8)), from_shard=False)
+    assert StoreRows(store).fingerprint() != first
