@@ -89,32 +89,6 @@ def test_plain_loop_recovers_a_mixture_without_ray():
     assert supervised_metrics(labels, cluster.numpy())["acc"] >= 0.9
 
 
-def cludi_method(tmp_path, workers, epochs, run_name="run", seed=0):
-    from raycluster.methods.cludi.method import CLUDI
-
-    model = {k: v for k, v in small_config().__dict__.items() if k not in ("n_clusters", "feature_dim")}
-    return CLUDI(4, model=model, optim={"epochs": epochs, "batch_size": 120, "lr": 1e-3},
-                 train={"num_workers": workers, "cpus_per_worker": 0.5}, storage_path=str(tmp_path / "train"),
-                 run_name=run_name, seed=seed)
-
-
-@pytest.mark.slow
-@pytest.mark.timeout(600)
-def test_ray_train_two_workers_recover_mixture(tmp_path, ray_local):
-    """Two data-parallel workers (60 points each per step, loss over the gathered 120).
-
-    Seeded: on 4-blob mixtures CLUDI sometimes merges two blobs and leaves a cluster empty
-    (in the plain loop, seeds 3 and 4 of 0-5 end at ACC 0.75 / 0.5, with the old and the
-    current denoiser alike); the self-classifier loss is nearly flat in that state."""
-    vectors, labels = mixture()
-    method = cludi_method(tmp_path, 2, epochs=30, seed=1).fit(vectors, labels)
-    cluster, confidence = method.predict(vectors)
-    assert supervised_metrics(labels, cluster)["acc"] >= 0.9
-    assert confidence.shape == (240,) and confidence.min() > 0
-    with pytest.raises(Exception, match="width 64, the model expects 128"):
-        method.predict(vectors[:, :64])
-
-
 @pytest.mark.slow
 @pytest.mark.timeout(600)
 def test_checkpoint_resume_continues_from_last_epoch(tmp_path, ray_local):
@@ -136,9 +110,10 @@ def test_checkpoint_resume_continues_from_last_epoch(tmp_path, ray_local):
 
 @pytest.mark.slow
 @pytest.mark.timeout(600)
-def test_fit_on_a_store_never_reads_every_row_into_the_fitting_process(tmp_path, ray_local, monkeypatch):
-    """The store path: PCA and warm start on a sample, the Ray Train worker reads the parts itself
-    (projected, each row with its warm-start cluster); `load()` would fail the test."""
+def test_two_workers_fit_on_a_store_without_reading_every_row_into_one_process(tmp_path, ray_local, monkeypatch):
+    """The store path: PCA and warm start on a sample; two data-parallel Ray Train workers split
+    the store's rows and read the parts themselves (projected, each row with its warm-start
+    cluster), gradients all-reduced; `load()` would fail the test."""
     from raycluster.data.rows import StoreRows
     from raycluster.data.store import EmbeddingStore
     from raycluster.methods.cludi.method import CLUDI
@@ -155,13 +130,16 @@ def test_fit_on_a_store_never_reads_every_row_into_the_fitting_process(tmp_path,
     model = {k: v for k, v in small_config(feature_dim=32, warm_start_epochs=12).__dict__.items()
              if k not in ("n_clusters", "feature_dim")}
     method = CLUDI(4, model=model, optim={"epochs": 12, "batch_size": 48, "lr": 1e-3},
-                   train={"num_workers": 1, "cpus_per_worker": 0.5}, storage_path=str(tmp_path / "train"),
+                   train={"num_workers": 2, "cpus_per_worker": 0.5}, storage_path=str(tmp_path / "train"),
                    run_name="store", seed=0, input_dim=32, sample_rows=120)
     method.fit_rows(StoreRows(EmbeddingStore(store.root)), with_labels=True)
     assert method.projection.components.shape == (32, 128)       # fitted on the 120-row sample
     assert method.stages["warm_start"]["acc"] >= 0.9
-    cluster, _ = method.predict(vectors)
+    cluster, confidence = method.predict(vectors)
     assert supervised_metrics(labels, cluster)["acc"] >= 0.9
+    assert confidence.shape == (240,) and confidence.min() > 0
+    with pytest.raises(Exception, match="width 64, the method was fitted on 128"):
+        method.predict(vectors[:, :64])
     # What the checkpoints are keyed on: the store's parts and the fitted transforms, not a copy of the rows.
     from raycluster.methods.cludi.method import training_columns
 
