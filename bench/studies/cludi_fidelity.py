@@ -1,7 +1,6 @@
 """CLUDI as the public code runs it, side by side with ours: teacher ACC and size entropy per epoch.
 
-Study, 2026-12-03. Decision it produced: none changed; it checks that configs/method/cludi.yaml's
-model trains as the public code's does when both get the same settings (docs/methods/cludi.md).
+Study, 2026-12-03. Decision it produced: none (a check of our model against the public code's, docs/methods/cludi.md).
 
     git clone https://github.com/BGU-CS-VIL/CLUDI /tmp/CLUDI     # 415682c; not shipped with raycluster
     pip install --target /tmp/cludi-deps einops ema-pytorch accelerate
