@@ -246,10 +246,9 @@ def _columns_fingerprint(fn: Optional[Callable], fn_kwargs: dict) -> dict:
 
 def _training_batch(batch, fn: Optional[Callable], fn_kwargs: dict, postprocess: Postprocess) -> dict:
     """Ray Data batch (pyarrow) of the store -> the training dataset's columns."""
-    keys = np.asarray(batch.column("key").to_pylist(), dtype=object)
-    vectors = postprocess(embedding_matrix(batch.column("embedding")))
+    keys, labels, vectors = _decoded(batch, postprocess)
     columns = fn(keys, vectors, **fn_kwargs) if fn else {"features": vectors}
-    return {**columns, "label": batch.column("label").to_numpy(), "order": key_hash(keys)}
+    return {**columns, "label": labels, "order": key_hash(keys)}
 
 
 def _take_sample(keys, labels, vectors, parts, fraction: float, seed: int) -> dict:
@@ -259,12 +258,18 @@ def _take_sample(keys, labels, vectors, parts, fraction: float, seed: int) -> di
 
 def _apply(batch, fn, postprocess: Postprocess, fn_kwargs: dict, part_index: Optional[dict] = None) -> dict:
     """Ray Data batch (pyarrow) -> fn's dict of arrays."""
-    keys = np.asarray(batch.column("key").to_pylist(), dtype=object)
-    vectors = postprocess(embedding_matrix(batch.column("embedding")))
+    keys, labels, vectors = _decoded(batch, postprocess)
     extra = {}
     if part_index is not None:
         extra["parts"] = np.array([part_index[os.path.basename(p)] for p in batch.column("path").to_pylist()], np.int64)
-    return fn(keys, batch.column("label").to_numpy(), vectors, **extra, **fn_kwargs)
+    return fn(keys, labels, vectors, **extra, **fn_kwargs)
+
+
+def _decoded(batch, postprocess: Postprocess) -> tuple:
+    """A Ray Data batch (pyarrow) of the store -> keys (n,) object, labels (n,) int64, and the
+    post-processed vectors (n, dim) float32."""
+    return (np.asarray(batch.column("key").to_pylist(), dtype=object), batch.column("label").to_numpy(),
+            postprocess(embedding_matrix(batch.column("embedding"))))
 
 
 def store_rows(root: str, postprocess: Optional[Postprocess] = None, local_bytes: Optional[int] = None) -> StoreRows:
