@@ -15,10 +15,12 @@ sampling   a long-tailed corpus: 300 classes of a Gaussian tree (5 x 6 x 10) wit
            class_entropy = entropy of the sample's class histogram / log(classes).
 dedup      the 10,100 Tiny-ImageNet val photos plus 1,000 near-duplicates made here from random
            ones (JPEG quality 40-70, resize 0.7-0.9x, 90% crop, horizontal flip, +-10% brightness;
-           each recorded), features through the project's extraction (`--backbone`, default
-           effnet_lite0_copies: Lite0 on 32-px thumbnails, flip-averaged, PCA-whitened); k-means (`--dedup-k`
-           10: ~1,100 rows a cluster), then dedup within clusters and the same threshold over all
-           pairs at once. precision: of the (kept, removed-for-it) pairs, the injected ones;
+           each recorded; `--seed` picks them), features through the project's extraction
+           (`--backbone`, default effnet_lite0_copies: Lite0 on 32-px thumbnails, flip-averaged);
+           k-means (`--dedup-k` 10: ~1,100 rows a cluster), then what jobs/dedup.py does: whitened
+           cosine minus the background (`--background-rank`), searched in each row's own cluster
+           (clusters_1probe), in its `--probes` nearest (clusters_2probe), and over all pairs at
+           once (exact). precision: of the (kept, removed-for-it) pairs, the injected ones;
            recall: injected (original, copy) pairs whose two images share a group.
 """
 from __future__ import annotations
@@ -156,9 +158,9 @@ def near_duplicate(data: bytes, rng) -> tuple[bytes, dict]:
 
 
 def dedup_rows_bench(thresholds: list[float], copies: int, seed: int, work: Path, backbone_name: str,
-                     k: int = 10) -> list[dict]:
+                     k: int = 10, probes: int = 2, background_rank: int = 5) -> list[dict]:
     from raycluster.config import ClusterConfig, DataConfig, compose
-    from raycluster.curation.dedup import DedupConfig, dedup_table
+    from raycluster.curation.dedup import DedupConfig, dedup_table, fit_whitener, probe_clusters
     from raycluster.data.builtin import Sample, folder_samples, read_class_names
     from raycluster.data.postprocess import Postprocess
     from raycluster.data.rows import StoreRows
@@ -172,8 +174,8 @@ def dedup_rows_bench(thresholds: list[float], copies: int, seed: int, work: Path
     if not root.exists():
         print(f"skipped dedup: {root} not found")
         return []
-    shards = work / "dedup-shards"
-    pairs_file = work / "dedup-pairs.json"
+    shards = work / f"dedup-shards-seed{seed}"     # the copies (which photos, which edits) follow the seed
+    pairs_file = work / f"dedup-pairs-seed{seed}.json"
     if not read_manifest(str(shards)):
         originals = list(folder_samples(str(root), class_names=read_class_names(str(root))))
         rng = np.random.default_rng(seed)
@@ -187,23 +189,28 @@ def dedup_rows_bench(thresholds: list[float], copies: int, seed: int, work: Path
         write_shards(iter(originals + made), str(shards), 1000, source={"kind": "tinyimagenet-val+near-duplicates"})
         pairs_file.write_text(json.dumps(pairs))
     pairs = json.loads(pairs_file.read_text())
-    store_dir = str(work / f"dedup-store-{backbone_name}")
+    store_dir = str(work / f"dedup-store-{backbone_name}-seed{seed}")
     ensure_ray(None, None)
     backbone = compose([f"backbone={backbone_name}"]).backbone
     run_extraction(DataConfig(name="dedup", shards=str(shards), source=None), backbone, ClusterConfig(), store_dir)
     data = StoreRows(EmbeddingStore(store_dir)).load()
-    # the backbone's post-processing, fitted as jobs/train.py fits it (raycluster.app.pipeline.open_rows)
+    # the run's post-processing and clusters (jobs/train.py backbone=<backbone> method=kmeans), then
+    # what jobs/dedup.py does with them (raycluster.curation.dedup.duplicate_records), in memory
     post = Postprocess.fit(data.vectors, backbone.pca_dim, backbone.l2_normalize, seed, backbone.whiten)
     data.vectors = post(data.vectors)
     true_pairs = {tuple(sorted(p[:2])) for p in pairs}
     model = FaissKMeans(k, n_init=1, seed=seed).fit(data.vectors)
-    cluster, _ = model.predict(data.vectors)
+    home, _ = model.predict(data.vectors)
+    means = np.stack([data.vectors[home == c].mean(axis=0) for c in range(k)])
     rows = []
     for threshold in thresholds:
-        config = DedupConfig(threshold)
-        for method, assigned in (("clusters", cluster), ("exact", np.zeros(len(cluster), np.int64))):
+        config = DedupConfig(threshold, probes=probes, background_rank=background_rank)
+        compared = fit_whitener(data.vectors, config)(data.vectors)
+        searches = {f"clusters_{p}probe": probe_clusters(data.vectors, home, means, p) for p in sorted({1, probes})}
+        searches["exact"] = np.zeros(len(home), np.int64)
+        for method, probed in searches.items():
             start = time.time()
-            found = dedup_table(data.keys, assigned, data.vectors, config)
+            found = dedup_table(data.keys, probed, compared, config)
             seconds = time.time() - start
             # predicted pairs: (kept row, each row removed for it); an injected pair is found when
             # both of its images are in one group (one of them is removed)
@@ -214,7 +221,7 @@ def dedup_rows_bench(thresholds: list[float], copies: int, seed: int, work: Path
             group_of = {key: g for key, g in zip(keys, groups) if g >= 0}
             found_pairs = sum(1 for a, b in true_pairs if a in group_of and group_of.get(b) == group_of[a])
             row = {"case": "dedup", "method": method, "backbone": backbone_name, "threshold": threshold,
-                   "pca_dim": backbone.pca_dim, "whiten": backbone.whiten,
+                   "background_rank": background_rank, "whiten": config.whiten, "copies_seed": seed,
                    "n": len(data.keys),
                    "injected_pairs": len(true_pairs), "predicted_pairs": len(predicted),
                    "precision": round(len(predicted & true_pairs) / max(1, len(predicted)), 4),
@@ -230,9 +237,11 @@ def main():
     parser.add_argument("--parts", nargs="+", default=["hierarchy", "sampling", "dedup"])
     parser.add_argument("--n", type=int, default=1_000_000, help="hierarchy: rows (1,000 leaves)")
     parser.add_argument("--m", type=int, default=10_000, help="sampling: keys picked")
-    parser.add_argument("--thresholds", type=float, nargs="+", default=[0.45, 0.5, 0.55, 0.6],
-                        help="cosine thresholds (of the post-processed descriptor: whitened for the default)")
+    parser.add_argument("--thresholds", type=float, nargs="+", default=[0.2, 0.25, 0.3, 0.35],
+                        help="dedup: pair score thresholds (whitened cosine minus the background, configs/dedup.yaml)")
     parser.add_argument("--dedup-k", type=int, default=10, help="dedup: k-means clusters the pairs are searched in")
+    parser.add_argument("--probes", type=int, default=2, help="dedup: clusters each row is searched in")
+    parser.add_argument("--background-rank", type=int, default=5, help="dedup: 0 scores by plain cosine")
     parser.add_argument("--backbone", default="effnet_lite0_copies",
                         help="dedup: the descriptor (effnet_lite0: the semantic features, for comparison)")
     parser.add_argument("--copies", type=int, default=1000)
@@ -244,7 +253,8 @@ def main():
     if "sampling" in args.parts:
         rows += sampling_rows(args.m, args.seed, work)
     if "dedup" in args.parts:
-        rows += dedup_rows_bench(args.thresholds, args.copies, args.seed, work, args.backbone, args.dedup_k)
+        rows += dedup_rows_bench(args.thresholds, args.copies, args.seed, work, args.backbone, args.dedup_k,
+                                 args.probes, args.background_rank)
     for row in rows:
         row["machine"] = machine
     print("\n| case | method | figures |\n|---|---|---|")

@@ -1,6 +1,6 @@
-"""Semantic deduplication of a run's store within its level-1 clusters (NeMo Curator's route).
+"""Near-duplicate removal over a run's store, searched within its level-1 clusters (NeMo Curator's route).
 
-    python jobs/dedup.py run_dir=outputs/runs/<run> threshold=0.95 keep=central
+    python jobs/dedup.py run_dir=outputs/runs/<run> threshold=0.25 keep=central probes=2
 Writes <run_dir>/dedup/: kept.parquet and removed.parquet (key, cluster, group), summary.json
 (groups, removed share), index.html (a few duplicate groups as thumbnail rows).
 """
@@ -16,7 +16,8 @@ def main(cfg):
     from raycluster.app.curation import run_dedup
 
     setup_logging()
-    config = run_or_exit(lambda: DedupConfig(float(cfg.threshold), cfg.keep))
+    config = run_or_exit(lambda: DedupConfig(float(cfg.threshold), cfg.keep, int(cfg.probes), int(cfg.background_rank),
+                                             float(cfg.whiten)))
     run_or_exit(run_dedup, cfg.run_dir, config, cfg.output_dir)
 
 

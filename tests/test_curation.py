@@ -4,7 +4,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from raycluster.curation.dedup import DedupConfig, dedup_table, duplicate_groups
+from raycluster.curation.dedup import DedupConfig, dedup_table, final_pairs, probe_clusters
 from raycluster.curation.sampling import SamplingConfig, curate, leaf_quotas, water_fill
 
 
@@ -56,21 +56,34 @@ def test_curate_spreads_over_top_clusters_and_takes_the_closest(tmp_path):
         SamplingConfig(0)
 
 
+def _plain(threshold, **kwargs):
+    """Plain cosine, no whitening: the scoring these unit tests reason about."""
+    return DedupConfig(threshold, background_rank=0, whiten=0.0, **kwargs)
+
+
+def _groups(keys, vectors, config, probes=None):
+    probes = np.zeros(len(keys), np.int64) if probes is None else probes
+    return dedup_table(keys, probes, vectors, config)
+
+
 def test_duplicate_groups_keep_one_per_group():
     rng = np.random.default_rng(0)
     base = rng.normal(size=(20, 32)).astype(np.float32)
     copies = base[[0, 0, 5]] + 0.01 * rng.normal(size=(3, 32)).astype(np.float32)   # 0 has two copies, 5 one
     vectors = np.concatenate([base, copies])
     keys = np.array([f"k{i:02d}" for i in range(23)], dtype=object)
-    found = duplicate_groups(keys, vectors, DedupConfig(0.99, keep="earliest"))
+    found = _groups(keys, vectors, _plain(0.99, keep="earliest"))
     groups = found["group"]
     assert groups[0] == groups[20] == groups[21] >= 0 and groups[5] == groups[22] >= 0 and groups[0] != groups[5]
     assert (groups[[i for i in range(20) if i not in (0, 5)]] == -1).all()
     assert found["kept"][0] and found["kept"][5] and not found["kept"][[20, 21, 22]].any()   # earliest keys kept
     assert (~found["kept"]).sum() == 3
-    # within clusters: a copy put in another cluster than its original is not found
-    split = dedup_table(keys, np.r_[np.zeros(20, int), 1, 0, 0], vectors, DedupConfig(0.99))
-    assert (~split["kept"]).sum() == 2
+    # within clusters: a copy put in another cluster than its original is found only when that
+    # cluster is also searched (a second probe)
+    home = np.r_[np.zeros(20, int), 1, 0, 0]
+    assert (~_groups(keys, vectors, _plain(0.99), home)["kept"]).sum() == 2
+    second = np.where(home == 0, 1, 0)
+    assert (~_groups(keys, vectors, _plain(0.99), np.stack([home, second], axis=1))["kept"]).sum() == 3
 
 
 def test_duplicate_groups_do_not_chain():
@@ -79,16 +92,63 @@ def test_duplicate_groups_do_not_chain():
     angles = np.radians([0.0, 20.0, 40.0, 90.0])
     vectors = np.stack([np.cos(angles), np.sin(angles)], axis=1).astype(np.float32)   # cos 20 deg = 0.94
     keys = np.array(["a", "b", "c", "d"], dtype=object)
-    found = duplicate_groups(keys, vectors, DedupConfig(0.9))
+    found = _groups(keys, vectors, _plain(0.9))
     assert found["kept"].tolist() == [False, True, False, True]   # b (two duplicates) kept, a and c removed
-    found = duplicate_groups(keys, vectors, DedupConfig(0.9, keep="earliest"))
+    found = _groups(keys, vectors, _plain(0.9, keep="earliest"))
     assert found["kept"].tolist() == [True, False, True, True]    # a keeps b; c is not a's duplicate
+
+
+def test_background_score_finds_copies_that_plain_cosine_cannot_tell_from_a_dense_neighbourhood():
+    """A tight family of distinct images (cosine 0.96 to one another) and, elsewhere, an image
+    with a copy at cosine 0.95: no plain-cosine threshold takes the copy and leaves the family;
+    subtracting each row's background (its second nearest row's cosine) does."""
+    rng = np.random.default_rng(1)
+    centre = rng.normal(size=64)
+    family = centre + 0.2 * rng.normal(size=(6, 64))             # distinct photos of one scene
+    lone = rng.normal(size=(40, 64))
+    copy = lone[0] + 0.33 * rng.normal(size=64)
+    vectors = np.vstack([family, lone, copy]).astype(np.float32)
+    keys = np.array([f"k{i:02d}" for i in range(len(vectors))], dtype=object)
+    unit = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+    family_cos = (unit[:6] @ unit[:6].T)[np.triu_indices(6, 1)].min()
+    copy_cos = float(unit[6] @ unit[-1])
+    assert family_cos > copy_cos      # so a plain threshold that takes the copy takes the family too
+    plain = _groups(keys, vectors, _plain(copy_cos - 1e-3))
+    assert (~plain["kept"][:6]).any()
+    scored = _groups(keys, vectors, DedupConfig(0.3, background_rank=2, whiten=0.0))
+    removed = set(keys[~scored["kept"]])
+    assert removed in ({"k06"}, {keys[-1]}) and scored["group"][6] == scored["group"][-1] >= 0
+
+
+def test_probes_put_each_row_in_its_own_cluster_and_the_nearest_other():
+    means = np.array([[1, 0], [0, 1], [-1, 0]], np.float32)
+    vectors = np.array([[1, 0.2], [0.1, 1], [-1, -0.5]], np.float32)
+    probed = probe_clusters(vectors, np.array([0, 1, 2]), means, 2)
+    assert probed.tolist() == [[0, 1], [1, 0], [2, 0]] or probed.tolist() == [[0, 1], [1, 0], [2, 1]]
+    assert probe_clusters(vectors, np.array([0, 1, 2]), means, 1).tolist() == [[0], [1], [2]]
+
+
+def test_final_pairs_score_against_the_largest_background_and_merge_repeats():
+    """A pair found in two clusters comes twice; each row's background is its largest over the
+    clusters it was searched in (a cluster sees only part of a row's neighbourhood)."""
+    i, j, cosine = np.array([0, 1, 2]), np.array([1, 0, 3]), np.array([0.9, 0.9, 0.9], np.float32)
+    bg = np.array([0.5, 0.7, 0.1, 0.6], np.float32)
+    assert final_pairs(i, j, cosine, bg, 0.25).tolist() == [[2, 3]]            # 0.9 - 0.7 < 0.25
+    assert final_pairs(i, j, cosine, bg, 0.2).tolist() == [[0, 1], [2, 3]]     # the repeat merged
 
 
 @pytest.mark.parametrize("threshold", [0.0, -0.1, 1.5])
 def test_threshold_outside_0_1_is_a_clear_error(threshold):
     with pytest.raises(ValueError, match=r"threshold must be in \(0, 1\]"):
         DedupConfig(threshold)
+
+
+@pytest.mark.parametrize("field, value, message", [("probes", 0, "probes must be >= 1"),
+                                                   ("background_rank", -1, "background_rank must be >= 0"),
+                                                   ("whiten", 1.0, r"whiten must be in \[0, 1\)")])
+def test_dedup_settings_out_of_range_are_clear_errors(field, value, message):
+    with pytest.raises(ValueError, match=message):
+        DedupConfig(0.5, **{field: value})
 
 
 @pytest.mark.slow
@@ -115,10 +175,13 @@ def test_hkmeans_run_then_curate_and_dedup_jobs(compose_config, ray_local, tmp_p
     got = picked["cluster_l3"].value_counts().sort_index().to_numpy()
     assert got.tolist() == water_fill(top_sizes, 300).tolist()   # as even as the top clusters' sizes allow
 
-    result = run_dedup(cfg.output_dir, DedupConfig(0.995))
+    result = run_dedup(cfg.output_dir, DedupConfig(0.25))
     kept = pq.read_table(os.path.join(result["output_dir"], "kept.parquet"))
     removed = pq.read_table(os.path.join(result["output_dir"], "removed.parquet"))
     assert kept.num_rows + removed.num_rows == 1797 and result["removed"] == removed.num_rows
+    assert sorted(kept.column("key").to_pylist() + removed.column("key").to_pylist()) == sorted(table.column("key").to_pylist())
+    assert set(removed.column("group").to_pylist()) <= set(kept.column("group").to_pylist())   # each group keeps one
+    assert not os.path.exists(os.path.join(result["output_dir"], "records.parquet.tmp"))
     assert json.load(open(os.path.join(result["output_dir"], "summary.json")))["groups"] == result["groups"]
     assert os.path.exists(result["page"])
 
@@ -137,3 +200,38 @@ def test_curation_jobs_reject_bad_settings_before_reading_anything(job, args, me
     result = subprocess.run([sys.executable, str(REPO / "jobs" / job), f"run_dir={tmp_path}", *args],
                             capture_output=True, text=True, timeout=120, cwd=REPO)
     assert result.returncode == 2 and message in result.stderr, result.stderr[-1500:]
+
+
+def test_store_dedup_reads_through_ray_data_and_agrees_with_the_in_memory_table(tmp_path, ray_local):
+    """jobs/dedup.py's path over a store that is not read into the caller (local_bytes=0: Ray Data
+    groupby over probed clusters, records spilled to Parquet) finds the same groups as
+    dedup_table on the same rows in memory."""
+    from raycluster.curation.dedup import cluster_means, dedup_store, fit_whitener
+    from raycluster.data.rows import StoreRows
+    from raycluster.data.store import EmbeddingStore
+    from raycluster.methods.kmeans.method import FaissKMeans
+
+    rng = np.random.default_rng(0)
+    base = rng.normal(size=(400, 16))
+    copies = base[:40] + 0.05 * rng.normal(size=(40, 16))
+    vectors = np.vstack([base, copies]).astype(np.float32)
+    keys = [f"a{i:03d}" for i in range(400)] + [f"b{i:03d}" for i in range(40)]
+    store = EmbeddingStore(str(tmp_path / "store"))
+    for part in range(2):
+        at = slice(part * 220, (part + 1) * 220)
+        store.write_part(f"shard-{part:06d}.tar", keys[at], np.zeros(220, np.int64), vectors[at], from_shard=False)
+    config = DedupConfig(0.25)
+    method = FaissKMeans(4, n_init=1, seed=0).fit(vectors)
+    remote = StoreRows(store, local_bytes=0, batch_rows=64)
+    out = list(dedup_store(method, remote, config, str(tmp_path / "records.parquet")))
+    streamed = {name: np.concatenate([o[name] for o in out]) for name in ("key", "cluster", "group", "kept")}
+    assert sorted(streamed["key"]) == sorted(keys)
+
+    home, _ = method.predict(vectors)
+    probed = probe_clusters(vectors, home, cluster_means(method, StoreRows(store)), config.probes)
+    table = dedup_table(np.array(keys, dtype=object), probed, fit_whitener(vectors, config)(vectors), config)
+    order = np.argsort(streamed["key"])
+    assert (streamed["kept"][order] == table["kept"]).all() and (streamed["cluster"][order] == home).all()
+    assert (~table["kept"]).sum() >= 36     # most of the 40 copies found
+    same_group = [table["group"][i] == table["group"][400 + i] >= 0 for i in range(40)]
+    assert sum(same_group) >= 36

@@ -10,7 +10,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from raycluster.curation.dedup import DedupConfig, dedup_rows
+from raycluster.curation.dedup import DedupConfig, dedup_store
 from raycluster.curation.sampling import SamplingConfig, curate, write_curated
 from raycluster.io import atomic_write_bytes
 from raycluster.runs import load_postprocess, load_run_summary
@@ -36,7 +36,7 @@ def run_curate(run_dir: str, config: SamplingConfig, output: str | None = None) 
 
 
 def run_dedup(run_dir: str, config: DedupConfig, output_dir: str | None = None) -> dict:
-    """Semantic dedup of the run's store within its level-1 clusters -> output_dir (default
+    """Near-duplicate removal over the run's store, searched within its level-1 clusters -> output_dir (default
     run_dir/dedup/): kept.parquet, removed.parquet (key, cluster, group), summary.json, index.html."""
     from raycluster.data.rows import StoreRows
     from raycluster.data.store import EmbeddingStore
@@ -52,13 +52,14 @@ def run_dedup(run_dir: str, config: DedupConfig, output_dir: str | None = None) 
         ensure_ray(None, None)
     output_dir = output_dir or os.path.join(run_dir, "dedup")
     os.makedirs(output_dir, exist_ok=True)
-    # Written as clusters finish (temporary names, renamed when complete): the caller holds one
-    # cluster's rows and the first few groups for the page, never every key.
+    # Written batch by batch (temporary names, renamed when complete): the caller holds the
+    # duplicate pairs, never every key.
     schema = pa.schema([("key", pa.string()), ("cluster", pa.int64()), ("group", pa.int64())])
     paths = {name: os.path.join(output_dir, f"{name}.parquet") for name in ("kept", "removed")}
     writers = {name: pq.ParquetWriter(f"{path}.tmp", schema) for name, path in paths.items()}
-    counts, n_groups, shown = {"kept": 0, "removed": 0}, 0, {"kept": [], "removed": []}
-    for part in dedup_rows(method, rows, config):
+    counts, groups = {"kept": 0, "removed": 0}, set()
+    records = os.path.join(output_dir, "records.parquet.tmp")
+    for part in dedup_store(method, rows, config, records):
         table = pa.table({"key": pa.array(list(part["key"]), pa.string()), "cluster": pa.array(part["cluster"], pa.int64()),
                           "group": pa.array(part["group"], pa.int64())})
         kept_mask = np.asarray(part["kept"], bool)
@@ -66,34 +67,43 @@ def run_dedup(run_dir: str, config: DedupConfig, output_dir: str | None = None) 
         for name, mask in (("kept", kept_mask), ("removed", ~kept_mask)):
             writers[name].write_table(table.filter(pa.array(mask)))
             counts[name] += int(mask.sum())
-            if sum(t.num_rows for t in shown["removed"]) < 64:   # enough groups for the page
-                shown[name].append(table.filter(pa.array(mask & in_group)))
-        n_groups += len(np.unique(part["group"][in_group]))   # a group never spans two clusters
+        groups.update(np.unique(part["group"][in_group]).tolist())
+    os.remove(records)
+    n_groups = len(groups)
     for name, writer in writers.items():
         writer.close()
         os.replace(f"{paths[name]}.tmp", paths[name])
-    kept, removed = (pa.concat_tables(shown[name]) if shown[name] else schema.empty_table() for name in ("kept", "removed"))
     total = counts["kept"] + counts["removed"]
     result = {"rows": total, "kept": counts["kept"], "removed": counts["removed"],
               "removed_share": counts["removed"] / max(1, total), "groups": n_groups,
-              "threshold": config.threshold, "keep": config.keep, "output_dir": output_dir,
+              "threshold": config.threshold, "keep": config.keep, "probes": config.probes,
+              "background_rank": config.background_rank, "whiten": config.whiten, "output_dir": output_dir,
               "seconds": round(time.time() - start, 2)}
-    result["page"] = write_group_page(output_dir, kept, removed, rows.store)
+    result["page"] = write_group_page(output_dir, paths["kept"], paths["removed"], rows.store)
     atomic_write_bytes(os.path.join(output_dir, "summary.json"), json.dumps(result, indent=1).encode())
     log.info("dedup: %d of %d rows removed (%.2f%%) in %d groups at threshold %.3f -> %s", result["removed"],
              result["rows"], 100 * result["removed_share"], n_groups, config.threshold, output_dir)
     return result
 
 
-def write_group_page(output_dir: str, kept: pa.Table, removed: pa.Table, store, groups: int = 8, size: int = 96) -> str:
-    """dedup/index.html: the first `groups` duplicate groups, one thumbnail row each (kept first).
-    Keys and names are escaped (autoescape on): a file name cannot inject into the page."""
+def write_group_page(output_dir: str, kept_path: str, removed_path: str, store, groups: int = 8, size: int = 96) -> str:
+    """dedup/index.html: the first `groups` duplicate groups, one thumbnail row each (kept first),
+    read back from kept.parquet and removed.parquet by group id. Keys and names are escaped
+    (autoescape on): a file name cannot inject into the page."""
     from jinja2 import Environment
 
     from raycluster.report.thumbnails import write_thumbnails
 
-    members = pa.concat_tables([kept, removed]).to_pandas()   # rows of duplicate groups only
-    chosen = sorted(members["group"].unique())[:groups]
+    chosen = []
+    for batch in pq.ParquetFile(removed_path).iter_batches(columns=["group"]):
+        chosen = sorted(set(chosen) | set(batch.column("group").to_pylist()))[:groups]
+        if len(chosen) == groups:
+            break
+    if chosen:
+        kept, removed = (pq.read_table(path, filters=[("group", "in", chosen)]) for path in (kept_path, removed_path))
+    else:
+        kept = removed = pq.read_schema(kept_path).empty_table()
+    members = pa.concat_tables([kept, removed]).to_pandas()   # rows of the chosen groups only
     kept_keys = set(kept.column("key").to_pylist())
     rows = [[(key, key in kept_keys) for key in sorted(members[members["group"] == g]["key"], key=lambda k: k not in kept_keys)]
             for g in chosen]

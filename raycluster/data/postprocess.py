@@ -27,9 +27,10 @@ class Postprocess:
     components: Optional[np.ndarray] = None
 
     @classmethod
-    def fit(cls, sample: np.ndarray, pca_dim: Optional[int], l2_normalize: bool, seed: int = 0,
+    def fit(cls, sample: np.ndarray, pca_dim: Optional[float], l2_normalize: bool, seed: int = 0,
             whiten: bool = False) -> "Postprocess":
-        """Fit on a (n, D) sample of the store (all of it when the store is small). whiten: each
+        """Fit on a (n, D) sample of the store (all of it when the store is small). pca_dim: the
+        components kept, or below 1 the share of the variance they must explain. whiten: each
         component divided by its standard deviation (folded into `components`), so cosine
         similarity weighs rare directions as much as the dominant ones: what near-duplicate
         search wants, where the few directions every photo shares say nothing about copies."""
@@ -37,7 +38,7 @@ class Postprocess:
             return cls(l2_normalize)
         from sklearn.decomposition import PCA
 
-        if pca_dim > min(sample.shape):
+        if pca_dim >= 1 and pca_dim > min(sample.shape):   # a float below 1: the share of the variance kept
             raise ValueError(f"backbone.pca_dim={pca_dim} exceeds min(N, D) = {min(sample.shape)}")
         pca = PCA(pca_dim, random_state=seed).fit(sample)
         components = pca.components_

@@ -112,18 +112,20 @@ class StoreRows:
         for every batch of the store, post-processed; with with_parts=True fn also gets parts
         (n,) int64, each row's index into `self.parts`. fn's result must be a dict of numpy
         arrays (Ray Data moves it between processes)."""
-        fn_kwargs = fn_kwargs or {}
         if self.local:
             for keys, labels, vectors, parts in self._local_batches():
                 extra = {"parts": parts} if with_parts else {}
-                yield fn(keys, labels, self.postprocess(vectors), **extra, **fn_kwargs)
+                yield fn(keys, labels, self.postprocess(vectors), **extra, **(fn_kwargs or {}))
             return
-        dataset = self.store.ray_dataset(self.parts, ["key", "label", "embedding"], include_paths=with_parts).map_batches(
-            _apply, fn_kwargs={"fn": fn, "postprocess": self.postprocess, "fn_kwargs": fn_kwargs,
+        yield from self.dataset(fn, fn_kwargs, num_cpus, with_parts).iter_batches(batch_size=None, batch_format="numpy")
+
+    def dataset(self, fn: Callable, fn_kwargs: Optional[dict] = None, num_cpus: float = 1.0, with_parts: bool = False):
+        """The lazy Ray Dataset behind `map` (same fn and arguments), for a caller that goes on in
+        Ray Data (a groupby, a write) instead of iterating the batches."""
+        return self.store.ray_dataset(self.parts, ["key", "label", "embedding"], include_paths=with_parts).map_batches(
+            _apply, fn_kwargs={"fn": fn, "postprocess": self.postprocess, "fn_kwargs": fn_kwargs or {},
                                "part_index": self._part_index() if with_parts else None},
             batch_size=self.batch_rows, batch_format="pyarrow", num_cpus=num_cpus)
-        for batch in dataset.iter_batches(batch_size=None, batch_format="numpy"):
-            yield batch
 
     def sample(self, n: int, seed: int = 0) -> Embeddings:
         """~n rows (every row when n >= n_rows), post-processed, sorted by key. The rows are those
