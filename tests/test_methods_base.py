@@ -37,3 +37,26 @@ def test_torch_methods_share_their_constructor_settings():
     assert (method.seed, method.max_failures, method.model, method.stages) == (7, 2, None, {})
     with pytest.raises(TypeError):   # an OptimConfig key that does not exist
         CLUDI(5, optim={"epoch": 3})
+
+
+def test_default_fit_rows_trains_on_a_sample_of_train_rows_and_on_every_row_below_it():
+    """TEMI, DiEC and DiFiC train through the default fit_rows: past method.train_rows the fit
+    task holds a keyed sample, never every row."""
+    import numpy as np
+
+    from raycluster.data.rows import ArrayRows
+    from raycluster.methods.base import ClusteringMethod
+
+    class Recorder(ClusteringMethod):
+        def fit(self, vectors, labels=None):
+            self.seen = len(vectors)
+            return self
+
+    rows = ArrayRows(np.random.default_rng(0).normal(size=(2000, 4)))
+    method = Recorder(2)
+    assert method.fit_rows(rows).seen == 2000
+    method.train_rows = 500
+    assert 400 <= method.fit_rows(rows).seen <= 600
+    temi = ClusteringMethod.from_config({"_target_": "raycluster.methods.temi.method.TEMI", "n_clusters": 3,
+                                         "train_rows": 500})
+    assert temi.train_rows == 500

@@ -179,7 +179,7 @@ class TrainingData:
 @dataclass
 class ArrayRows:
     """An in-memory (N, D) float32 array with StoreRows' reading interface (n_rows, dim, sample,
-    training_data, fingerprint); keys are row positions. labels (N,) int64, -1 unknown."""
+    load, training_data, fingerprint); keys are row positions. labels (N,) int64, -1 unknown."""
 
     vectors: np.ndarray
     labels: Optional[np.ndarray] = None
@@ -202,6 +202,9 @@ class ArrayRows:
         keys = np.arange(self.n_rows)
         keep = in_sample(keys.astype(object), min(1.0, n / max(self.n_rows, 1)), seed)
         return Embeddings(keys[keep].astype(object), self.labels[keep], self.vectors[keep])
+
+    def load(self) -> Embeddings:
+        return self.sample(self.n_rows)
 
     def fingerprint(self) -> dict:
         from raycluster.fingerprint import array_fingerprint

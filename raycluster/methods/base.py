@@ -10,6 +10,7 @@ not depend on them (no selection, no early stopping on labels).
 """
 from __future__ import annotations
 
+import logging
 from typing import Optional, Protocol, runtime_checkable
 
 import numpy as np
@@ -17,6 +18,7 @@ import numpy as np
 from raycluster.errors import ConfigError
 
 PACKAGE = "raycluster.methods."
+log = logging.getLogger(__name__)
 
 
 def method_class(target: str) -> type:
@@ -41,6 +43,8 @@ class ClusteringMethod:
     # How cached stages (checkpoints, pretrained parts) are treated when their inputs changed:
     # "auto" rebuilds them, "strict" raises (raycluster.fingerprint). Set from the run's `reuse`.
     reuse: str = "auto"
+    # Rows the default `fit_rows` trains on: a keyed sample when the store holds more; None: every row.
+    train_rows: Optional[int] = None
 
     def __init__(self, n_clusters: int):
         if n_clusters < 2:
@@ -87,11 +91,19 @@ class ClusteringMethod:
         raise NotImplementedError
 
     def fit_rows(self, rows, with_labels: bool = False) -> "ClusteringMethod":
-        """Fit on a `raycluster.data.rows.StoreRows`. This default reads every row into the
-        process it runs in (`raycluster.app.fitting` runs it in a Ray task, not the driver); methods
-        that scale past one process's memory override it (k-means: a sample, then Lloyd passes).
-        with_labels: pass known labels to `fit` for its logged metrics."""
-        data = rows.load()
+        """Fit on a `raycluster.data.rows.StoreRows`. This default reads the rows into the process
+        it runs in (`raycluster.app.fitting` runs it in a Ray task, not the driver): every row, or
+        a keyed sample of `train_rows` when the store holds more, so that process holds at most
+        train_rows x D whatever N is; every row is then assigned by the streamed predict pass.
+        Methods that stream their training override it (k-means: a sample, then Lloyd passes;
+        CLUDI: Ray Train workers read the store). with_labels: pass known labels to `fit` for its
+        logged metrics."""
+        if self.train_rows is not None and rows.n_rows > self.train_rows:
+            log.info("%s: training on a sample of %d of the %d rows (method.train_rows)", self.name, self.train_rows,
+                     rows.n_rows)
+            data = rows.sample(self.train_rows)
+        else:
+            data = rows.load()
         return self.fit(data.vectors, data.labels if with_labels and data.has_labels else None)
 
     def fit_resources(self) -> dict:

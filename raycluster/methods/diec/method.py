@@ -44,8 +44,9 @@ class DiEC(TorchMethod):
                  layer: Optional[str] = None, timestep: Optional[int] = None, search: Optional[dict] = None,
                  model: Optional[dict] = None, optim: Optional[dict] = None, train: Optional[dict] = None,
                  manifold: Optional[dict] = None, use_gpu: bool = False, seed: int = 0, work_dir: str = "outputs/diec",
-                 max_failures: int = 0):
+                 max_failures: int = 0, train_rows: Optional[int] = None):
         super().__init__(n_clusters, model, optim, train, use_gpu, seed, max_failures)
+        self.train_rows = train_rows
         self.image_shape = tuple(image_shape)
         self.pretrain = dict(pretrain or {})
         if set(self.pretrain) - {"unet", "optim", "ema_decay"}:

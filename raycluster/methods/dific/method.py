@@ -43,8 +43,10 @@ class DiFiC(TorchMethod):
                  warmup: Optional[dict] = None, optim: Optional[dict] = None, train: Optional[dict] = None,
                  knn: int = 10, manifold: Optional[dict] = None, index: Optional[dict] = None,
                  index_shards: int = 1, use_gpu: bool = False,
-                 seed: int = 0, work_dir: str = "outputs/dific", max_failures: int = 0, mask_examples: int = 12):
+                 seed: int = 0, work_dir: str = "outputs/dific", max_failures: int = 0, mask_examples: int = 12,
+                 train_rows: Optional[int] = None):
         super().__init__(n_clusters, model, optim, train, use_gpu, seed, max_failures)
+        self.train_rows = train_rows
         self.image_shape = tuple(image_shape)
         self.warmup = OptimConfig(**(warmup or {}))   # the distillation stage's schedule
         # self.optim (TorchMethod): the guidance stage's schedule

@@ -30,8 +30,9 @@ class TEMI(TorchMethod):
     def __init__(self, n_clusters: int, model: Optional[dict] = None, optim: Optional[dict] = None,
                  train: Optional[dict] = None, index: Optional[dict] = None, index_shards: int = 1,
                  use_gpu: bool = False, seed: int = 0, storage_path: str = "outputs/train", run_name: str = "temi",
-                 max_failures: int = 0):
+                 max_failures: int = 0, train_rows: Optional[int] = None):
         super().__init__(n_clusters, model, optim, train, use_gpu, seed, max_failures)
+        self.train_rows = train_rows
         self.index_spec = IndexSpec(**(index or {"kind": "flat"}))
         self.index_shards = index_shards
         self.storage_path, self.run_name = storage_path, run_name
