@@ -17,7 +17,8 @@ def main(cfg):
 
     setup_logging()
     config = run_or_exit(lambda: DedupConfig(float(cfg.threshold), cfg.keep, int(cfg.probes), int(cfg.background_rank),
-                                             float(cfg.whiten)))
+                                             float(cfg.whiten),
+                                             use_gpu=bool(cfg.use_gpu)))
     run_or_exit(run_dedup, cfg.run_dir, config, cfg.output_dir)
 
 

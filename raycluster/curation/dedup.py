@@ -4,7 +4,7 @@ Search. Each row is compared with the rows of its `probes` clusters: its own (th
 cluster) and the nearest other cluster means. With one cluster a pair split by a boundary is
 lost; on Tiny-ImageNet with injected copies that was a quarter of them (bench/README.md, curation).
 Cost: sum over clusters of (rows searched there)^2 x D, never N^2; each cluster is one Ray Data
-group (`groupby(...).map_groups`) that fits one worker.
+group (`groupby(...).map_groups`) that fits one worker, its matmuls on a GPU with `use_gpu`.
 
 Score. Cosine of PCA-whitened descriptors (`whiten`, fitted on a sample: the few directions every
 photo shares say nothing about copies, the many faint ones do) minus the pair's background: each row's cosine to its
@@ -42,6 +42,7 @@ class DedupConfig:
     whiten: float = 0.99       # PCA-whiten the components that explain this share of the variance; 0: no whitening
     sample_rows: int = 100_000
     max_cluster_rows: int = 200_000   # rows searched in one cluster; more is an error (one worker's matmul)
+    use_gpu: bool = False      # each cluster's Ray Data task takes a GPU (the matmuls run there)
 
     def __post_init__(self):
         if not 0.0 < self.threshold <= 1.0:
@@ -65,38 +66,57 @@ def fit_whitener(sample: np.ndarray, config: DedupConfig, seed: int = 0) -> Post
     return Postprocess.fit(sample, config.whiten, True, seed, whiten=True)
 
 
+def _on_device(array: np.ndarray):
+    """A float32 torch tensor on the GPU when this process sees one, else on the CPU: one code
+    path for both (the CPU tests run the code a GPU worker runs)."""
+    import torch
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32)).to(device)
+
+
 def background(unit: np.ndarray, rank: int, block: int = BLOCK_ROWS) -> np.ndarray:
     """(n, D) unit rows -> (n,) float32: each row's cosine to its rank-th nearest other row
-    (the farthest one when n - 1 < rank; 0 everywhere when rank is 0 or n < 2)."""
+    (the farthest one when n - 1 < rank; 0 everywhere when rank is 0 or n < 2). Blocked
+    matmul, O(block x n) memory, on the GPU when present."""
     n = len(unit)
     if rank == 0 or n < 2:
         return np.zeros(n, np.float32)
+    import torch
+
     rank = min(rank, n - 1)
-    out = np.empty(n, np.float32)
+    rows = _on_device(unit)
+    out = rows.new_empty(n)
     for start in range(0, n, block):
-        sims = unit[start:start + block] @ unit.T
-        sims[np.arange(len(sims)), np.arange(start, start + len(sims))] = -np.inf
-        out[start:start + len(sims)] = -np.partition(-sims, rank - 1, axis=1)[:, rank - 1]
-    return out
+        sims = rows[start:start + block] @ rows.T
+        own = torch.arange(len(sims), device=sims.device)
+        sims[own, own + start] = -float("inf")
+        out[start:start + len(sims)] = sims.topk(rank, dim=1).values[:, -1]
+    return out.cpu().numpy()
 
 
 def cluster_candidates(unit: np.ndarray, config: DedupConfig, block: int = BLOCK_ROWS) -> tuple:
     """(n, D) unit rows searched together -> background (n,) float32 and candidate pairs (i, j)
     int64, i < j, with their cosine float32: those scoring at or above the threshold against
     the background found here. A row searched in several clusters takes the largest of its
-    backgrounds (`final_pairs`), which only lowers scores: the candidates are a superset."""
+    backgrounds (`final_pairs`), which only lowers scores: the candidates are a superset.
+    Blocked matmul, O(block x n) memory, on the GPU when present."""
+    import torch
+
     bg = background(unit, config.background_rank, block)
-    rows, cols, cosines = [], [], []
+    rows, bg_rows = _on_device(unit), _on_device(bg)
+    found = []
     for start in range(0, len(unit), block):
-        sims = unit[start:start + block] @ unit.T
-        i, j = np.nonzero(sims - np.maximum(bg[start:start + block, None], bg[None, :]) >= config.threshold - 1e-6)
+        sims = rows[start:start + block] @ rows.T
+        scores = sims - torch.maximum(bg_rows[start:start + block, None], bg_rows[None, :])
+        i, j = torch.nonzero(scores >= config.threshold - 1e-6, as_tuple=True)
         upper = i + start < j
-        rows.append(i[upper] + start)
-        cols.append(j[upper])
-        cosines.append(sims[i[upper], j[upper]])
-    if not rows:
+        i, j = i[upper], j[upper]
+        found.append((i + start, j, sims[i, j]))
+    if not found:
         return bg, np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32)
-    return bg, np.concatenate(rows).astype(np.int64), np.concatenate(cols).astype(np.int64), np.concatenate(cosines)
+    i, j, cosine = (torch.cat(parts).cpu().numpy() for parts in zip(*found))
+    return bg, i.astype(np.int64), j.astype(np.int64), cosine.astype(np.float32)
 
 
 def final_pairs(i: np.ndarray, j: np.ndarray, cosine: np.ndarray, bg: np.ndarray, threshold: float) -> np.ndarray:
@@ -228,7 +248,7 @@ def duplicate_records(method, rows, config: DedupConfig) -> Iterator[dict]:
             yield _pairs_of_group({name: column[at] for name, column in table.items()}, config)
         return
     dataset = rows.dataset(_probe_rows, kwargs).groupby("cluster").map_groups(
-        _pairs_of_group, fn_kwargs={"config": config}, batch_format="numpy")
+        _pairs_of_group, fn_kwargs={"config": config}, batch_format="numpy", num_gpus=1 if config.use_gpu else 0)
     yield from dataset.iter_batches(batch_size=None, batch_format="numpy")
 
 
