@@ -221,7 +221,8 @@ def dedup_rows_bench(thresholds: list[float], copies: int, seed: int, work: Path
             group_of = {key: g for key, g in zip(keys, groups) if g >= 0}
             found_pairs = sum(1 for a, b in true_pairs if a in group_of and group_of.get(b) == group_of[a])
             row = {"case": "dedup", "method": method, "backbone": backbone_name, "threshold": threshold,
-                   "background_rank": background_rank, "whiten": config.whiten, "copies_seed": seed,
+                   "background_rank": background_rank, "same_image": config.same_image, "whiten": config.whiten,
+                   "copies_seed": seed,
                    "n": len(data.keys),
                    "injected_pairs": len(true_pairs), "predicted_pairs": len(predicted),
                    "precision": round(len(predicted & true_pairs) / max(1, len(predicted)), 4),

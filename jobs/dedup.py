@@ -16,9 +16,9 @@ def main(cfg):
     from raycluster.app.curation import run_dedup
 
     setup_logging()
-    config = run_or_exit(lambda: DedupConfig(float(cfg.threshold), cfg.keep, int(cfg.probes), int(cfg.background_rank),
-                                             float(cfg.whiten),
-                                             use_gpu=bool(cfg.use_gpu)))
+    config = run_or_exit(lambda: DedupConfig(
+        threshold=float(cfg.threshold), keep=cfg.keep, probes=int(cfg.probes), background_rank=int(cfg.background_rank),
+        same_image=float(cfg.same_image), whiten=float(cfg.whiten), use_gpu=bool(cfg.use_gpu)))
     run_or_exit(run_dedup, cfg.run_dir, config, cfg.output_dir)
 
 

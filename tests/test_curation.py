@@ -58,7 +58,7 @@ def test_curate_spreads_over_top_clusters_and_takes_the_closest(tmp_path):
 
 def _plain(threshold, **kwargs):
     """Plain cosine, no whitening: the scoring these unit tests reason about."""
-    return DedupConfig(threshold, background_rank=0, whiten=0.0, **kwargs)
+    return DedupConfig(threshold, background_rank=0, whiten=0.0, same_image=1.0, **kwargs)
 
 
 def _groups(keys, vectors, config, probes=None):
@@ -115,7 +115,7 @@ def test_background_score_finds_copies_that_plain_cosine_cannot_tell_from_a_dens
     assert family_cos > copy_cos      # so a plain threshold that takes the copy takes the family too
     plain = _groups(keys, vectors, _plain(copy_cos - 1e-3))
     assert (~plain["kept"][:6]).any()
-    scored = _groups(keys, vectors, DedupConfig(0.3, background_rank=2, whiten=0.0))
+    scored = _groups(keys, vectors, DedupConfig(0.3, background_rank=2, whiten=0.0, same_image=1.0))
     removed = set(keys[~scored["kept"]])
     assert removed in ({"k06"}, {keys[-1]}) and scored["group"][6] == scored["group"][-1] >= 0
 
@@ -133,8 +133,24 @@ def test_final_pairs_score_against_the_largest_background_and_merge_repeats():
     clusters it was searched in (a cluster sees only part of a row's neighbourhood)."""
     i, j, cosine = np.array([0, 1, 2]), np.array([1, 0, 3]), np.array([0.9, 0.9, 0.9], np.float32)
     bg = np.array([0.5, 0.7, 0.1, 0.6], np.float32)
-    assert final_pairs(i, j, cosine, bg, 0.25).tolist() == [[2, 3]]            # 0.9 - 0.7 < 0.25
-    assert final_pairs(i, j, cosine, bg, 0.2).tolist() == [[0, 1], [2, 3]]     # the repeat merged
+    assert final_pairs(i, j, cosine, bg, DedupConfig(0.25, same_image=0.95)).tolist() == [[2, 3]]   # 0.9 - 0.7 < 0.25
+    assert final_pairs(i, j, cosine, bg, DedupConfig(0.2, same_image=0.95)).tolist() == [[0, 1], [2, 3]]   # repeat merged
+    assert final_pairs(i, j, cosine, bg, DedupConfig(0.25, same_image=0.9)).tolist() == [[0, 1], [2, 3]]   # same image
+
+
+def test_a_large_group_of_one_image_is_found_although_it_raises_its_own_background():
+    """Eight near-exact copies of one image: each one's 5th neighbour is another copy, so the
+    background score of every pair is ~0; their cosine reaches same_image, so they are one group."""
+    rng = np.random.default_rng(2)
+    lone = rng.normal(size=(60, 32))
+    copies = lone[0] + 0.02 * rng.normal(size=(8, 32))
+    vectors = np.vstack([lone, copies]).astype(np.float32)
+    keys = np.array([f"k{i:02d}" for i in range(len(vectors))], dtype=object)
+    without = _groups(keys, vectors, DedupConfig(0.25, background_rank=5, whiten=0.0, same_image=1.0))
+    assert without["kept"].all()
+    found = _groups(keys, vectors, DedupConfig(0.25, background_rank=5, whiten=0.0))
+    members = [0] + list(range(60, 68))
+    assert len(set(found["group"][members])) == 1 and found["group"][0] >= 0 and (~found["kept"]).sum() == 8
 
 
 @pytest.mark.parametrize("threshold", [0.0, -0.1, 1.5])
@@ -145,7 +161,8 @@ def test_threshold_outside_0_1_is_a_clear_error(threshold):
 
 @pytest.mark.parametrize("field, value, message", [("probes", 0, "probes must be >= 1"),
                                                    ("background_rank", -1, "background_rank must be >= 0"),
-                                                   ("whiten", 1.0, r"whiten must be in \[0, 1\)")])
+                                                   ("whiten", 1.0, r"whiten must be in \[0, 1\)"),
+                                                   ("same_image", 0.0, r"same_image must be in \(0, 1\]")])
 def test_dedup_settings_out_of_range_are_clear_errors(field, value, message):
     with pytest.raises(ValueError, match=message):
         DedupConfig(0.5, **{field: value})

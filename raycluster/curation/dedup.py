@@ -11,8 +11,9 @@ photo shares say nothing about copies, the many faint ones do) minus the pair's 
 `background_rank`-th nearest row in the searched cluster, the larger of the two rows' (SSCD's
 score normalisation, Pizzi et al. 2022). A copy stands out from its neighbourhood; a dense
 neighbourhood alone does not make a duplicate. background_rank 0 scores by plain cosine.
-A group of `background_rank` or more copies of one image raises its own background and is missed:
-where such groups are expected, raise background_rank or set it to 0.
+A group of `background_rank` or more copies of one image raises its own background; pairs whose
+whitened cosine reaches `same_image` are duplicates whatever their background, so such a group
+is still found unless its copies are edited below that cosine.
 
 Groups are stars, not connected components: the row with the most duplicates (`keep=central`) or
 the earliest key (`keep=earliest`) is kept and takes every not-yet-grouped row paired with it;
@@ -39,6 +40,7 @@ class DedupConfig:
     keep: str = "central"      # central: the row with the most duplicates | earliest: the smallest key
     probes: int = 2            # clusters each row is searched in: its own and the nearest others
     background_rank: int = 5   # the score subtracts the cosine to this nearest neighbour; 0: plain cosine
+    same_image: float = 0.8    # whitened cosine at or above which a pair is a duplicate whatever its background
     whiten: float = 0.99       # PCA-whiten the components that explain this share of the variance; 0: no whitening
     sample_rows: int = 100_000
     max_cluster_rows: int = 200_000   # rows searched in one cluster; more is an error (one worker's matmul)
@@ -51,6 +53,8 @@ class DedupConfig:
             raise ValueError(f"dedup: keep must be central or earliest, got {self.keep!r}")
         if self.probes < 1:
             raise ValueError(f"dedup: probes must be >= 1, got {self.probes}")
+        if not 0.0 < self.same_image <= 1.0:
+            raise ValueError(f"dedup: same_image must be in (0, 1], got {self.same_image}")
         if not 0.0 <= self.whiten < 1.0:
             raise ValueError(f"dedup: whiten must be in [0, 1), got {self.whiten}")
         if self.background_rank < 0:
@@ -98,7 +102,7 @@ def background(unit: np.ndarray, rank: int, block: int = BLOCK_ROWS) -> np.ndarr
 def cluster_candidates(unit: np.ndarray, config: DedupConfig, block: int = BLOCK_ROWS) -> tuple:
     """(n, D) unit rows searched together -> background (n,) float32 and candidate pairs (i, j)
     int64, i < j, with their cosine float32: those scoring at or above the threshold against
-    the background found here. A row searched in several clusters takes the largest of its
+    the background found here, or at or above `same_image`. A row searched in several clusters takes the largest of its
     backgrounds (`final_pairs`), which only lowers scores: the candidates are a superset.
     Blocked matmul, O(block x n) memory, on the GPU when present."""
     import torch
@@ -109,7 +113,7 @@ def cluster_candidates(unit: np.ndarray, config: DedupConfig, block: int = BLOCK
     for start in range(0, len(unit), block):
         sims = rows[start:start + block] @ rows.T
         scores = sims - torch.maximum(bg_rows[start:start + block, None], bg_rows[None, :])
-        i, j = torch.nonzero(scores >= config.threshold - 1e-6, as_tuple=True)
+        i, j = torch.nonzero((scores >= config.threshold - 1e-6) | (sims >= config.same_image - 1e-6), as_tuple=True)
         upper = i + start < j
         i, j = i[upper], j[upper]
         found.append((i + start, j, sims[i, j]))
@@ -119,10 +123,11 @@ def cluster_candidates(unit: np.ndarray, config: DedupConfig, block: int = BLOCK
     return bg, i.astype(np.int64), j.astype(np.int64), cosine.astype(np.float32)
 
 
-def final_pairs(i: np.ndarray, j: np.ndarray, cosine: np.ndarray, bg: np.ndarray, threshold: float) -> np.ndarray:
+def final_pairs(i: np.ndarray, j: np.ndarray, cosine: np.ndarray, bg: np.ndarray, config: DedupConfig) -> np.ndarray:
     """Candidate pairs (i, j) with their cosine, and each row's background (its largest over the
-    clusters it was searched in) -> (m, 2) int64 unique pairs scoring at or above the threshold."""
-    keep = cosine - np.maximum(bg[i], bg[j]) >= threshold - 1e-6
+    clusters it was searched in) -> (m, 2) int64 unique pairs scoring at or above the threshold,
+    or with a cosine at or above `same_image`."""
+    keep = ((cosine - np.maximum(bg[i], bg[j]) >= config.threshold - 1e-6) | (cosine >= config.same_image - 1e-6))
     pairs = np.stack([np.minimum(i, j), np.maximum(i, j)], axis=1)[keep]
     return np.unique(pairs, axis=0) if len(pairs) else np.zeros((0, 2), np.int64)
 
@@ -179,7 +184,7 @@ def dedup_table(keys: np.ndarray, probes: np.ndarray, vectors: np.ndarray, confi
         found_bg, a, b, cos = cluster_candidates(unit[members], config)
         bg[members] = np.maximum(bg[members], found_bg)
         i.append(members[a]), j.append(members[b]), cosine.append(cos)
-    pairs = final_pairs(np.concatenate(i), np.concatenate(j), np.concatenate(cosine), bg, config.threshold)
+    pairs = final_pairs(np.concatenate(i), np.concatenate(j), np.concatenate(cosine), bg, config)
     group, kept = star_groups(np.asarray(keys, dtype=object), pairs[:, 0], pairs[:, 1], config.keep)
     return {"key": np.asarray(keys, dtype=object), "cluster": probes[:, 0], "group": group, "kept": kept}
 
@@ -284,7 +289,7 @@ def dedup_store(method, rows, config: DedupConfig, records_path: str) -> Iterato
         found = at >= 0
         np.maximum.at(bg, at[found], batch.column("background").to_numpy()[found])
     i, j = inverse.reshape(2, -1) if len(inverse) else (np.zeros(0, np.int64),) * 2
-    pairs = final_pairs(i, j, np.concatenate(cosines), bg, config.threshold)
+    pairs = final_pairs(i, j, np.concatenate(cosines), bg, config)
     group, kept = star_groups(np.asarray(paired.to_pylist(), dtype=object), pairs[:, 0], pairs[:, 1], config.keep)
     for batch in records.iter_batches(BLOCK_ROWS * 16, columns=["key", "cluster", "home"]):
         batch = batch.filter(batch.column("home"))
