@@ -2,14 +2,14 @@
 
 Search. Each row is compared with the rows of its `probes` clusters: its own (the run's level-1
 cluster) and the nearest other cluster means. With one cluster a pair split by a boundary is
-lost; on Tiny-ImageNet with injected copies that was a quarter of them (bench/README.md, curation).
+lost (bench/README.md, curation: clusters_1probe against clusters_2probe).
 Cost: sum over clusters of (rows searched there)^2 x D, never N^2; each cluster is one Ray Data
 group (`groupby(...).map_groups`) that fits one worker, its matmuls on a GPU with `use_gpu`.
 
 Score. Cosine of PCA-whitened descriptors (`whiten`, fitted on a sample: the few directions every
-photo shares say nothing about copies, the many faint ones do) minus the pair's background: each row's cosine to its
-`background_rank`-th nearest row in the searched cluster, the larger of the two rows' (SSCD's
-score normalisation, Pizzi et al. 2022). A copy stands out from its neighbourhood; a dense
+photo shares say nothing about copies, the many faint ones do) minus the pair's background, the
+larger of the two rows' cosines to their `background_rank`-th nearest row in the searched
+cluster (SSCD's score normalisation, Pizzi et al. 2022). A copy stands out from its neighbourhood; a dense
 neighbourhood alone does not make a duplicate. background_rank 0 scores by plain cosine.
 A group of `background_rank` or more copies of one image raises its own background; pairs whose
 whitened cosine reaches `same_image` are duplicates whatever their background, so such a group
