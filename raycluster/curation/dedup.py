@@ -79,48 +79,35 @@ def _on_device(array: np.ndarray):
     return torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32)).to(device)
 
 
-def background(unit: np.ndarray, rank: int, block: int = BLOCK_ROWS) -> np.ndarray:
-    """(n, D) unit rows -> (n,) float32: each row's cosine to its rank-th nearest other row
-    (the farthest one when n - 1 < rank; 0 everywhere when rank is 0 or n < 2). Blocked
-    matmul, O(block x n) memory, on the GPU when present."""
-    n = len(unit)
-    if rank == 0 or n < 2:
-        return np.zeros(n, np.float32)
+def cluster_candidates(unit: np.ndarray, config: DedupConfig, block: int = BLOCK_ROWS) -> tuple:
+    """(n, D) unit rows searched together -> background (n,) float32 (each row's cosine to its
+    `background_rank`-th nearest other row here; the farthest when n - 1 is fewer; 0 for rank 0)
+    and candidate pairs (i, j) int64, i < j, with their cosine float32: those whose cosine
+    reaches the threshold above row i's background, or `same_image`. `final_pairs` then tests
+    against the larger of both rows' backgrounds over every cluster they were searched in, which
+    only lowers scores: the candidates are a superset. One blocked matmul pass, O(block x n)
+    memory, on the GPU when present."""
     import torch
 
-    rank = min(rank, n - 1)
+    n = len(unit)
+    if n < 2:
+        return np.zeros(n, np.float32), np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32)
+    rank = min(config.background_rank, n - 1)
     rows = _on_device(unit)
-    out = rows.new_empty(n)
+    bg, found = rows.new_zeros(n), []
     for start in range(0, n, block):
         sims = rows[start:start + block] @ rows.T
         own = torch.arange(len(sims), device=sims.device)
         sims[own, own + start] = -float("inf")
-        out[start:start + len(sims)] = sims.topk(rank, dim=1).values[:, -1]
-    return out.cpu().numpy()
-
-
-def cluster_candidates(unit: np.ndarray, config: DedupConfig, block: int = BLOCK_ROWS) -> tuple:
-    """(n, D) unit rows searched together -> background (n,) float32 and candidate pairs (i, j)
-    int64, i < j, with their cosine float32: those scoring at or above the threshold against
-    the background found here, or at or above `same_image`. A row searched in several clusters takes the largest of its
-    backgrounds (`final_pairs`), which only lowers scores: the candidates are a superset.
-    Blocked matmul, O(block x n) memory, on the GPU when present."""
-    import torch
-
-    bg = background(unit, config.background_rank, block)
-    rows, bg_rows = _on_device(unit), _on_device(bg)
-    found = []
-    for start in range(0, len(unit), block):
-        sims = rows[start:start + block] @ rows.T
-        scores = sims - torch.maximum(bg_rows[start:start + block, None], bg_rows[None, :])
-        i, j = torch.nonzero((scores >= config.threshold - 1e-6) | (sims >= config.same_image - 1e-6), as_tuple=True)
+        if rank:
+            bg[start:start + len(sims)] = sims.topk(rank, dim=1).values[:, -1]
+        floor = bg[start:start + len(sims), None] + config.threshold
+        i, j = torch.nonzero((sims >= floor - 1e-6) | (sims >= config.same_image - 1e-6), as_tuple=True)
         upper = i + start < j
         i, j = i[upper], j[upper]
         found.append((i + start, j, sims[i, j]))
-    if not found:
-        return bg, np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32)
     i, j, cosine = (torch.cat(parts).cpu().numpy() for parts in zip(*found))
-    return bg, i.astype(np.int64), j.astype(np.int64), cosine.astype(np.float32)
+    return bg.cpu().numpy(), i.astype(np.int64), j.astype(np.int64), cosine.astype(np.float32)
 
 
 def final_pairs(i: np.ndarray, j: np.ndarray, cosine: np.ndarray, bg: np.ndarray, config: DedupConfig) -> np.ndarray:
@@ -168,7 +155,9 @@ def probe_clusters(vectors: np.ndarray, home: np.ndarray, means: np.ndarray, pro
         return np.asarray(home, np.int64)[:, None]
     sims = unit_rows(np.asarray(vectors, np.float32)) @ unit_rows(means).T
     sims[np.arange(len(sims)), home] = np.inf
-    return np.argsort(-sims, axis=1)[:, :probes].astype(np.int64)
+    top = np.argpartition(-sims, probes - 1, axis=1)[:, :probes]   # O(K) a row, not a sort of all K
+    order = np.argsort(-np.take_along_axis(sims, top, axis=1), axis=1)
+    return np.take_along_axis(top, order, axis=1).astype(np.int64)
 
 
 def dedup_table(keys: np.ndarray, probes: np.ndarray, vectors: np.ndarray, config: DedupConfig) -> dict:
@@ -229,8 +218,8 @@ def _pairs_of_group(batch: dict, config: DedupConfig) -> dict:
     background here, and whether this is its home cluster) and a record per candidate pair
     (key, partner, cosine)."""
     keys = np.asarray(batch["key"], dtype=object)
-    bg, i, j, cosine = cluster_candidates(unit_rows(np.asarray(batch["vectors"], np.float32)), config)
     check_cluster_rows(len(keys), config)
+    bg, i, j, cosine = cluster_candidates(unit_rows(np.asarray(batch["vectors"], np.float32)), config)
     n, m = len(keys), len(i)
     return {"key": np.r_[keys, keys[i]], "partner": np.r_[np.full(n, "", dtype=object), keys[j]],
             "cluster": np.full(n + m, int(batch["cluster"][0]), np.int64),
