@@ -50,34 +50,35 @@ class TarImages(torch.utils.data.IterableDataset):
                         yield torch.from_numpy(decode_image(tar.extractfile(member).read(), self.spec))
 
 
-def forward(model, inputs, rows):
-    """The model on `inputs` in passes of `rows` rows (None: one pass), as the extractor actors do."""
-    return [model(piece) for piece in inputs.split(rows or len(inputs))]
+def forward(extractor, inputs, rows):
+    """The extractor's model on `inputs` in passes of `rows` rows (None: one pass), each pass in
+    the memory layout the model was built for, as the extractor actors do."""
+    return [extractor.model(extractor.layout(piece)) for piece in inputs.split(rows or len(inputs))]
 
 
-def time_model_only(model, spec, images, batch_size, device, autocast, rows=None):
+def time_model_only(extractor, spec, images, batch_size, device, autocast, rows=None):
     batches = [normalize(torch.from_numpy(np.stack(images[i:i + batch_size])), spec).to(device)
                for i in range(0, len(images), batch_size)]
     context = torch.autocast(device.type, dtype=getattr(torch, autocast)) if autocast else torch.autocast("cpu", enabled=False)
     with torch.inference_mode(), context:
-        model(batches[0])  # warm-up (cudnn autotune, allocator)
+        forward(extractor, batches[0], rows)  # warm-up (cudnn autotune, allocator)
         if device.type == "cuda":
             torch.cuda.synchronize()
         start = time.perf_counter()
         for batch in batches:
-            forward(model, batch, rows)
+            forward(extractor, batch, rows)
         if device.type == "cuda":
             torch.cuda.synchronize()
     return len(images) / (time.perf_counter() - start)
 
 
-def time_dataloader(model, spec, shard_paths, batch_size, device, autocast, rows=None):
+def time_dataloader(extractor, spec, shard_paths, batch_size, device, autocast, rows=None):
     loader = torch.utils.data.DataLoader(TarImages(shard_paths, spec), batch_size=batch_size, num_workers=0)
     context = torch.autocast(device.type, dtype=getattr(torch, autocast)) if autocast else torch.autocast("cpu", enabled=False)
     count, start = 0, time.perf_counter()
     with torch.inference_mode(), context:
         for pixels in loader:
-            forward(model, normalize(pixels.to(device), spec), rows)
+            forward(extractor, normalize(pixels.to(device), spec), rows)
             count += len(pixels)
     return count / (time.perf_counter() - start)
 
@@ -143,14 +144,14 @@ def main(argv=None):
     cls, config = extractor_class(backbone)
     device = torch.device(args.device)
     reference = cls(**config, device=args.device)  # the same model the actors build
-    spec, model = reference.spec, reference.model
+    spec = reference.spec
 
     first_shard = [decode_image(tarfile.open(shard_paths[0]).extractfile(m).read(), spec)
                    for m in tarfile.open(shard_paths[0]) if m.name.endswith((".jpg", ".png"))]
     images = (first_shard * (args.images // len(first_shard) + 1))[: args.images]
     rows = []
-    model_only = time_model_only(model, spec, images, args.batch_size, device, args.autocast, args.loop_forward_rows)
-    loop = time_dataloader(model, spec, shard_paths, args.batch_size, device, args.autocast, args.loop_forward_rows)
+    model_only = time_model_only(reference, spec, images, args.batch_size, device, args.autocast, args.loop_forward_rows)
+    loop = time_dataloader(reference, spec, shard_paths, args.batch_size, device, args.autocast, args.loop_forward_rows)
     build_seconds = time_model_build(backbone, args.device)
     loop_whole = args.images / (args.images / loop + build_seconds)
 

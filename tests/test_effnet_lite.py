@@ -75,3 +75,30 @@ def test_pretrained_lite0_recognises_real_photos():
         predicted = model(normalize(torch.from_numpy(np.stack(images)), spec)).argmax(1).numpy()
     top1 = float((predicted == np.array(targets)).mean())
     assert len(targets) >= 60 and top1 >= 0.10, f"top-1 {top1:.3f} on {len(targets)} photos (chance 0.001)"
+
+
+def test_extractor_runs_channels_last_with_the_same_features(tmp_path):
+    """The actor keeps weights and inputs channels-last (faster convolutions); the features are the
+    plain NCHW model's, flip-averaged or not."""
+    import timm
+    from raycluster.data.transforms import normalize
+
+    torch.manual_seed(0)
+    reference = timm.create_model("tf_efficientnet_lite0", pretrained=False).eval()
+    renamed = OrderedDict((f"_{key.replace('.', '_', 1)}", value) for key, value in reference.state_dict().items())
+    path = tmp_path / "lite0-test.pth"
+    torch.save(renamed, path)
+    reference.reset_classifier(0)
+    pixels = np.random.default_rng(0).integers(0, 256, (3, 3, 64, 64), dtype=np.uint8)
+    for flip_average in (False, True):
+        extractor = EfficientNetLiteExtractor("lite0", str(path), flip_average=flip_average, device="cpu",
+                                              forward_rows=2)
+        assert extractor.layout(torch.zeros(1, 3, 8, 8)).is_contiguous(memory_format=torch.channels_last)
+        batch = extractor({"pixels": pixels.copy(), "ok": np.array([True, False, True]), "key": np.arange(3)})
+        inputs = normalize(torch.from_numpy(pixels[[0, 2]]), extractor.spec)
+        with torch.no_grad():
+            expected = reference(inputs)
+            if flip_average:
+                expected = (expected + reference(torch.flip(inputs, dims=[3]))) / 2
+        np.testing.assert_allclose(batch["embedding"][[0, 2]], expected.numpy(), rtol=1e-4, atol=1e-5)
+        assert not batch["embedding"][1].any() and "pixels" not in batch

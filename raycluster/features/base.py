@@ -7,7 +7,9 @@ An extractor is a callable class that Ray Data runs on an actor pool:
 - `__init__(**config, device, autocast, torch_threads, forward_rows)`: loads the model once per actor.
 - `__call__(batch)`: decoded batch (`pixels` (B, C, H, W) uint8, `ok` (B,) bool, ...) -> same
   batch without `pixels`, plus `embedding` (B, D) float32 (zeros where ok is False).
-Subclasses implement `build(**config) -> torch.nn.Module` mapping normalised images to (B, D).
+Subclasses implement `build(**config) -> torch.nn.Module` mapping normalised images to (B, D),
+and set `channels_last = True` when the model is a convnet: its weights and inputs are then kept
+channels-last (NHWC), the layout oneDNN's CPU convolutions and cuDNN's tensor cores run fastest in.
 """
 from __future__ import annotations
 
@@ -23,6 +25,8 @@ log = logging.getLogger(__name__)
 
 
 class Extractor:
+    channels_last = False
+
     def __init__(self, device: Optional[str] = None, autocast: Optional[str] = None,
                  torch_threads: Optional[int] = None, forward_rows: Optional[int] = None, **config):
         """forward_rows: rows per forward pass (a batch runs in pieces of this size); None: whole."""
@@ -35,6 +39,8 @@ class Extractor:
         self.forward_rows = forward_rows
         self.spec = self.image_spec(**config)
         self.model = self.build(**config).to(self.device).eval()
+        if self.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
         log.info("%s ready on %s (%d torch threads)", type(self).__name__, self.device, torch.get_num_threads())
 
     @classmethod
@@ -48,6 +54,12 @@ class Extractor:
     def build(self, **config):
         raise NotImplementedError
 
+    def layout(self, images):
+        """(B, C, H, W) float images in the memory layout the model was built for."""
+        import torch
+
+        return images.contiguous(memory_format=torch.channels_last) if self.channels_last else images
+
     def __call__(self, batch: dict) -> dict:
         import torch
 
@@ -59,7 +71,7 @@ class Extractor:
             autocast = (torch.autocast(self.device.type, dtype=self.autocast_dtype)
                         if self.autocast_dtype else nullcontext())
             with torch.inference_mode(), autocast:
-                features = torch.cat([self.model(normalize(piece, self.spec)).float().cpu()
+                features = torch.cat([self.model(self.layout(normalize(piece, self.spec))).float().cpu()
                                       for piece in inputs.split(self.forward_rows or len(inputs))])
             features = features.numpy()
             embedding = np.zeros((len(ok), features.shape[1]), dtype=np.float32)

@@ -89,8 +89,8 @@ class FlipAveraged:
     def __init__(self, model):
         self.model = model
 
-    def to(self, device):
-        self.model.to(device)
+    def to(self, *args, **kwargs):
+        self.model.to(*args, **kwargs)
         return self
 
     def eval(self):
@@ -110,6 +110,8 @@ class EfficientNetLiteExtractor(Extractor):
     a semantic one (`backbone=effnet_lite0_copies`, for jobs/dedup.py): every image is first
     shrunk to a `thumbnail`-pixel short side, and the features of the image and its mirror are
     averaged. bench/curation.py measures what they buy on injected near-duplicates."""
+
+    channels_last = True
 
     def __init__(self, variant: str = "lite0", weights_path: Optional[str] = None, thumbnail: Optional[int] = None,
                  flip_average: bool = False, **runtime):
