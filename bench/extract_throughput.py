@@ -25,6 +25,7 @@ import tempfile
 import time
 
 import numpy as np
+import ray
 import torch
 
 from raycluster.config import BackboneConfig, ClusterConfig, DataConfig, ExtractConfig
@@ -109,6 +110,9 @@ def main(argv=None):
     parser.add_argument("--height", type=int, default=375)
     parser.add_argument("--folder", help="use real photos from this image folder instead of synthetic JPEGs")
     parser.add_argument("--samples-per-shard", type=int, default=128)
+    parser.add_argument("--rounds", type=int, default=2, help="alternating loop / pipeline runs, pooled")
+    parser.add_argument("--model-only-images", type=int, default=1024,
+                        help="model_only: images forwarded (held pre-decoded in memory)")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--loop-forward-rows", type=int, default=None,
                         help="model_only and the loop: rows per forward pass (default: the whole batch, as a "
@@ -150,26 +154,42 @@ def main(argv=None):
                    for m in tarfile.open(shard_paths[0]) if m.name.endswith((".jpg", ".png"))]
     images = (first_shard * (args.images // len(first_shard) + 1))[: args.images]
     rows = []
-    model_only = time_model_only(reference, spec, images, args.batch_size, device, args.autocast, args.loop_forward_rows)
-    loop = time_dataloader(reference, spec, shard_paths, args.batch_size, device, args.autocast, args.loop_forward_rows)
+    model_only = time_model_only(reference, spec, images[: args.model_only_images], args.batch_size, device,
+                                 args.autocast, args.loop_forward_rows)
     build_seconds = time_model_build(backbone, args.device)
-    loop_whole = args.images / (args.images / loop + build_seconds)
-
-    ensure_ray(None, args.num_cpus)
     cluster = ClusterConfig(use_gpu=args.num_gpus > 0, extract=ExtractConfig(
         batch_size=args.batch_size, concurrency=args.concurrency, num_gpus_per_actor=args.num_gpus,
         autocast=args.autocast))
     data = DataConfig(name="bench", shards=shard_dir, source=None)
-    summary = run_extraction(data, backbone, cluster, os.path.join(workdir, f"store-{time.time_ns()}"))
-    pipeline = summary.images_per_second
-    # Steady state: after the first batch came back (actor start-up, imports and model load done).
-    steady = (args.images - args.batch_size) / max(summary.seconds - summary.startup_seconds, 1e-9)
+    # The loop and the pipeline alternate (loop, pipeline, loop, pipeline, ...), each pipeline run
+    # on a freshly started local Ray as a job's extraction is: on a shared machine whose speed
+    # drifts by +-15% over minutes, rates pooled over alternating rounds compare like with like.
+    loop_seconds = pipeline_seconds = steady_seconds = startup_seconds = 0.0
+    round_ratios = []
+    for _ in range(args.rounds):
+        loop_round = args.images / time_dataloader(reference, spec, shard_paths, args.batch_size, device,
+                                                   args.autocast, args.loop_forward_rows)
+        ensure_ray(None, args.num_cpus)
+        summary = run_extraction(data, backbone, cluster, os.path.join(workdir, f"store-{time.time_ns()}"))
+        ray.shutdown()
+        loop_seconds += loop_round
+        pipeline_seconds += summary.seconds
+        startup_seconds += summary.startup_seconds
+        # Steady state: after the first batch came back (actor start-up, imports and model load done).
+        steady_seconds += summary.seconds - summary.startup_seconds
+        round_ratios.append(round((loop_round + build_seconds) / summary.seconds, 3))
+    total_images = args.images * args.rounds
+    loop = total_images / loop_seconds
+    loop_whole = total_images / (loop_seconds + args.rounds * build_seconds)
+    pipeline = total_images / pipeline_seconds
+    steady = (total_images - args.rounds * args.batch_size) / max(steady_seconds, 1e-9)
 
     device_label = torch.cuda.get_device_name() if device.type == "cuda" else f"cpu x{os.cpu_count()}"
     for method, rate in (("model_only", model_only), ("dataloader_loop", loop), ("dataloader_loop_whole", loop_whole),
                          ("ray_pipeline", pipeline), ("ray_pipeline_steady", steady)):
         rows.append({"bench": "extract_throughput", "dataset": dataset, "method": method, "model": model_label,
-                     "device": device_label, "images": args.images, "batch_size": args.batch_size,
+                     "device": device_label, "images": args.images, "rounds": args.rounds,
+                     "ratio_whole_by_round": round_ratios, "batch_size": args.batch_size,
                      "loop_forward_rows": args.loop_forward_rows,
                      "loop_malloc_env": " ".join(f"{k}={v}" for k, v in sorted(os.environ.items())
                                                  if k.startswith("MALLOC_")) or "glibc defaults",
@@ -182,7 +202,8 @@ def main(argv=None):
     for row in rows:
         print(f"{row['method']:<22}{row['images_per_s']:>12.1f}{row['ratio_vs_loop']:>10.2f}"
               f"{row['ratio_vs_loop_whole']:>15.2f}{row['ratio_vs_model']:>10.2f}")
-    print(f"ray_pipeline: whole run incl. {summary.startup_seconds:.1f}s start-up (actor, imports, model load) "
+    print(f"rounds: {args.rounds}, pipeline whole / loop whole by round: {round_ratios}")
+    print(f"ray_pipeline: whole run incl. {startup_seconds / args.rounds:.1f}s start-up (actor, imports, model load) "
           f"and Parquet writes; dataloader_loop_whole: the loop plus {build_seconds:.1f}s to import and build the "
           "model in a fresh process. Target (issue 26): ray_pipeline >= 0.9x dataloader_loop_whole.")
     append_json_rows(args.json, rows)
