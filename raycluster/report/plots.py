@@ -31,13 +31,14 @@ def embed_2d(vectors: np.ndarray, method: str = "umap", seed: int = 0) -> tuple[
     """(M, D) -> ((M, 2) float32 coordinates, the method used). UMAP (umap-learn) when asked for
     and installed and M is large enough for its neighbour graph; PCA otherwise."""
     if method == "umap" and len(vectors) >= 50:
-        try:
-            import umap
-        except ImportError:
+        import importlib.util
+
+        if importlib.util.find_spec("umap") is None:
             log.warning("umap-learn is not installed; the map falls back to PCA")
         else:
-            reducer = umap.UMAP(n_components=2, n_neighbors=15, min_dist=0.1, random_state=seed, n_jobs=1)
-            return reducer.fit_transform(vectors).astype(np.float32), "UMAP"
+            from raycluster.neighbors.manifold import umap_embedding
+
+            return umap_embedding(vectors, 2, 15, 0.1, "euclidean", seed), "UMAP"
     elif method not in ("umap", "pca"):
         raise ValueError(f"map method must be 'umap' or 'pca', got {method!r}")
     from sklearn.decomposition import PCA

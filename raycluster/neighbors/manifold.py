@@ -1,0 +1,62 @@
+"""UMAP embeddings whose k-NN graph comes from an exact FAISS search.
+
+umap-learn finds the neighbours of 4,096 rows or more with NN-descent (pynndescent), whose numba
+functions are compiled again in every new process (a job, a Ray task): on a few cores that
+compilation is most of a UMAP of some thousand rows. An exact FAISS search gives the true k-NN
+graph (NN-descent's is approximate) with nothing to compile; UMAP then builds its fuzzy graph
+and layout from it as usual. Below 4,096 rows umap-learn computes all distances itself, exactly,
+and is left to do so. Timings and what each graph gives k-means on MNIST:
+`python bench/umap_neighbors.py` (bench/README.md).
+
+Used for the report's map. `UMAPKMeans` keeps umap-learn's own search: the baseline's measured
+figures were made with it, and on MNIST the exact graph did not cluster better.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+# umap-learn's own cut-over from all pairwise distances to NN-descent (umap_.py, UMAP.fit)
+SMALL_DATA_ROWS = 4096
+
+
+def exact_knn(vectors: np.ndarray, k: int, metric: str = "euclidean") -> tuple[np.ndarray, np.ndarray]:
+    """Every row's k nearest rows, itself included (first, at distance 0).
+
+    vectors: (n, D) float; metric: "euclidean" or "cosine" (1 - cosine similarity, as umap-learn).
+    Returns (indices (n, k) int64, distances (n, k) float32), nearest first.
+    """
+    import faiss
+
+    if metric not in ("euclidean", "cosine"):
+        raise ValueError(f"exact_knn: metric must be 'euclidean' or 'cosine', got {metric!r}")
+    rows = np.ascontiguousarray(vectors, dtype=np.float32)
+    if metric == "cosine":
+        rows = rows / np.maximum(np.linalg.norm(rows, axis=1, keepdims=True), 1e-12)
+        index = faiss.IndexFlatIP(rows.shape[1])
+    else:
+        index = faiss.IndexFlatL2(rows.shape[1])
+    index.add(rows)
+    scores, indices = index.search(rows, k)
+    distances = 1.0 - scores if metric == "cosine" else np.sqrt(np.maximum(scores, 0.0))
+    return indices.astype(np.int64), np.maximum(distances, 0.0).astype(np.float32)
+
+
+def umap_embedding(vectors: np.ndarray, n_components: int = 2, n_neighbors: int = 15, min_dist: float = 0.1,
+                   metric: str = "euclidean", seed: int = 0) -> np.ndarray:
+    """(n, D) rows -> (n, n_components) float32 UMAP coordinates, the k-NN graph from `exact_knn`
+    when umap-learn would otherwise run NN-descent (n >= SMALL_DATA_ROWS) and the metric is one
+    FAISS searches exactly (euclidean, cosine); other metrics are left to umap-learn."""
+    import umap
+
+    settings = dict(n_components=n_components, n_neighbors=n_neighbors, min_dist=min_dist, metric=metric,
+                    random_state=seed, n_jobs=1)
+    if len(vectors) >= SMALL_DATA_ROWS and metric in ("euclidean", "cosine"):
+        indices, distances = exact_knn(vectors, n_neighbors, metric)
+        # no NN-descent search index: this UMAP cannot transform() new rows, and is not asked to
+        settings["precomputed_knn"] = (indices, distances, None)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*knn_search_index.*")
+        reducer = umap.UMAP(**settings)
+        return np.ascontiguousarray(reducer.fit_transform(vectors), dtype=np.float32)
