@@ -132,12 +132,13 @@ def cause_of_type(err: BaseException, kind: type):
     return kind(found[-1].strip()) if found else None
 
 
-# CPU actors share their cores with read tasks and the driver: OpenMP threads must not spin at
-# barriers. And glibc malloc must keep activation memory between forward passes instead of
-# mapping it fresh (and page-faulting it in) every pass: why each setting, docs/backbones.md
-# ("Extraction on CPU"); measured, bench/README.md (extract_throughput).
-CPU_ACTOR_ENV = {"OMP_WAIT_POLICY": "PASSIVE", "MALLOC_MMAP_THRESHOLD_": str(32 << 20),
-                 "MALLOC_TRIM_THRESHOLD_": str(1 << 30), "MALLOC_TOP_PAD_": str(512 << 20), "MALLOC_ARENA_MAX": "1"}
+# glibc malloc must keep activation memory between forward passes instead of mapping it fresh
+# (and page-faulting it in) every pass: why each setting, docs/backbones.md ("Extraction on
+# CPU"); measured, bench/README.md (extract_throughput). OpenMP keeps its default wait policy:
+# with PASSIVE (threads sleep at every barrier) the actor's passes were slower, and the read
+# and decode tasks gained nothing from the cycles it left.
+CPU_ACTOR_ENV = {"MALLOC_MMAP_THRESHOLD_": str(32 << 20), "MALLOC_TRIM_THRESHOLD_": str(1 << 30),
+                 "MALLOC_TOP_PAD_": str(512 << 20), "MALLOC_ARENA_MAX": "1"}
 
 
 def actor_pool(settings):
