@@ -1,7 +1,6 @@
 """Does averaging each row with its nearest neighbours help k-means on Tiny-ImageNet 50 (Lite0)?
 
-Study, 2026-12-03. Decision it produced: no k-NN smoothing of CLUDI's input (issue 31): it gains
-k-means about one point, where UMAP + k-means gains about five.
+Study, 2026-12-03. Decision it produced: no k-NN smoothing of CLUDI's input (issue 31; see bench/README.md).
 
     python bench/quality.py --methods kmeans --datasets tinyimagenet50 --seed-ids 0   # builds the feature cache
     python bench/studies/knn_smoothing.py [--json PATH]
