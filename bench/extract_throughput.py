@@ -167,17 +167,17 @@ def main(argv=None):
     loop_seconds = pipeline_seconds = steady_seconds = startup_seconds = 0.0
     round_ratios = []
     for _ in range(args.rounds):
-        loop_round = args.images / time_dataloader(reference, spec, shard_paths, args.batch_size, device,
+        loop_round_seconds = args.images / time_dataloader(reference, spec, shard_paths, args.batch_size, device,
                                                    args.autocast, args.loop_forward_rows)
         ensure_ray(None, args.num_cpus)
         summary = run_extraction(data, backbone, cluster, os.path.join(workdir, f"store-{time.time_ns()}"))
         ray.shutdown()
-        loop_seconds += loop_round
+        loop_seconds += loop_round_seconds
         pipeline_seconds += summary.seconds
         startup_seconds += summary.startup_seconds
         # Steady state: after the first batch came back (actor start-up, imports and model load done).
         steady_seconds += summary.seconds - summary.startup_seconds
-        round_ratios.append(round((loop_round + build_seconds) / summary.seconds, 3))
+        round_ratios.append(round((loop_round_seconds + build_seconds) / summary.seconds, 3))
     total_images = args.images * args.rounds
     loop = total_images / loop_seconds
     loop_whole = total_images / (loop_seconds + args.rounds * build_seconds)

@@ -23,14 +23,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from common import append_json_rows  # noqa: E402
 
 
-def unit(rows: np.ndarray) -> np.ndarray:
-    return rows / np.maximum(np.linalg.norm(rows, axis=1, keepdims=True), 1e-12)
-
-
 def main(argv=None):
     import faiss
 
-    from raycluster.data.store import EmbeddingStore
+    from raycluster.data.store import EmbeddingStore, unit_rows
     from raycluster.metrics import supervised_metrics
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -44,8 +40,8 @@ def main(argv=None):
     train = EmbeddingStore(str(embeddings / "tinyimagenet50-train-effnet_lite0")).load()
     val = EmbeddingStore(str(embeddings / "tinyimagenet50-val-effnet_lite0")).load()   # 15,000 and 2,500 rows
     pca = faiss.PCAMatrix(train.vectors.shape[1], 256)
-    pca.train(unit(train.vectors))
-    fit, scored = unit(pca.apply(unit(train.vectors))), unit(pca.apply(unit(val.vectors)))
+    pca.train(unit_rows(train.vectors))
+    fit, scored = unit_rows(pca.apply(unit_rows(train.vectors))), unit_rows(pca.apply(unit_rows(val.vectors)))
     index = faiss.IndexFlatIP(fit.shape[1])
     index.add(fit)
     most = max(args.neighbours)
@@ -53,8 +49,8 @@ def main(argv=None):
     _, scored_neighbours = index.search(scored, most)
     rows = []
     for k in args.neighbours:
-        fit_k = unit(fit + fit[fit_neighbours[:, 1:k + 1]].mean(1)) if k else fit
-        scored_k = unit(scored + fit[scored_neighbours[:, :k]].mean(1)) if k else scored
+        fit_k = unit_rows(fit + fit[fit_neighbours[:, 1:k + 1]].mean(1)) if k else fit
+        scored_k = unit_rows(scored + fit[scored_neighbours[:, :k]].mean(1)) if k else scored
         accs = []
         for seed in range(args.seeds):
             kmeans = faiss.Kmeans(fit.shape[1], 50, niter=100, nredo=5, seed=seed, spherical=True)

@@ -13,10 +13,33 @@ figures were made with it, and on MNIST the exact graph did not cluster better.
 """
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
+
+from raycluster.data.store import unit_rows
 
 # umap-learn's own cut-over from all pairwise distances to NN-descent (umap_.py, UMAP.fit)
 SMALL_DATA_ROWS = 4096
+
+
+def flat_index(rows: np.ndarray, metric: str = "euclidean"):
+    """Exact FAISS index over (n, D) rows: inner product of unit rows for "cosine", L2 otherwise."""
+    import faiss
+
+    cosine = metric == "cosine"
+    base = unit_rows(rows) if cosine else np.ascontiguousarray(rows, dtype=np.float32)
+    index = faiss.IndexFlatIP(base.shape[1]) if cosine else faiss.IndexFlatL2(base.shape[1])
+    index.add(base)
+    return index
+
+
+def search_distances(index, queries: np.ndarray, k: int, metric: str = "euclidean") -> tuple[np.ndarray, np.ndarray]:
+    """The k nearest rows of `flat_index(rows, metric)` to (m, D) queries: (distances (m, k)
+    float32, 1 - cosine for "cosine" (as umap-learn), Euclidean otherwise; indices (m, k) int64)."""
+    cosine = metric == "cosine"
+    scores, indices = index.search(unit_rows(queries) if cosine else np.ascontiguousarray(queries, dtype=np.float32), k)
+    return (1.0 - scores if cosine else np.sqrt(np.maximum(scores, 0.0))), indices
 
 
 def exact_knn(vectors: np.ndarray, k: int, metric: str = "euclidean") -> tuple[np.ndarray, np.ndarray]:
@@ -25,19 +48,9 @@ def exact_knn(vectors: np.ndarray, k: int, metric: str = "euclidean") -> tuple[n
     vectors: (n, D) float; metric: "euclidean" or "cosine" (1 - cosine similarity, as umap-learn).
     Returns (indices (n, k) int64, distances (n, k) float32), nearest first.
     """
-    import faiss
-
     if metric not in ("euclidean", "cosine"):
         raise ValueError(f"exact_knn: metric must be 'euclidean' or 'cosine', got {metric!r}")
-    rows = np.ascontiguousarray(vectors, dtype=np.float32)
-    if metric == "cosine":
-        rows = rows / np.maximum(np.linalg.norm(rows, axis=1, keepdims=True), 1e-12)
-        index = faiss.IndexFlatIP(rows.shape[1])
-    else:
-        index = faiss.IndexFlatL2(rows.shape[1])
-    index.add(rows)
-    scores, indices = index.search(rows, k)
-    distances = 1.0 - scores if metric == "cosine" else np.sqrt(np.maximum(scores, 0.0))
+    distances, indices = search_distances(flat_index(vectors, metric), vectors, k, metric)
     return indices.astype(np.int64), np.maximum(distances, 0.0).astype(np.float32)
 
 
@@ -54,8 +67,6 @@ def umap_embedding(vectors: np.ndarray, n_components: int = 2, n_neighbors: int 
         indices, distances = exact_knn(vectors, n_neighbors, metric)
         # no NN-descent search index: this UMAP cannot transform() new rows, and is not asked to
         settings["precomputed_knn"] = (indices, distances, None)
-    import warnings
-
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*knn_search_index.*")
         reducer = umap.UMAP(**settings)

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import numpy as np
 
-from raycluster.data.store import unit_rows
 from raycluster.methods.base import ClusteringMethod
 from raycluster.methods.kmeans.method import FaissKMeans
 
@@ -64,21 +63,17 @@ class UMAPKMeans(ClusteringMethod):
     def predict(self, vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Cluster (n,) int64: the weighted vote of the row's nearest fitted rows' clusters;
         confidence (n,) float32: the winner's share of the vote."""
-        import faiss
+        from raycluster.neighbors.manifold import flat_index, search_distances
 
         if self.fitted_rows is None:
             raise RuntimeError("umap_kmeans: call fit() before predict()")
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)
         if vectors.shape[1] != self.fitted_rows.shape[1]:
             raise ValueError(f"umap_kmeans: embeddings have width {vectors.shape[1]}, fitted on {self.fitted_rows.shape[1]}")
-        cosine = self.metric == "cosine"
         if self._index is None:
-            base = unit_rows(self.fitted_rows) if cosine else self.fitted_rows
-            self._index = faiss.IndexFlatIP(base.shape[1]) if cosine else faiss.IndexFlatL2(base.shape[1])
-            self._index.add(base)
+            self._index = flat_index(self.fitted_rows, self.metric)
         k = min(self.n_neighbors, len(self.fitted_rows))
-        scores, neighbors = self._index.search(unit_rows(vectors) if cosine else vectors, k)
-        distance = 1.0 - scores if cosine else np.sqrt(np.maximum(scores, 0.0))
+        distance, neighbors = search_distances(self._index, vectors, k, self.metric)
         excess = distance - distance[:, :1]
         weights = np.exp(-excess / np.maximum(excess.mean(axis=1, keepdims=True), 1e-12))
         weights[distance[:, 0] <= 1e-6] = np.eye(k, dtype=weights.dtype)[0]   # a fitted row keeps its cluster
