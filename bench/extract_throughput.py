@@ -163,7 +163,7 @@ def main(argv=None):
     data = DataConfig(name="bench", shards=shard_dir, source=None)
     # The loop and the pipeline alternate (loop, pipeline, loop, pipeline, ...), each pipeline run
     # on a freshly started local Ray as a job's extraction is: on a shared machine whose speed
-    # drifts by +-15% over minutes, rates pooled over alternating rounds compare like with like.
+    # drifts over minutes, rates pooled over alternating rounds compare like with like.
     loop_seconds = pipeline_seconds = steady_seconds = startup_seconds = 0.0
     round_ratios = []
     for _ in range(args.rounds):
