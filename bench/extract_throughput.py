@@ -7,8 +7,9 @@ Same model, same images, same run:
   dataloader_loop_whole  the same loop plus what a fresh process pays before its first image:
                    importing the extractor and building its model (timed in a subprocess);
                    the pipeline's whole run pays that too, inside its actor
-  ray_pipeline     raycluster's run_extraction: read_webdataset -> decode -> actor pool -> Parquet
-                   (whole run; ray_pipeline_steady: after its first batch)
+  ray_pipeline     raycluster's run_extraction: shard URLs -> actor pool (each actor reads, decodes
+                   and embeds whole shards and writes their parts) -> Parquet
+                   (whole run; ray_pipeline_steady: after its first shard)
 
     python bench/extract_throughput.py                          # CPU default: ViT-Ti/16, 4096 synthetic 500x375 JPEGs
     python bench/extract_throughput.py --model vit_base_patch16_224 --images 20000 --device cuda \
@@ -175,14 +176,14 @@ def main(argv=None):
         loop_seconds += loop_round_seconds
         pipeline_seconds += summary.seconds
         startup_seconds += summary.startup_seconds
-        # Steady state: after the first batch came back (actor start-up, imports and model load done).
+        # Steady state: after the first shard came back (actor start-up, imports and model load done).
         steady_seconds += summary.seconds - summary.startup_seconds
         round_ratios.append(round((loop_round_seconds + build_seconds) / summary.seconds, 3))
     total_images = args.images * args.rounds
     loop = total_images / loop_seconds
     loop_whole = total_images / (loop_seconds + args.rounds * build_seconds)
     pipeline = total_images / pipeline_seconds
-    steady = (total_images - args.rounds * args.batch_size) / max(steady_seconds, 1e-9)
+    steady = (total_images - args.rounds * args.samples_per_shard) / max(steady_seconds, 1e-9)
 
     device_label = torch.cuda.get_device_name() if device.type == "cuda" else f"cpu x{os.cpu_count()}"
     for method, rate in (("model_only", model_only), ("dataloader_loop", loop), ("dataloader_loop_whole", loop_whole),
@@ -203,7 +204,7 @@ def main(argv=None):
         print(f"{row['method']:<22}{row['images_per_s']:>12.1f}{row['ratio_vs_loop']:>10.2f}"
               f"{row['ratio_vs_loop_whole']:>15.2f}{row['ratio_vs_model']:>10.2f}")
     print(f"rounds: {args.rounds}, pipeline whole / loop whole by round: {round_ratios}")
-    print(f"ray_pipeline: whole run incl. {startup_seconds / args.rounds:.1f}s start-up (actor, imports, model load) "
+    print(f"ray_pipeline: whole run incl. {startup_seconds / args.rounds:.1f}s start-up (actor, imports, model load, first shard) "
           f"and Parquet writes; dataloader_loop_whole: the loop plus {build_seconds:.1f}s to import and build the "
           "model in a fresh process. Target (issue 26): ray_pipeline >= 0.9x dataloader_loop_whole.")
     append_json_rows(args.json, rows)

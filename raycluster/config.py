@@ -69,9 +69,10 @@ class ExtractConfig:
     concurrency: int = 1                       # extractor actors in the pool (the maximum if autoscaling)
     min_concurrency: Optional[int] = None      # set: an autoscaling pool of min..concurrency actors,
                                                # which also shrinks instead of waiting when a node is lost
-    num_cpus_per_actor: Optional[float] = None  # null: sized so read/decode tasks keep a CPU
+    num_cpus_per_actor: Optional[float] = None  # null: sized so the job's other tasks keep a CPU
     num_gpus_per_actor: float = 0.0
-    preprocess_num_cpus: float = 1.0           # per decode/resize task
+    decode_threads: Optional[int] = None      # threads decoding ahead of the model in each actor;
+                                               # null: the actor's CPUs on a GPU, none on a CPU (features/extract.py)
     autocast: Optional[str] = None             # bfloat16 | float16 (GPU)
     torch_threads: Optional[int] = None        # intra-op threads per actor; null: its CPU share
     cpu_forward_rows: int = 16                 # rows per forward pass on a CPU actor (features/extract.py)
@@ -79,6 +80,8 @@ class ExtractConfig:
     def __post_init__(self):
         if self.cpu_forward_rows < 1:
             raise ValueError(f"cluster.extract.cpu_forward_rows must be >= 1, got {self.cpu_forward_rows}")
+        if self.decode_threads is not None and self.decode_threads < 0:
+            raise ValueError(f"cluster.extract.decode_threads must be >= 0 or null, got {self.decode_threads}")
 
 
 @dataclass

@@ -83,9 +83,9 @@ def protect_token() -> None:
 
 def actor_cpus(total_cpus: float, concurrency: int, requested: Optional[float] = None,
                use_gpu: bool = False, reserve: float = 1.0) -> float:
-    """CPUs per extractor actor such that `reserve` CPUs stay free for read/decode/write tasks.
+    """CPUs per actor of a pool such that `reserve` CPUs stay free for the job's other tasks.
 
-    Seen on Ray 2.60 with 2 CPUs: two 1-CPU actors took both CPUs, the read tasks were starved
+    Seen on Ray 2.60 with 2 CPUs: two 1-CPU actors took both CPUs, their read tasks were starved
     (`backpressured:tasks(ResourceBudget)`) and the job hung. GPU actors get 1 CPU unless told
     (their CPU only feeds the GPU). Raises ValueError when the pool cannot fit beside the reserve.
     """

@@ -20,7 +20,7 @@ OUT = REPO / "docs" / "scaling.md"
 # AWS on-demand list prices, us-west-2, Linux (USD per hour), and cores (vCPU / 2) per instance type
 # named in infra/cluster/aws.yaml. Spot (which aws.yaml asks for on workers) is typically 60-70% less.
 PRICES = {"m6i.2xlarge": (0.384, 4, 0), "c6i.8xlarge": (1.36, 16, 0), "p4d.24xlarge": (32.77, 48, 8)}
-CLUSTER = {"head": ("m6i.2xlarge", 1), "cpu_decode": ("c6i.8xlarge", 8), "gpu_8x": ("p4d.24xlarge", 4)}
+CLUSTER = {"head": ("m6i.2xlarge", 1), "cpu_workers": ("c6i.8xlarge", 8), "gpu_8x": ("p4d.24xlarge", 4)}
 SIZES = (100_000_000, 1_000_000_000)
 LITE0_DIM = 1280
 

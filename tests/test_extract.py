@@ -97,3 +97,20 @@ def test_store_is_rebuilt_for_another_extractor_and_parts_for_changed_shards(tmp
     (shards / "shard-000002.tar").unlink()                                  # a shard gone: its part goes too
     run_extraction(small.data, small.backbone, small.cluster, store_dir)
     assert len(EmbeddingStore(store_dir).load().keys) == 100
+
+
+@pytest.mark.timeout(300)
+def test_decode_threads_give_the_same_embeddings_as_decoding_in_the_actors_thread(tmp_path, ray_local, compose_config):
+    """A GPU actor decodes on threads ahead of its model (decode_threads = its CPUs): same rows, same order."""
+    import numpy as np
+
+    _digit_shards(tmp_path / "shards", limit=120, corrupt_keys={"digits_000003"})
+    stores = {}
+    for threads in (0, 2):
+        cfg = compose_config([f"data.shards={tmp_path / 'shards'}", "data.source=null",
+                              f"cluster.extract.decode_threads={threads}", "cluster.extract.batch_size=16"])
+        summary = run_extraction(cfg.data, cfg.backbone, cfg.cluster, str(tmp_path / f"store-{threads}"))
+        assert (summary.samples, summary.corrupt) == (119, 1)
+        stores[threads] = EmbeddingStore(str(tmp_path / f"store-{threads}")).load()
+    assert list(stores[0].keys) == list(stores[2].keys)
+    np.testing.assert_array_equal(stores[0].vectors, stores[2].vectors)

@@ -35,11 +35,13 @@ def test_forward_passes_in_pieces_give_the_batch_embeddings():
     assert np.allclose(pieces(_batch(7, whole.spec, ok=ok))["embedding"], expected, atol=1e-5)
 
 
-def test_cpu_forward_rows_is_checked():
+def test_cpu_forward_rows_and_decode_threads_are_checked():
     from raycluster.config import ExtractConfig
 
     with pytest.raises(ValueError, match="cpu_forward_rows must be >= 1"):
         ExtractConfig(cpu_forward_rows=0)
+    with pytest.raises(ValueError, match="decode_threads must be >= 0"):
+        ExtractConfig(decode_threads=-1)
 
 
 def test_timm_extractor_random_init_is_announced():

@@ -1,11 +1,11 @@
-import json
 import tarfile
 
 import numpy as np
 import pytest
 
 from raycluster.data.builtin import Sample, digits_samples, encode_png, folder_samples
-from raycluster.data.shards import ShardNotFoundError, read_manifest, read_shards, resolve_shards, write_shards
+from raycluster.data.shards import (ShardNotFoundError, read_manifest, resolve_shards, shard_batches, shard_samples,
+                                     write_shards)
 
 
 def _samples(n, labelled=True):
@@ -44,17 +44,39 @@ def test_resolve_shards_directory_brace_and_missing(tmp_path):
         resolve_shards(str(tmp_path / "nope"))
 
 
-def test_round_trip_through_ray_data(tmp_path, ray_local):
+def test_round_trip_through_shard_samples(tmp_path):
     originals = {s.key: s for s in _samples(23)}
     write_shards(originals.values(), str(tmp_path), samples_per_shard=10)
-    rows = read_shards(resolve_shards(str(tmp_path))).take_all()
-    assert sorted(r["__key__"] for r in rows) == sorted(originals)
-    for row in rows:
-        original = originals[row["__key__"]]
-        assert row["image"] == original.image                  # bytes untouched
-        assert int(row["cls"]) == original.label
-        assert json.loads(row["json"])["class_name"] == original.meta["class_name"]
-        assert row["__url__"].endswith(".tar")
+    samples = [sample for url in resolve_shards(str(tmp_path)) for sample in shard_samples(url)]
+    assert sorted(sample["key"] for sample in samples) == sorted(originals)
+    for sample in samples:
+        original = originals[sample["key"]]
+        assert sample["image"] == original.image                  # bytes untouched
+        assert int(sample["cls"]) == original.label
+    batches = list(shard_batches(resolve_shards(str(tmp_path))[2], rows=2))
+    assert [len(batch["__key__"]) for batch in batches] == [2, 1]    # 23 samples: 10 + 10 + 3
+    assert [len(batch["__key__"]) for batch in shard_batches(resolve_shards(str(tmp_path))[0], rows=4)] == [4, 4, 2]
+
+
+def _tar(path, members):
+    import io
+
+    with tarfile.open(path, "w") as tar:
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+
+
+def test_shard_samples_keeps_a_sample_without_image_and_refuses_split_members(tmp_path):
+    _tar(tmp_path / "a.tar", [("dir/x.JPEG", b"jpeg"), ("dir/x.cls", b"3"), ("dir/y.json", b"{}"),
+                              ("z.seg.png", b"mask")])
+    samples = list(shard_samples(str(tmp_path / "a.tar")))
+    assert [(s["key"], s["image"], s["cls"]) for s in samples] == [
+        ("dir/x", b"jpeg", b"3"), ("dir/y", None, None), ("z", None, None)]   # "seg.png" is another field
+    _tar(tmp_path / "b.tar", [("x.jpg", b"1"), ("y.jpg", b"2"), ("x.cls", b"3")])
+    with pytest.raises(ValueError, match="'x' are not adjacent"):
+        list(shard_samples(str(tmp_path / "b.tar")))
 
 
 def test_digits_source_has_all_samples_and_labels():

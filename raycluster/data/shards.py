@@ -1,4 +1,4 @@
-"""Write WebDataset tar shards and read them back as a Ray Dataset.
+"""Write WebDataset tar shards and stream their samples back.
 
 Layout written by `write_shards(samples, out_dir)`:
     out_dir/shard-000000.tar ...   members `<key>.<png|jpg>`, `<key>.cls` (when labelled), `<key>.json`
@@ -14,9 +14,10 @@ import io
 import json
 import logging
 import os
+import re
 import tarfile
 import time
-from typing import Iterable, Optional, Sequence, Union
+from typing import Iterable, Iterator, Optional, Sequence, Union
 
 import fsspec
 
@@ -141,21 +142,51 @@ def _with_protocol(spec: str, path: str) -> str:
     return path if path.startswith(protocol) else protocol + path
 
 
-def _image_member(name: str) -> str:
-    """Rename every image member suffix to `image`, so mixed jpg/png shards share one column."""
-    stem, _, suffix = name.partition(".")
-    return f"{stem}.image" if suffix.lower() in ("jpg", "jpeg", "png", "bmp", "webp", "gif", "tif", "tiff", "ppm", "pgm") else name
+IMAGE_SUFFIXES = ("jpg", "jpeg", "png", "bmp", "webp", "gif", "tif", "tiff", "ppm", "pgm")
+_MEMBER = re.compile(r"^((?:.*/|)[^.]+)[.]([^/]*)$")   # WebDataset: key = name up to the first dot
 
 
-def read_shards(paths: list[str], override_num_blocks: Optional[int] = None):
-    """Shard URLs -> ray.data.Dataset of raw samples.
+def shard_samples(url: str) -> Iterator[dict]:
+    """One WebDataset tar (local path or fsspec URL), streamed -> its samples in archive order.
 
-    Columns: `__key__` str, `__url__` str (the shard), `image` bytes, `cls` bytes when present,
-    `json` bytes. Nothing is decoded here (see transforms.decode_batch) so a corrupt image
-    cannot fail the read task.
+    Each sample: {"key": str, "image": bytes or None, "cls": bytes or None}. A sample's members
+    must be adjacent (the WebDataset spec); any image suffix counts as the image; other members
+    (json, txt, ...) are skipped unread. A key without an image member comes with image None,
+    so the caller can count it as corrupt. Raises ValueError when a key's members are split.
     """
-    import ray.data
+    current, seen = None, set()
+    with fsspec.open(url, "rb") as stream, tarfile.open(fileobj=stream, mode="r|*") as tar:
+        for member in tar:
+            match = _MEMBER.match(member.name) if member.isreg() else None
+            if match is None:
+                continue
+            key, suffix = match.group(1), match.group(2).lower()
+            if current is None or key != current["key"]:
+                if current is not None:
+                    yield current
+                    seen.add(current["key"])
+                if key in seen:
+                    raise ValueError(f"{url}: the members of sample {key!r} are not adjacent in the tar "
+                                     "(WebDataset needs them together: rebuild it with `tar --sort=name`)")
+                current = {"key": key, "image": None, "cls": None}
+            if suffix in IMAGE_SUFFIXES:
+                current["image"] = tar.extractfile(member).read()
+            elif suffix == "cls":
+                current["cls"] = tar.extractfile(member).read()
+    if current is not None:
+        yield current
 
-    return ray.data.read_webdataset(
-        paths, decoder=None, filerename=_image_member, suffixes=["image", "cls", "json"],
-        override_num_blocks=override_num_blocks or len(paths))
+
+def shard_batches(url: str, rows: int) -> Iterator[dict]:
+    """`shard_samples(url)` in batches of up to `rows`, as transforms.decode_batch takes them:
+    `__key__`, `__url__`, `image`, `cls` lists."""
+    batch = {"__key__": [], "__url__": [], "image": [], "cls": []}
+    for sample in shard_samples(url):
+        for column, value in (("__key__", sample["key"]), ("__url__", url), ("image", sample["image"]),
+                              ("cls", sample["cls"])):
+            batch[column].append(value)
+        if len(batch["__key__"]) == rows:
+            yield batch
+            batch = {column: [] for column in batch}
+    if batch["__key__"]:
+        yield batch

@@ -1,8 +1,8 @@
 """Pure decode / resize / normalise functions on Ray Data batches (dict[str, np.ndarray]).
 
-Split on purpose: `decode_batch` (CPU tasks) turns encoded bytes into fixed-size uint8 arrays,
-so the object store carries 1 byte per pixel; `normalize` runs inside the extractor actor
-(on the GPU when there is one). Together they equal timm's eval transform: resize the short
+Split on purpose: `decode_batch` (on the extractor actor's CPU threads) turns encoded bytes into
+fixed-size uint8 arrays; `normalize` runs in the extractor, on the GPU when there is one, so 1 byte
+per pixel crosses to the device. Together they equal timm's eval transform: resize the short
 side to floor(size / crop_pct), centre-crop to size, scale to [0, 1], subtract mean, divide
 by std.
 """

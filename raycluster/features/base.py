@@ -1,6 +1,6 @@
 """The extractor contract shared by every backbone.
 
-An extractor is a callable class that Ray Data runs on an actor pool:
+An extractor is a callable class; extraction's actors (`extract.ShardEmbedder`) build one each:
 - `image_spec(**config)` (classmethod, runs on the driver, cheap): how images must be decoded.
 - `weights_note(**config)` (classmethod): one line for the job summary saying what the
   weights are, e.g. "random init: features are not meaningful".

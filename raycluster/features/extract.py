@@ -1,23 +1,23 @@
-"""run_extraction: shards -> Ray Data (read, decode tasks; extractor actor pool) -> Parquet store.
+"""run_extraction: shards -> Ray Data actor pool of ShardEmbedders -> Parquet store.
 
-The driver consumes the stream and writes one part file per input shard as soon as all of
-that shard's samples have arrived (counts come from the shard manifest; shards without one
-are written when the stream ends). A rerun skips shards whose part was made from the same
-shard file by the same extractor (`raycluster.fingerprint`), so an interrupted job resumes
-where it stopped and a changed one is redone. Corrupt samples are dropped and counted per shard.
+Each actor call takes whole shards: it streams a shard's tar, decodes and embeds its images in
+batches and writes the shard's part itself, so neither pixels nor embeddings pass through the
+object store or the driver; the driver only hands out shard URLs and counts what comes back.
+A rerun skips shards whose part was made from the same shard file by the same extractor
+(`raycluster.fingerprint`), so an interrupted job resumes where it stopped and a changed one is
+redone. Corrupt samples are dropped and counted per shard.
 """
 from __future__ import annotations
 
 import logging
 import os
 import time
-from collections import defaultdict
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
 from raycluster.config import BackboneConfig, ClusterConfig, DataConfig
-from raycluster.data.shards import read_manifest, read_shards, resolve_shards
+from raycluster.data.shards import resolve_shards, shard_batches
 from raycluster.data.store import EmbeddingStore, part_name
 from raycluster.data.transforms import ImageSizeError, decode_batch
 from raycluster.fingerprint import (StaleArtifactError, file_identities, fingerprint, local_paths_in, reusable,
@@ -37,7 +37,7 @@ class ExtractionSummary:
     corrupt: int               # skipped in this run (undecodable)
     seconds: float
     weights: str
-    startup_seconds: float = 0.0   # from start until the first embedded batch arrived
+    startup_seconds: float = 0.0   # from start until the first shard was embedded
     corrupt_by_shard: dict = field(default_factory=dict)
 
     @property
@@ -56,60 +56,59 @@ def extractor_class(backbone: BackboneConfig):
     return get_class(target), config
 
 
-def expected_counts(shards: list[str]) -> dict:
-    """Samples per shard URL from the manifest next to the shards, where there is one."""
-    counts = {}
-    for directory in {os.path.dirname(url) for url in shards}:
-        manifest = read_manifest(directory)
-        for entry in (manifest or {}).get("shards", []):
-            counts[f"{directory}/{entry['name']}"] = entry["count"]
-    return counts
+class ShardEmbedder:
+    """The Ray Data actor of extraction: embeds whole shards and writes their parts.
 
+    A call gets rows `shard` (URL) and `shard_id` (its file's fingerprint). Per shard it
+    streams the tar (`shard_batches`), decodes `batch_size` images at a time, runs the extractor
+    and writes the shard's part (atomically: whole or absent). Returns one row per shard:
+    `shard`, `samples` (embedded), `corrupt` (skipped), `written` (False: nothing decodable).
+    decode_threads > 0 decodes on that many threads, that many batches ahead of the model (a GPU
+    actor's CPUs); 0 decodes between forward passes, as a plain loop does (a CPU actor, whose
+    cores run the model).
+    """
 
-class ShardPartWriter:
-    """Collects streamed rows per shard and writes each shard's part when it is complete.
-    shard_ids: shard URL -> fingerprint of the shard file, recorded in its part."""
+    def __init__(self, backbone: BackboneConfig, runtime: dict, store_root: str, batch_size: int,
+                 decode_threads: int = 0):
+        cls, config = extractor_class(backbone)
+        self.extractor = cls(**config, **runtime)
+        self.store, self.dtype = EmbeddingStore(store_root), backbone.dtype
+        self.batch_size, self.decode_threads = batch_size, decode_threads
 
-    def __init__(self, store: EmbeddingStore, counts: dict, dtype: str, shard_ids: dict):
-        self.store, self.counts, self.dtype, self.shard_ids = store, counts, dtype, shard_ids
-        self.rows = defaultdict(lambda: {"key": [], "label": [], "embedding": [], "corrupt": 0})
-        self.written, self.samples, self.corrupt_by_shard = 0, 0, {}
-
-    def add(self, batch: dict) -> None:
-        for index, shard in enumerate(batch["shard"]):
-            rows = self.rows[shard]
-            if batch["ok"][index]:
-                rows["key"].append(batch["key"][index])
-                rows["label"].append(batch["label"][index])
-                rows["embedding"].append(batch["embedding"][index])
-            else:
-                rows["corrupt"] += 1
-        for shard in list(self.rows):
-            if shard in self.counts and self._seen(shard) >= self.counts[shard]:
-                self.flush(shard)
-
-    def _seen(self, shard: str) -> int:
-        return len(self.rows[shard]["key"]) + self.rows[shard]["corrupt"]
-
-    def flush(self, shard: str) -> None:
-        rows = self.rows.pop(shard)
-        if not rows["key"]:
-            log.warning("shard %s: no decodable samples (%d corrupt), nothing written", shard, rows["corrupt"])
-            self.corrupt_by_shard[shard] = rows["corrupt"]
+    def decoded_batches(self, url: str):
+        batches = shard_batches(url, self.batch_size)
+        if not self.decode_threads:
+            yield from (decode_batch(batch, self.extractor.spec) for batch in batches)
             return
-        vectors = np.stack(rows["embedding"])
-        self.store.write_part(shard, rows["key"], rows["label"], vectors, rows["corrupt"], self.dtype,
-                              shard_id=self.shard_ids.get(shard))
-        self.written += 1
-        self.samples += len(rows["key"])
-        if rows["corrupt"]:
-            self.corrupt_by_shard[shard] = rows["corrupt"]
-            log.warning("shard %s: skipped %d corrupt sample(s)", shard, rows["corrupt"])
-        log.info("embedded %s: %d samples -> %s", os.path.basename(shard), len(rows["key"]), part_name(shard))
+        from collections import deque
+        from concurrent.futures import ThreadPoolExecutor
 
-    def flush_all(self) -> None:
-        for shard in list(self.rows):
-            self.flush(shard)
+        with ThreadPoolExecutor(self.decode_threads) as pool:   # PIL decodes and resizes without the GIL
+            ahead = deque()
+            for batch in batches:
+                ahead.append(pool.submit(decode_batch, batch, self.extractor.spec))
+                if len(ahead) > self.decode_threads:
+                    yield ahead.popleft().result()
+            while ahead:
+                yield ahead.popleft().result()
+
+    def embed_shard(self, url: str, shard_id: str) -> dict:
+        keys, labels, vectors, corrupt = [], [], [], 0
+        for batch in self.decoded_batches(url):
+            out = self.extractor(batch)
+            ok = out["ok"]
+            corrupt += int((~ok).sum())
+            keys.extend(out["key"][ok])
+            labels.append(out["label"][ok])
+            vectors.append(out["embedding"][ok])
+        if keys:
+            self.store.write_part(url, keys, np.concatenate(labels), np.concatenate(vectors), corrupt, self.dtype,
+                                  shard_id=shard_id)
+        return {"shard": url, "samples": len(keys), "corrupt": corrupt, "written": bool(keys)}
+
+    def __call__(self, batch: dict) -> dict:
+        rows = [self.embed_shard(url, shard_id) for url, shard_id in zip(batch["shard"], batch["shard_id"])]
+        return {column: np.array([row[column] for row in rows]) for column in rows[0]}
 
 
 def cause_of_type(err: BaseException, kind: type):
@@ -135,8 +134,7 @@ def cause_of_type(err: BaseException, kind: type):
 # glibc malloc must keep activation memory between forward passes instead of mapping it fresh
 # (and page-faulting it in) every pass: why each setting, docs/backbones.md ("Extraction on
 # CPU"); measured, bench/README.md (extract_throughput). OpenMP keeps its default wait policy:
-# with PASSIVE (threads sleep at every barrier) the actor's passes were slower, and the read
-# and decode tasks gained nothing from the cycles it left.
+# with PASSIVE (threads sleep at every barrier) the actor's passes were slower.
 CPU_ACTOR_ENV = {"MALLOC_MMAP_THRESHOLD_": str(32 << 20), "MALLOC_TRIM_THRESHOLD_": str(1 << 30),
                  "MALLOC_TOP_PAD_": str(512 << 20), "MALLOC_ARENA_MAX": "1"}
 
@@ -194,7 +192,6 @@ def run_extraction(data: DataConfig, backbone: BackboneConfig, cluster: ClusterC
     if not reusable(store_dir, inputs, "embeddings", reuse, owned=("part-*.parquet",)):
         write_fingerprint(store_dir, inputs)   # first: parts written from now on belong to these inputs
     pending, shard_ids = pending_shards(store, shards, reuse)
-    cls, config = extractor_class(backbone)
     weights = inputs["weights"]
     summary = ExtractionSummary(store_dir, len(shards), len(shards) - len(pending), 0, 0, 0, 0.0, weights)
     if not pending:
@@ -204,38 +201,43 @@ def run_extraction(data: DataConfig, backbone: BackboneConfig, cluster: ClusterC
              len(shards) - len(pending), weights)
 
     settings = cluster.extract
-    spec = cls.image_spec(**config)
     use_gpu = settings.num_gpus_per_actor > 0
     total_cpus = ray.cluster_resources().get("CPU", 1.0)
     cpus = actor_cpus(total_cpus, settings.concurrency, settings.num_cpus_per_actor, use_gpu)
     # Threads are not the logical reservation: a CPU actor gets its share of the machine's
-    # cores (Ray Data fuses decoding into the actor, and read tasks are mostly I/O).
+    # cores (it reads, decodes and embeds its shards itself; nothing else runs beside it).
     threads = settings.torch_threads or max(1, int(total_cpus // settings.concurrency) if not use_gpu else int(cpus))
     runtime = {"autocast": settings.autocast, "device": "cuda" if use_gpu else "cpu", "torch_threads": threads,
                "forward_rows": None if use_gpu else settings.cpu_forward_rows}
+    decode_threads = settings.decode_threads if settings.decode_threads is not None else (int(cpus) if use_gpu else 0)
     actor_env = {} if use_gpu else {"runtime_env": {"env_vars": CPU_ACTOR_ENV}}
-    dataset = (read_shards(pending)
-               .map_batches(decode_batch, fn_kwargs={"spec": spec}, batch_size=settings.batch_size,
-                            num_cpus=settings.preprocess_num_cpus)
-               .map_batches(cls, fn_constructor_kwargs={**config, **runtime}, batch_size=settings.batch_size,
-                            compute=actor_pool(settings), num_cpus=cpus, num_gpus=settings.num_gpus_per_actor,
-                            **actor_env))
-    writer = ShardPartWriter(store, expected_counts(pending), backbone.dtype, shard_ids)
+    # One block per shard: the pool hands shards out one at a time, so actors stay evenly busy.
+    dataset = (ray.data.from_items([{"shard": url, "shard_id": shard_ids[url]} for url in pending],
+                                   override_num_blocks=len(pending))
+               .map_batches(ShardEmbedder, batch_size=1, compute=actor_pool(settings), num_cpus=cpus,
+                            num_gpus=settings.num_gpus_per_actor, fn_constructor_kwargs={
+                                "backbone": backbone, "runtime": runtime, "store_root": store_dir,
+                                "batch_size": settings.batch_size, "decode_threads": decode_threads}, **actor_env))
     try:
-        for batch in dataset.iter_batches(batch_size=None, batch_format="numpy"):
+        for row in dataset.iter_rows():
             if not summary.startup_seconds:
                 summary.startup_seconds = time.time() - start
-            writer.add(batch)
+            summary.samples += int(row["samples"])
+            if row["corrupt"]:
+                summary.corrupt_by_shard[row["shard"]] = int(row["corrupt"])
+                log.warning("shard %s: skipped %d corrupt sample(s)", row["shard"], row["corrupt"])
+            if row["written"]:
+                summary.shards_written += 1
+                log.info("embedded %s: %d samples -> %s", os.path.basename(row["shard"]), row["samples"],
+                         part_name(row["shard"]))
+            else:
+                log.warning("shard %s: no decodable samples, nothing written", row["shard"])
     except Exception as err:
         user_error = cause_of_type(err, ImageSizeError)
         if user_error is None:
             raise
         raise ImageSizeError(str(user_error)) from None   # one line, not a Ray task traceback
-    writer.flush_all()
-
-    summary.shards_written, summary.samples = writer.written, writer.samples
-    summary.corrupt_by_shard = writer.corrupt_by_shard
-    summary.corrupt = sum(writer.corrupt_by_shard.values())
+    summary.corrupt = sum(summary.corrupt_by_shard.values())
     summary.seconds = time.time() - start
     log.info("extraction: %d samples, %d corrupt skipped, %.1f images/s", summary.samples, summary.corrupt,
              summary.images_per_second)
