@@ -101,6 +101,31 @@ def time_model_build(backbone: BackboneConfig, device: str) -> float:
     return float(out.stdout.strip().splitlines()[-1])
 
 
+def ray_background_cores(num_cpus, seconds: float = 30.0) -> float:
+    """Cores Ray's own processes (GCS, raylet, dashboard and its agents, log monitor, idle
+    workers) keep busy on an idle local Ray, averaged over `seconds`: what the pipeline pays
+    beside its actor on a small machine and the loop does not."""
+    import psutil
+
+    def cpu_seconds() -> dict:
+        found = {}
+        for process in psutil.Process().children(recursive=True):
+            try:
+                times = process.cpu_times()
+                found[process.pid] = times.user + times.system
+            except psutil.Error:
+                pass
+        return found
+
+    ensure_ray(None, num_cpus)
+    time.sleep(5.0)   # past start-up
+    before = cpu_seconds()
+    time.sleep(seconds)
+    after = cpu_seconds()
+    ray.shutdown()
+    return sum(after[pid] - before[pid] for pid in after if pid in before) / seconds
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="vit_tiny_patch16_224", help="timm model name (random init)")
@@ -185,6 +210,7 @@ def main(argv=None):
     pipeline = total_images / pipeline_seconds
     steady = (total_images - args.rounds * args.samples_per_shard) / max(steady_seconds, 1e-9)
 
+    background = ray_background_cores(args.num_cpus)
     device_label = torch.cuda.get_device_name() if device.type == "cuda" else f"cpu x{os.cpu_count()}"
     for method, rate in (("model_only", model_only), ("dataloader_loop", loop), ("dataloader_loop_whole", loop_whole),
                          ("ray_pipeline", pipeline), ("ray_pipeline_steady", steady)):
@@ -196,6 +222,7 @@ def main(argv=None):
                                                  if k.startswith("MALLOC_")) or "glibc defaults",
                      "images_per_s": round(rate, 2), "ratio_vs_loop": round(rate / loop, 3),
                      "ratio_vs_loop_whole": round(rate / loop_whole, 3), "model_build_seconds": round(build_seconds, 2),
+                     "ray_background_cores": round(background, 3),
                      "ratio_vs_model": round(rate / model_only, 3)})
     print(f"\nextract_throughput: {dataset}, {args.images} images, {model_label}, {device_label}, "
           f"batch {args.batch_size}, autocast {args.autocast}")
@@ -207,6 +234,7 @@ def main(argv=None):
     print(f"ray_pipeline: whole run incl. {startup_seconds / args.rounds:.1f}s start-up (actor, imports, model load, first shard) "
           f"and Parquet writes; dataloader_loop_whole: the loop plus {build_seconds:.1f}s to import and build the "
           "model in a fresh process. Target (issue 26): ray_pipeline >= 0.9x dataloader_loop_whole.")
+    print(f"Ray's own processes on an idle local Ray: {background:.3f} cores of {os.cpu_count()}")
     append_json_rows(args.json, rows)
     return rows
 

@@ -82,12 +82,13 @@ def protect_token() -> None:
 
 
 def actor_cpus(total_cpus: float, concurrency: int, requested: Optional[float] = None,
-               use_gpu: bool = False, reserve: float = 1.0) -> float:
+               use_gpu: bool = False, reserve: float = 1.0, must_fit_now: bool = True) -> float:
     """CPUs per actor of a pool such that `reserve` CPUs stay free for the job's other tasks.
 
     Seen on Ray 2.60 with 2 CPUs: two 1-CPU actors took both CPUs, their read tasks were starved
-    (`backpressured:tasks(ResourceBudget)`) and the job hung. GPU actors get 1 CPU unless told
-    (their CPU only feeds the GPU). Raises ValueError when the pool cannot fit beside the reserve.
+    (`backpressured:tasks(ResourceBudget)`) and the job hung. GPU actors get 1 CPU unless told.
+    Raises ValueError when the pool cannot fit beside the reserve; must_fit_now=False (an
+    autoscaling pool, which grows with the nodes an autoscaler adds) checks only `requested`.
     """
     if concurrency < 1:
         raise ValueError(f"extract concurrency must be >= 1, got {concurrency}")
@@ -97,8 +98,8 @@ def actor_cpus(total_cpus: float, concurrency: int, requested: Optional[float] =
         cpus = 1.0
     else:
         cpus = min(1.0, (total_cpus - reserve) / concurrency)
-    if cpus <= 0 or cpus * concurrency > total_cpus - reserve + 1e-9:
+    if cpus <= 0 or (must_fit_now and cpus * concurrency > total_cpus - reserve + 1e-9):
         raise ValueError(
             f"{concurrency} extractor actor(s) x {cpus:g} CPU do not fit in {total_cpus:g} CPUs while keeping "
-            f"{reserve:g} CPU for reading and decoding: lower cluster.extract.concurrency or num_cpus_per_actor")
+            f"{reserve:g} CPU for the job's other tasks: lower cluster.extract.concurrency or num_cpus_per_actor")
     return cpus

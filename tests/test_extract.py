@@ -15,6 +15,8 @@ def test_actor_cpus_leaves_a_cpu_for_reads():
         actor_cpus(2, 2, requested=1.0)
     with pytest.raises(ValueError, match="do not fit"):
         actor_cpus(1, 1)
+    # configs/cluster/multi_node.yaml on a cluster whose GPU workers the autoscaler has not added yet
+    assert actor_cpus(0, 32, requested=10, use_gpu=True, must_fit_now=False) == 10
 
 
 def _digit_shards(path, limit=200, corrupt_keys=()):

@@ -203,7 +203,9 @@ def run_extraction(data: DataConfig, backbone: BackboneConfig, cluster: ClusterC
     settings = cluster.extract
     use_gpu = settings.num_gpus_per_actor > 0
     total_cpus = ray.cluster_resources().get("CPU", 1.0)
-    cpus = actor_cpus(total_cpus, settings.concurrency, settings.num_cpus_per_actor, use_gpu)
+    # A fixed pool must fit in the cluster as it is; an autoscaling one grows with the nodes added.
+    cpus = actor_cpus(total_cpus, settings.concurrency, settings.num_cpus_per_actor, use_gpu,
+                      must_fit_now=settings.min_concurrency is None)
     # Threads are not the logical reservation: a CPU actor gets its share of the machine's
     # cores (it reads, decodes and embeds its shards itself; nothing else runs beside it).
     threads = settings.torch_threads or max(1, int(total_cpus // settings.concurrency) if not use_gpu else int(cpus))
