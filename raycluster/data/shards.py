@@ -142,8 +142,9 @@ def _with_protocol(spec: str, path: str) -> str:
     return path if path.startswith(protocol) else protocol + path
 
 
-IMAGE_SUFFIXES = ("jpg", "jpeg", "png", "bmp", "webp", "gif", "tif", "tiff", "ppm", "pgm")
-_MEMBER = re.compile(r"^((?:.*/|)[^.]+)[.]([^/]*)$")   # WebDataset: key = name up to the first dot
+IMAGE_SUFFIXES = frozenset({"jpg", "jpeg", "png", "bmp", "webp", "gif", "tif", "tiff", "ppm", "pgm"})
+# WebDataset's key/suffix split of a member name: the key is everything before the basename's first dot.
+KEY_SUFFIX = re.compile(r"^((?:.*/|)[^.]+)[.]([^/]*)$")
 
 
 def shard_samples(url: str) -> Iterator[dict]:
@@ -157,7 +158,7 @@ def shard_samples(url: str) -> Iterator[dict]:
     current, seen = None, set()
     with fsspec.open(url, "rb") as stream, tarfile.open(fileobj=stream, mode="r|*") as tar:
         for member in tar:
-            match = _MEMBER.match(member.name) if member.isreg() else None
+            match = KEY_SUFFIX.match(member.name) if member.isreg() else None
             if match is None:
                 continue
             key, suffix = match.group(1), match.group(2).lower()

@@ -9,7 +9,6 @@ from __future__ import annotations
 import io
 import logging
 import os
-import re
 import tarfile
 from collections import defaultdict
 
@@ -17,14 +16,12 @@ import fsspec
 import numpy as np
 import pyarrow.parquet as pq
 
+from raycluster.data.shards import IMAGE_SUFFIXES, KEY_SUFFIX
 from raycluster.data.store import EmbeddingStore
 from raycluster.io import url_exists
 
 log = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = {"jpg", "jpeg", "png", "bmp", "webp", "gif", "tif", "tiff", "ppm", "pgm"}
-# WebDataset's key/suffix split: the key is everything before the first dot of the basename.
-_KEY_SUFFIX = re.compile(r"^((?:.*/|)[^.]+)[.]([^/]*)$")
 
 
 def shards_for_keys(store: EmbeddingStore, keys: set[str]) -> dict[str, list[str]]:
@@ -75,7 +72,7 @@ def write_thumbnails(store: EmbeddingStore, keys: dict[str, str], out_dir: str, 
         pending = set(shard_keys)
         with fsspec.open(shard, "rb") as raw, tarfile.open(fileobj=raw, mode="r|*") as tar:
             for member in tar:
-                match = _KEY_SUFFIX.match(member.name)
+                match = KEY_SUFFIX.match(member.name)
                 if not match or match.group(1) not in pending or match.group(2).lower() not in IMAGE_SUFFIXES:
                     continue
                 key = match.group(1)
