@@ -111,9 +111,9 @@ def plain_loop_child(start: float) -> None:
 
 def plain_loop(backbone: BackboneConfig, shard_paths, batch_size, device, autocast, rows, env=None) -> dict:
     """The plain loop as a user runs it: `python` in a fresh process, nothing run before it in
-    that process (a loop run after the model-only pass in this process measured up to 1.5x
-    faster: that pass's big tensors raise glibc's dynamic mmap threshold, so later activations
-    come from the heap instead of fresh pages). env: extra environment variables."""
+    that process (run after the model-only pass in this process, the loop measured faster:
+    that pass's big tensors raise glibc's dynamic mmap threshold, so later activations come
+    from the heap instead of fresh pages; docs/backbones.md). env: extra environment variables."""
     import json
     import subprocess
 
@@ -179,7 +179,7 @@ def main(argv=None):
     parser.add_argument("--json", default=None, help="append result rows as JSON lines")
     args = parser.parse_args(argv)
 
-    import ray
+    import ray   # here, not at the top: the loop's fresh process imports this module without Ray
 
     workdir = args.workdir or tempfile.mkdtemp(prefix="extract_bench_")
     shard_dir = os.path.join(workdir, "shards")
