@@ -113,7 +113,8 @@ def test_checkpoint_resume_continues_from_last_epoch(tmp_path, ray_local):
 def test_two_workers_fit_on_a_store_without_reading_every_row_into_one_process(tmp_path, ray_local, monkeypatch):
     """The store path: PCA and warm start on a sample; two data-parallel Ray Train workers split
     the store's rows and read the parts themselves (projected, each row with its warm-start
-    cluster), gradients all-reduced; `load()` would fail the test."""
+    cluster and its neighbours among the sampled rows), gradients all-reduced; `load()` would
+    fail the test."""
     from raycluster.data.rows import StoreRows
     from raycluster.data.store import EmbeddingStore
     from raycluster.methods.cludi.method import CLUDI
@@ -127,7 +128,7 @@ def test_two_workers_fit_on_a_store_without_reading_every_row_into_one_process(t
     monkeypatch.setattr(StoreRows, "load", lambda self: pytest.fail("CLUDI read every row into one process"))
     # The warm start's teacher for the whole run: the student learns each row's streamed
     # initial cluster, so a row paired with another row's cluster would show in the ACC.
-    model = {k: v for k, v in small_config(feature_dim=32, warm_start_epochs=12).__dict__.items()
+    model = {k: v for k, v in small_config(feature_dim=32, warm_start_epochs=12, neighbor_view=3).__dict__.items()
              if k not in ("n_clusters", "feature_dim")}
     method = CLUDI(4, model=model, optim={"epochs": 12, "batch_size": 48, "lr": 1e-3},
                    train={"num_workers": 2, "cpus_per_worker": 0.5}, storage_path=str(tmp_path / "train"),
@@ -205,3 +206,51 @@ def asdict_config(config):
     from dataclasses import asdict
 
     return asdict(config)
+
+
+def test_neighbor_view_conditions_the_student_on_a_neighbour_of_each_row():
+    """With `neighbor_view` the student sees one of the row's bank neighbours (picked per draw),
+    the teacher the row itself; without the columns the student sees the row."""
+    vectors, labels = mixture(n_per=30)
+    bank = vectors[::-1].copy()
+    neighbors = np.stack([np.arange(len(vectors))[::-1], np.roll(np.arange(len(vectors))[::-1], 1)], axis=1)
+    model = CludiModel(small_config(neighbor_view=2, teacher_draws=8))
+    rows = torch.arange(len(vectors))
+    draws = torch.from_numpy(vectors)[None].expand(8, *vectors.shape)
+    assert model.student_view(draws, rows) is draws              # nothing attached yet
+    model.attach_context(bank=bank)
+    model.attach_row_columns(neighbors=torch.from_numpy(neighbors))
+    seen = model.student_view(draws, rows)                       # (D, B, F) rows of the bank
+    assert seen.shape == draws.shape
+    first = torch.from_numpy(bank)[torch.from_numpy(neighbors[:, 0])]    # == the row itself here
+    second = torch.from_numpy(bank)[torch.from_numpy(neighbors[:, 1])]
+    is_first = (seen == first).all(-1)
+    assert (is_first | (seen == second).all(-1)).all() and is_first.any() and (~is_first).any()
+    loss, _ = model.training_step(torch.from_numpy(vectors), rows)
+    loss.backward()
+    assert torch.isfinite(loss)
+
+
+def test_prediction_draws_go_round_the_row_and_its_neighbours_and_the_bank_is_saved(tmp_path):
+    from raycluster.methods.cludi.method import CLUDI
+    from raycluster.methods.saving import load_fitted, save_fitted
+    from raycluster.neighbors.manifold import BankNeighbors
+
+    rows, around = torch.zeros(3, 2), torch.ones(3, 2, 2) * torch.tensor([1.0, 2.0])[None, :, None]
+    views = CludiModel.prediction_views(rows, around, 7)                 # (M, b, F): row, n1, n2, row, ...
+    assert views.shape == (7, 3, 2)
+    assert views[:, 0, 0].tolist() == [0, 1, 2, 0, 1, 2, 0]
+    assert CludiModel.prediction_views(rows, None, 4).shape == (4, 3, 2)
+
+    vectors, _ = mixture(n_per=10)
+    method = CLUDI(4, seed=2, input_dim=None)
+    method.neighbors = BankNeighbors(vectors, 3)
+    method._restore({"model_config": asdict_config(small_config(neighbor_view=3)),
+                     "model": CludiModel(small_config(neighbor_view=3)).state_dict()})
+    save_fitted(method, str(tmp_path / "m.safetensors"),
+                {"_target_": "raycluster.methods.cludi.method.CLUDI", "n_clusters": 4, "seed": 2, "input_dim": None})
+    again = load_fitted(str(tmp_path / "m.safetensors"))
+    assert again.neighbors.k == 3 and np.array_equal(again.neighbors.bank, vectors)
+    np.testing.assert_array_equal(method.predict(vectors)[0], again.predict(vectors)[0])
+    method.neighbors = None                                              # the views change what is predicted
+    assert not np.array_equal(method.predict(vectors)[1], again.predict(vectors)[1])

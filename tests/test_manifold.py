@@ -42,3 +42,22 @@ def test_large_umap_takes_the_exact_graph_and_never_runs_nn_descent(monkeypatch)
         means = np.stack([coords[labels == c].mean(0) for c in range(4)])
         nearest = np.argmin(((coords[:, None] - means[None]) ** 2).sum(-1), axis=1)
         assert (nearest == labels).mean() > 0.99
+
+
+def test_bank_neighbors_skip_the_query_itself_and_survive_pickling():
+    import pickle
+
+    from raycluster.neighbors.manifold import BankNeighbors
+
+    rng = np.random.default_rng(0)
+    bank = rng.normal(size=(50, 8)).astype(np.float32)
+    neighbors = BankNeighbors(bank, k=3)
+    found = neighbors(bank[:10])                      # bank rows: each skips itself
+    expected, _ = exact_knn(bank, 4, "cosine")
+    np.testing.assert_array_equal(found, expected[:10, 1:])
+    outside = rng.normal(size=(5, 8)).astype(np.float32)   # new rows: their 3 nearest, none skipped
+    unit = lambda rows: rows / np.linalg.norm(rows, axis=1, keepdims=True)
+    nearest = np.argsort(-unit(outside) @ unit(bank).T, axis=1)[:, :3]
+    np.testing.assert_array_equal(pickle.loads(pickle.dumps(neighbors))(outside), nearest)   # index rebuilt
+    with pytest.raises(ValueError, match="k must be in 1..49"):
+        BankNeighbors(bank, k=50)

@@ -229,13 +229,14 @@ class ArrayRows:
 
 def _columns_fingerprint(fn: Optional[Callable], fn_kwargs: dict) -> dict:
     """The function that makes a training dataset's columns, and its arguments: arrays by
-    content, a Postprocess by its arrays, a fitted method by its `fitted_state()`."""
+    content, a Postprocess (or anything with a `fingerprint()`) by its own, a fitted method by
+    its `fitted_state()`."""
     from raycluster.fingerprint import array_fingerprint
 
     def identity(value):
         if isinstance(value, np.ndarray):
             return array_fingerprint(value)
-        if isinstance(value, Postprocess):
+        if callable(getattr(value, "fingerprint", None)):   # Postprocess, BankNeighbors
             return value.fingerprint()
         if hasattr(value, "fitted_state"):   # a fitted clustering method (raycluster.methods)
             arrays, values = value.fitted_state()

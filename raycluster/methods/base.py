@@ -199,8 +199,9 @@ class TorchMethod(ClusteringMethod):
         state = {name[len("model."):]: torch.from_numpy(array) for name, array in arrays.items()}
         return self._restore({"model_config": values["model_config"], "model": state})
 
-    def _predict_with_model(self, vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(N, D) -> the model's (cluster int64, confidence float32), after checking the width."""
+    def _predict_with_model(self, vectors: np.ndarray, **model_inputs) -> tuple[np.ndarray, np.ndarray]:
+        """(N, D) -> the model's (cluster int64, confidence float32), after checking the width;
+        `model_inputs` go to the model's predict as they are (CLUDI's neighbour views)."""
         import torch
 
         from raycluster.errors import EmbeddingWidthError
@@ -213,7 +214,7 @@ class TorchMethod(ClusteringMethod):
             raise EmbeddingWidthError(f"{self.name}: embeddings have width {vectors.shape[1]}, the model expects "
                                       f"{expected}")
         rows = shared_tensor(np.ascontiguousarray(vectors, np.float32), torch.float32)   # read, never written
-        cluster, confidence = self.model.predict(rows)
+        cluster, confidence = self.model.predict(rows, **model_inputs)
         return cluster.numpy().astype(np.int64), confidence.numpy()
 
 

@@ -71,3 +71,36 @@ def umap_embedding(vectors: np.ndarray, n_components: int = 2, n_neighbors: int 
         warnings.filterwarnings("ignore", message=".*knn_search_index.*")
         reducer = umap.UMAP(**settings)
         return np.ascontiguousarray(reducer.fit_transform(vectors), dtype=np.float32)
+
+
+class BankNeighbors:
+    """Each query row's k nearest rows of a fixed bank (a keyed sample of the training rows),
+    by an exact FAISS search over the bank: O(bank) memory wherever it is used, however many rows
+    are queried (CLUDI's neighbour view looks the rows up as the Ray Train workers read them).
+
+    bank: (S, F) float32; metric: "cosine" or "euclidean".
+    __call__(queries (n, F)) -> (n, k) int64 rows of the bank, nearest first; a query found in the
+    bank (distance ~0: itself or an exact duplicate) skips that match.
+    """
+
+    def __init__(self, bank: np.ndarray, k: int, metric: str = "cosine"):
+        if not 0 < k < len(bank):
+            raise ValueError(f"BankNeighbors: k must be in 1..{len(bank) - 1} (the bank has {len(bank)} rows), got {k}")
+        self.bank, self.k, self.metric = np.ascontiguousarray(bank, dtype=np.float32), k, metric
+        self._index = None
+
+    def __call__(self, queries: np.ndarray) -> np.ndarray:
+        if self._index is None:
+            self._index = flat_index(self.bank, self.metric)
+        distances, found = search_distances(self._index, queries, self.k + 1, self.metric)
+        itself = distances[:, :1] <= 1e-6
+        return np.where(itself, found[:, 1:], found[:, :-1]).astype(np.int64)
+
+    def fingerprint(self) -> dict:
+        """What the neighbours depend on, for a training dataset's fingerprint."""
+        from raycluster.fingerprint import array_fingerprint
+
+        return {"class": "BankNeighbors", "k": self.k, "metric": self.metric, "bank": array_fingerprint(self.bank)}
+
+    def __getstate__(self):   # the FAISS index is rebuilt where the rows are read (Ray tasks)
+        return {**self.__dict__, "_index": None}

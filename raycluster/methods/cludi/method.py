@@ -25,6 +25,10 @@ class CLUDI(TorchMethod):
     ~15x slower than 256-d and, at the recipe's lr, unstable; the PCA travels with the method.
     sample_rows: rows (a keyed sample) the PCA and the warm start are fitted on; the training
     itself sees every row.
+    With `model.neighbor_view` = k > 0 the sample is also a bank: each training row is given its
+    k nearest sampled rows as it is read (`BankNeighbors`), the bank travels to the workers once
+    (Ray Train context), and the student is conditioned on one of them while the teacher sees the
+    row (the neighbour pairs of TEMI and SCAN: what UMAP's k-NN graph knows, given to the model).
     """
 
     name = "cludi"
@@ -45,6 +49,7 @@ class CLUDI(TorchMethod):
         if sample_rows < n_clusters:
             raise ValueError(f"cludi: sample_rows must be >= n_clusters ({n_clusters}), got {sample_rows}")
         self.input_dim, self.projection, self.sample_rows = input_dim, Postprocess(), sample_rows
+        self.neighbors = None   # BankNeighbors over the sampled rows, with `model.neighbor_view`
         self.storage_path, self.run_name = storage_path, run_name
 
     def model_config(self, feature_dim: int) -> dict:
@@ -61,6 +66,7 @@ class CLUDI(TorchMethod):
         the rows themselves, projected and given their warm-start cluster as they are read."""
         from raycluster.data.postprocess import Postprocess
         from raycluster.methods.cludi.model import build_cludi
+        from raycluster.neighbors.manifold import BankNeighbors
         from raycluster.train.run import fit_with_ray_train
 
         if rows.n_rows < self.n_clusters:
@@ -70,12 +76,15 @@ class CLUDI(TorchMethod):
             self.projection = Postprocess.fit(sample.vectors, min(self.input_dim, len(sample.vectors)), False, self.seed)
         features = self.projection(sample.vectors)
         config = self.model_config(features.shape[1])
-        arguments = {"projection": self.projection}
+        arguments, context = {"projection": self.projection}, None
         if config.get("warm_start_epochs"):
             arguments["starter"] = self.warm_start(features, sample.labels if with_labels else None)
+        if config.get("neighbor_view"):   # the student's view: a neighbour among the sampled rows
+            self.neighbors = BankNeighbors(features, min(config["neighbor_view"], len(features) - 1))
+            arguments["neighbors"], context = self.neighbors, {"bank": self.neighbors.bank}
         state = fit_with_ray_train(build_cludi, config, rows.training_data(training_columns, arguments), self.optim,
                                    self.train, self.use_gpu, self.storage_path, self.run_name, self.seed,
-                                   max_failures=self.max_failures, reuse=self.reuse)
+                                   max_failures=self.max_failures, context=context, reuse=self.reuse)
         return self._restore(state)
 
     def warm_start(self, features: np.ndarray, labels: Optional[np.ndarray] = None):
@@ -101,7 +110,11 @@ class CLUDI(TorchMethod):
         torch.manual_seed(self.seed)   # the DDIM draws are random: same seed, same assignments
         if self.projection.components is not None:
             vectors = self._project(vectors)
-        return self._predict_with_model(vectors)
+        if self.neighbors is None:
+            return self._predict_with_model(vectors)
+        # the draws go round the row and its nearest training rows, as the model was trained
+        around = torch.from_numpy(self.neighbors.bank[self.neighbors(vectors)])    # (n, k, F)
+        return self._predict_with_model(vectors, neighbor_features=around)
 
     def _project(self, vectors: np.ndarray) -> np.ndarray:
         from raycluster.data.store import EmbeddingWidthError
@@ -115,14 +128,21 @@ class CLUDI(TorchMethod):
         arrays, values = super().fitted_state()
         if self.projection.components is not None:
             arrays.update(input_mean=self.projection.mean, input_components=self.projection.components)
+        if self.neighbors is not None:
+            arrays["neighbor_bank"] = self.neighbors.bank
+            values["neighbor_view"] = self.neighbors.k
         return arrays, values
 
     def restore_fitted(self, arrays: dict, values: dict) -> "CLUDI":
         from raycluster.data.postprocess import Postprocess
 
-        arrays = dict(arrays)
+        from raycluster.neighbors.manifold import BankNeighbors
+
+        arrays, values = dict(arrays), dict(values)
         if "input_components" in arrays:
             self.projection = Postprocess(False, arrays.pop("input_mean"), arrays.pop("input_components"))
+        if "neighbor_bank" in arrays:
+            self.neighbors = BankNeighbors(arrays.pop("neighbor_bank"), values.pop("neighbor_view"))
         return super().restore_fitted(arrays, values)
 
     def check_search_settings(self, tune) -> None:
@@ -146,13 +166,16 @@ class CLUDI(TorchMethod):
                            tune.max_concurrent, tune.cpus_per_trial, self.seed)
 
 
-def training_columns(keys: np.ndarray, vectors: np.ndarray, projection, starter=None) -> dict:
+def training_columns(keys: np.ndarray, vectors: np.ndarray, projection, starter=None, neighbors=None) -> dict:
     """A batch of rows (n, D) -> CLUDI's training columns: `features` (n, F) float32 after the
-    input PCA and, with a warm start, `initial_clusters` (n,) int64 from the fitted starter."""
+    input PCA; with a warm start, `initial_clusters` (n,) int64 from the fitted starter; with a
+    neighbour view, `neighbors` (n, k) int64, the rows' nearest sampled rows (a BankNeighbors)."""
     from raycluster.data.store import unit_rows
 
     features = projection(vectors)
     columns = {"features": features}
     if starter is not None:
         columns["initial_clusters"] = starter.predict(unit_rows(features))[0]
+    if neighbors is not None:
+        columns["neighbors"] = neighbors(features)
     return columns

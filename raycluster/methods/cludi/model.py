@@ -31,6 +31,7 @@ Choices where code and paper leave room, and what was measured for them: docs/me
 from __future__ import annotations
 
 import copy
+import itertools
 import math
 from dataclasses import dataclass
 from typing import Optional
@@ -66,6 +67,7 @@ class CludiConfig:
     ema_teacher: Optional[float] = None
     teacher_gradients: bool = True
     warm_start_epochs: int = 0   # epochs whose teacher is the attached initial clusters (k-means), not the chain
+    neighbor_view: int = 0       # k > 0: the student sees one of the row's k nearest sampled rows, the teacher the row
 
 
 def sqrt_schedule(timesteps: int, offset: float = 1e-4) -> torch.Tensor:
@@ -227,12 +229,35 @@ class CludiModel(nn.Module):
         if config.ema_teacher:
             self.teacher = copy.deepcopy(self.denoiser).requires_grad_(False)
         self.initial_clusters: Optional[torch.Tensor] = None   # (n,) of the worker's rows (attach_row_columns)
+        self.neighbors: Optional[torch.Tensor] = None          # (n, k) rows of `bank` (attach_row_columns)
+        self.bank: Optional[torch.Tensor] = None               # (S, F) the sampled rows (attach_context)
         self.epoch = 0
 
-    def attach_row_columns(self, initial_clusters) -> None:
-        """(n,) int64 warm-start cluster of each of the worker's training rows (a label-free
-        clustering, computed as the rows are read), the teacher of the first epochs."""
-        self.initial_clusters = torch.as_tensor(initial_clusters, dtype=torch.int64)
+    def attach_row_columns(self, initial_clusters=None, neighbors=None) -> None:
+        """Per-row columns of the worker's training rows, computed as the rows are read:
+        initial_clusters (n,) int64, the warm start's label-free clustering (the teacher of the
+        first epochs); neighbors (n, k) int64, the row's nearest rows of the sampled bank (the
+        student's view when `neighbor_view` > 0)."""
+        if initial_clusters is not None:
+            self.initial_clusters = torch.as_tensor(initial_clusters, dtype=torch.int64)
+        if neighbors is not None:
+            self.neighbors = torch.as_tensor(neighbors, dtype=torch.int64)
+
+    def attach_context(self, bank) -> None:
+        """bank (S, F) float32: the sampled training rows the `neighbors` column points into."""
+        from raycluster.train.loop import shared_tensor
+
+        self.bank = shared_tensor(bank, torch.float32).to(self.alphas_cumprod.device)
+
+    def student_view(self, draws: torch.Tensor, row_ids: Optional[torch.Tensor]) -> torch.Tensor:
+        """(D, B, F) the rows' features -> what the student is conditioned on: with
+        `neighbor_view`, for every draw one of each row's nearest bank rows picked at random
+        (the pairs of TEMI and SCAN: a row and its neighbour should share a cluster)."""
+        if not self.config.neighbor_view or self.neighbors is None or row_ids is None:
+            return draws
+        candidates = self.neighbors[row_ids.cpu()].to(draws.device)                    # (B, k)
+        pick = torch.randint(0, candidates.shape[1], draws.shape[:2], device=draws.device)  # (D, B)
+        return self.bank[candidates.gather(1, pick.T).T]
 
     def on_epoch_start(self, features: torch.Tensor, epoch: int) -> None:
         self.epoch = epoch
@@ -294,7 +319,8 @@ class CludiModel(nn.Module):
                 teacher_z0, teacher_logits = self.sample(teacher, draws, cfg.teacher_steps)
             teacher.train(was_training)
 
-        student_features = drop_features(add_feature_noise(draws, *cfg.feature_noise), *cfg.feature_dropout)
+        student_features = drop_features(add_feature_noise(self.student_view(draws, row_ids), *cfg.feature_noise),
+                                         *cfg.feature_dropout)
         context = self.denoiser.encode_features(student_features)
         targets = F.softmax(teacher_logits / cfg.assignment_temperature, dim=-1)
         z0 = self.denoiser.assignment_embedding(targets)
@@ -323,18 +349,32 @@ class CludiModel(nn.Module):
             for teacher_param, param in zip(self.teacher.parameters(), self.denoiser.parameters()):
                 teacher_param.lerp_(param, 1 - self.config.ema_teacher)
 
+    @staticmethod
+    def prediction_views(features: torch.Tensor, neighbor_features: Optional[torch.Tensor], draws: int) -> torch.Tensor:
+        """(b, F) rows and (b, k, F) their nearest training rows or None -> (M, b, F): what each
+        of the M draws is conditioned on. With neighbours the draws go round the row and its k
+        neighbours, the views the model was trained on (teacher: the row; student: a neighbour)."""
+        if neighbor_features is None:
+            return features[None].expand(draws, *features.shape)
+        views = torch.cat([features[:, None], neighbor_features], dim=1)           # (b, k + 1, F)
+        return views[:, torch.arange(draws) % views.shape[1]].transpose(0, 1)
+
     @torch.no_grad()
     def predict(self, features: torch.Tensor, draws: Optional[int] = None, steps: Optional[int] = None,
-                batch_size: int = 4096) -> tuple[torch.Tensor, torch.Tensor]:
-        """(N, F) features -> (cluster (N,) int64, confidence (N,) float32)."""
+                batch_size: int = 4096, neighbor_features: Optional[torch.Tensor] = None
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(N, F) features [, (N, k, F) their nearest training rows] -> (cluster (N,) int64,
+        confidence (N,) float32)."""
         draws, steps = draws or self.config.eval_draws, steps or self.config.eval_steps
         denoiser = self.teacher or self.denoiser
         was_training = denoiser.training
         denoiser.eval()
         clusters, confidences = [], []
         per_chunk = max(1, batch_size // draws)
-        for chunk in features.split(per_chunk):
-            _, logits = self.sample(denoiser, chunk[None].expand(draws, *chunk.shape), steps)   # (M, b, K)
+        around = neighbor_features.split(per_chunk) if neighbor_features is not None else itertools.repeat(None)
+        for chunk, chunk_around in zip(features.split(per_chunk), around):
+            views = self.prediction_views(chunk, chunk_around, draws)
+            _, logits = self.sample(denoiser, views, steps)                         # (M, b, K)
             cluster = logits.mean(0).argmax(-1)
             probabilities = F.softmax(logits / self.config.assignment_temperature, dim=-1).mean(0)
             clusters.append(cluster)
