@@ -135,7 +135,6 @@ class CLUDI(TorchMethod):
 
     def restore_fitted(self, arrays: dict, values: dict) -> "CLUDI":
         from raycluster.data.postprocess import Postprocess
-
         from raycluster.neighbors.manifold import BankNeighbors
 
         arrays, values = dict(arrays), dict(values)
