@@ -66,7 +66,7 @@ class CludiConfig:
     eval_steps: int = 50
     ema_teacher: Optional[float] = None
     teacher_gradients: bool = True
-    warm_start_epochs: int = 0   # epochs whose teacher is the attached initial clusters (k-means), not the chain
+    warm_start_epochs: int = 0   # epochs whose teacher is the attached initial clusters (a label-free start), not the chain
     neighbor_view: int = 0       # k > 0: the student sees one of the row's k nearest sampled rows, the teacher the row
 
 
