@@ -18,6 +18,13 @@ Methods that read images (diec, dific) run on the datasets listed in IMAGE_METHO
 experiment config named there; `--experiment METHOD=NAME` picks another:
 
     python bench/quality.py --methods kmeans dific --datasets mnist-test --seeds 3 --experiment dific=dific_mnist_fast
+
+`--protocol transfer` (issue 30's check of settings chosen without labels): the image methods run
+with the experiment configs whose settings were chosen on MNIST, unchanged, on a dataset they
+were never tuned on (TRANSFER: scikit-learn's 8x8 digits, other writers, other scanner, other
+size), beside k-means and UMAP + k-means on the same pixels:
+
+    python bench/quality.py --protocol transfer --seeds 3
 Rows (--json): {"bench", "dataset", "method", "seed", "acc", "nmi", "ari", "fit_seconds", ...}.
 """
 from __future__ import annotations
@@ -44,6 +51,9 @@ GPU_ONLY = {"cludi_paper": "paper recipe (8 x 25 teacher chain, 200 epochs, 64 x
 # they run with (the same one `python jobs/train.py experiment=...` runs); `--experiment` picks
 # another, e.g. dific=dific_mnist_fast (fewer epochs, for slower machines).
 IMAGE_METHODS = {"diec": {"mnist-test": "experiment=diec_mnist"}, "dific": {"mnist-test": "experiment=dific_mnist"}}
+IMAGE_SHAPES = {"mnist-test": [1, 28, 28], "digits": [1, 8, 8]}   # (C, H, W) of a dataset's pixel rows
+# --protocol transfer: where the image methods' settings were chosen, and where they are evaluated
+TRANSFER = {"tuned_on": "mnist-test", "datasets": ["digits"], "methods": ["kmeans", "umap_kmeans", "diec", "dific"]}
 
 
 class Skip(Exception):
@@ -117,6 +127,8 @@ def image_experiment(method: str, dataset: str, args) -> str | None:
     """The experiment override an image method runs with on `dataset` (None for embedding methods):
     `--experiment METHOD=NAME` replaces IMAGE_METHODS' default, e.g. dific=dific_mnist_fast."""
     default = IMAGE_METHODS.get(method, {}).get(dataset)
+    if default is None and args.protocol == "transfer" and method in IMAGE_METHODS:
+        default = IMAGE_METHODS[method][TRANSFER["tuned_on"]]
     chosen = args.experiment.get(method)
     return f"experiment={chosen}" if default and chosen else default
 
@@ -133,8 +145,9 @@ def run_method(method: str, dataset: str, vectors: np.ndarray, labels: np.ndarra
     output_dir = os.path.join(args.output_root, dataset, method, f"seed{seed}")
     shutil.rmtree(output_dir, ignore_errors=True)
     experiment = image_experiment(method, dataset, args)
+    shape = [f"method.image_shape={IMAGE_SHAPES[dataset]}"] if experiment else []   # the data's, not MNIST's
     cfg = compose([experiment or f"method={method}", f"seed={seed}", f"data.num_clusters={k}",
-                   f"output_dir={output_dir}", *args.method_overrides])
+                   f"output_dir={output_dir}", *shape, *args.method_overrides])
     ensure_ray(None, None)
     model = ClusteringMethod.from_config(cfg.method)
     start = time.time()
@@ -144,6 +157,8 @@ def run_method(method: str, dataset: str, vectors: np.ndarray, labels: np.ndarra
     rows = [(method, {**supervised_metrics(eval_labels, cluster), "size_entropy": size_entropy(cluster, k),
                       "fit_seconds": round(fit_seconds, 3)})]
     stages = getattr(model, "stages", {})
+    if "start_size_entropy" in stages:   # how even the method's label-free start was (what it should keep)
+        rows[0][1]["start_size_entropy"] = round(stages["start_size_entropy"], 4)
     if stages:
         print(f"  {method} stages: {stages}", flush=True)
     for stage in ("init_kmeans", "init_manifold"):
@@ -154,8 +169,8 @@ def run_method(method: str, dataset: str, vectors: np.ndarray, labels: np.ndarra
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--methods", nargs="+", default=METHODS, choices=METHODS)
-    parser.add_argument("--datasets", nargs="+", default=DATASETS, choices=DATASETS)
+    parser.add_argument("--methods", nargs="+", default=None, choices=METHODS, help="default: every one (transfer: TRANSFER's)")
+    parser.add_argument("--datasets", nargs="+", default=None, choices=DATASETS, help="default: every one (transfer: TRANSFER's)")
     parser.add_argument("--seeds", type=int, default=3, help="run seeds 0 .. N-1")
     parser.add_argument("--seed-ids", type=int, nargs="+", default=None,
                         help="run exactly these seeds, in this order, instead of 0 .. N-1")
@@ -166,7 +181,14 @@ def main(argv=None):
                         help="run an image method with another experiment config, e.g. dific=dific_mnist_fast")
     parser.add_argument("--json", default=None, help="append one row per (dataset, method, seed) as JSON lines")
     parser.add_argument("--output-root", default="outputs/bench/quality", help="per-run folders (emptied per run)")
+    parser.add_argument("--protocol", default="standard", choices=["standard", "transfer"],
+                        help="transfer: the image methods' MNIST settings on data never tuned on (TRANSFER)")
     args = parser.parse_args(argv)
+    transfer = args.protocol == "transfer"
+    args.methods = args.methods or (TRANSFER["methods"] if transfer else METHODS)
+    args.datasets = args.datasets or (TRANSFER["datasets"] if transfer else DATASETS)
+    if transfer and set(args.datasets) & set(IMAGE_METHODS["diec"]):
+        parser.error(f"--protocol transfer evaluates on data the settings were not chosen on; not {TRANSFER['tuned_on']}")
     experiments = dict(item.split("=", 1) for item in args.experiment if "=" in item)
     unknown = [item for item in args.experiment if "=" not in item] + [m for m in experiments if m not in IMAGE_METHODS]
     if unknown:
@@ -195,12 +217,13 @@ def main(argv=None):
         print(f"{label}: fit {vectors.shape[0]} x {vectors.shape[1]}, scored on {len(eval_labels)}, K={k}; "
               f"features: {note}", flush=True)
         for method in methods:
-            if method in IMAGE_METHODS and dataset not in IMAGE_METHODS[method]:
+            if method in IMAGE_METHODS and image_experiment(method, dataset, args) is None:
                 continue   # reads images of one shape: not applicable to this dataset
             for seed in args.seed_ids if args.seed_ids is not None else range(args.seeds):
                 for name, result in run_method(method, dataset, vectors, labels, k, seed, args, eval_vectors,
                                                eval_labels):
-                    row = {"bench": "quality", "dataset": label, "method": name, "seed": seed, "n": int(len(eval_labels)),
+                    row = {"bench": "quality", "protocol": args.protocol, "dataset": label, "method": name, "seed": seed,
+                           "n": int(len(eval_labels)),
                            "n_fit": int(len(labels)),
                            "k": k, "experiment": image_experiment(method, dataset, args),
                            **{key: round(value, 4) if key != "fit_seconds" else value for key, value in result.items()}}

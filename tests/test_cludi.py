@@ -184,6 +184,28 @@ def test_warm_start_teaches_the_initial_clusters_then_hands_over_to_the_chain():
     assert not (terms["teacher_clusters"].numpy() == initial).all()
 
 
+def test_start_anchor_keeps_the_start_in_the_teachers_target_after_the_hand_over():
+    """A teacher that can wander from its start did: one digits seed partly collapsed after the
+    hand-over. With `start_anchor` w the target is (1 - w) x the chain's + w x the start's one-hot."""
+    torch.manual_seed(0)
+    vectors, labels = mixture(n_per=30)
+    initial = (labels + 1) % 4
+    rows = torch.arange(len(vectors))
+    model = CludiModel(small_config(warm_start_epochs=1, start_anchor=0.3))
+    model.attach_row_columns(initial_clusters=torch.from_numpy(initial))
+    chain = torch.randn(2, len(rows), 4)
+    target = torch.softmax(model.anchor_to_start(chain, rows) / 0.1, dim=-1)
+    expected = 0.7 * torch.softmax(chain / 0.1, dim=-1) + 0.3 * torch.nn.functional.one_hot(torch.from_numpy(initial), 4)
+    assert torch.allclose(target, expected, atol=1e-5)
+    model = CludiModel(small_config(warm_start_epochs=1, start_anchor=1.0))   # all start: the chain cannot move it
+    model.attach_row_columns(initial_clusters=torch.from_numpy(initial))
+    model.on_epoch_start(None, 1)
+    _, terms = model.training_step(torch.from_numpy(vectors), rows)
+    assert (terms["teacher_clusters"].numpy() == initial).all()
+    with pytest.raises(ValueError, match="start_anchor must be in"):
+        small_config(start_anchor=1.5)
+
+
 def test_cludi_reduces_wide_rows_and_saves_the_projection(tmp_path):
     from raycluster.methods.cludi.method import CLUDI
     from raycluster.methods.saving import load_fitted, save_fitted

@@ -42,7 +42,7 @@ def test_ray_job_submit_runs_main_job_with_token_auth(tmp_path):
         submit_env = {**env, "RAY_ADDRESS": "http://127.0.0.1:8291"}
         submitted = submit_when_ready(["--working-dir", ".", "--runtime-env", "infra/runtime_env.yaml", "--",
                                        "python", "jobs/train.py", f"cache_dir={tmp_path}/cache",
-                                       f"output_dir={tmp_path}/run", "data.source.limit=600"], submit_env)
+                                       f"output_dir={tmp_path}/run", "data.source.limit=600", "method=kmeans"], submit_env)
         assert submitted.returncode == 0, (submitted.stdout + submitted.stderr)[-3000:]
         assert "succeeded" in submitted.stdout + submitted.stderr
         job_id = next(line.split("'")[1] for line in (submitted.stdout + submitted.stderr).splitlines()

@@ -10,8 +10,10 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def run_job(script, *overrides, tmp_path, timeout=240):
+    from conftest import pinned_method
+
     args = [sys.executable, str(REPO / "jobs" / script), f"cache_dir={tmp_path}/cache", f"output_dir={tmp_path}/run",
-            *overrides]
+            *pinned_method(overrides), *overrides]
     return subprocess.run(args, capture_output=True, text=True, timeout=timeout, cwd=REPO)
 
 

@@ -138,7 +138,7 @@ def test_main_job_on_two_nodes_finishes_under_a_driver_memory_cap_that_a_load_wo
         args = [str(REPO / "jobs" / "train.py"), "data=procedural", "data.source.limit=80000",
                 "backbone=pixels", "backbone.extractor.channels=3", "data.num_clusters=64",
                 f"cache_dir={tmp_path}/cache", f"output_dir={tmp_path}/run", "cluster.stream.sample_rows=2000",
-                "cluster.extract.concurrency=2", "cluster.extract.batch_size=256", "method.n_init=2"]
+                "cluster.extract.concurrency=2", "cluster.extract.batch_size=256", "method=kmeans", "method.n_init=2"]
         job = subprocess.run([sys.executable, str(REPO / "tests" / "memory_capped.py"), str(cap_mib), *args],
                              env=job_env, capture_output=True, text=True, timeout=800)
         assert job.returncode == 0, job.stdout[-3000:] + job.stderr[-3000:]

@@ -87,3 +87,7 @@ def test_a_collapsed_clustering_is_said_loudly():
                "metrics": {"size_entropy": 0.0, "clusters_used": 1, "mean_confidence": 0.95, "fit_seconds": 1.0,
                            "warnings": warnings}}
     assert "  WARNING collapsed: size entropy 0.000" in format_summary(summary)
+    # sizes much less even than the method's own start: a partial collapse, said as such
+    assert collapse_warnings({"size_entropy": 0.83, "clusters_used": 10}, 10, start_entropy=0.97) == [
+        "partly collapsed: size entropy 0.830, its start had 0.970: training merged clusters the start kept apart"]
+    assert collapse_warnings({"size_entropy": 0.95, "clusters_used": 10}, 10, start_entropy=0.97) == []

@@ -13,6 +13,7 @@ import os
 import time
 from collections import Counter
 from dataclasses import asdict
+from typing import Optional
 
 from raycluster.app.fitting import fit_off_driver
 from raycluster.assign import HasLevels, PoolSettings, assign_rows, level_counts
@@ -125,7 +126,8 @@ def fit_and_assign(cfg: RunConfig, method, rows: StoreRows, assignments_dir: str
     metrics = {"fit_seconds": fit_seconds, "assign_seconds": round(assign_seconds, 2), **stats.metrics(),
                "silhouette": silhouette_sample(data.vectors, data.cluster, seed=cfg.seed),
                "silhouette_sample_rows": int(min(len(data.cluster), 5000))}
-    metrics["warnings"] = collapse_warnings(metrics, method.n_clusters)
+    metrics["warnings"] = collapse_warnings(metrics, method.n_clusters,
+                                            getattr(method, "stages", {}).get("start_size_entropy"))
     for warning in metrics["warnings"]:
         log.warning("WARNING %s: %s", method.name, warning)
     if isinstance(method, HasLevels):   # a tree: counts and scores per level, summed up from level 1
@@ -138,15 +140,21 @@ def fit_and_assign(cfg: RunConfig, method, rows: StoreRows, assignments_dir: str
 
 
 COLLAPSE_ENTROPY = 0.5   # normalised size entropy under which the clustering has (nearly) collapsed
+DRIFT_ENTROPY = 0.05     # a fall in size entropy from the method's start larger than this: clusters merged
 
 
-def collapse_warnings(metrics: dict, n_clusters: int) -> list[str]:
-    """What a user must be told about the final assignments: most rows in a few clusters, or
-    clusters left empty. Uniform sizes give entropy 1; everything in one cluster gives 0."""
+def collapse_warnings(metrics: dict, n_clusters: int, start_entropy: Optional[float] = None) -> list[str]:
+    """What a user must be told about the final assignments: most rows in a few clusters, sizes
+    much less even than the method's own label-free start had (`start_entropy`, when the method
+    records one: a partial collapse while training), or clusters left empty. Uniform sizes give
+    entropy 1; everything in one cluster gives 0."""
     warnings = []
     if metrics["size_entropy"] < COLLAPSE_ENTROPY:
         warnings.append(f"collapsed: size entropy {metrics['size_entropy']:.3f} < {COLLAPSE_ENTROPY} (most rows in a "
                         f"few clusters); the assignments are not a usable clustering")
+    elif start_entropy is not None and metrics["size_entropy"] < start_entropy - DRIFT_ENTROPY:
+        warnings.append(f"partly collapsed: size entropy {metrics['size_entropy']:.3f}, its start had "
+                        f"{start_entropy:.3f}: training merged clusters the start kept apart")
     if metrics["clusters_used"] < n_clusters:
         warnings.append(f"{n_clusters - metrics['clusters_used']} of {n_clusters} clusters are empty")
     return warnings

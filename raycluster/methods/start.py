@@ -44,8 +44,9 @@ def start_clusters(vectors: np.ndarray, n_clusters: int, seed: int = 0, manifold
     with `manifold` (UMAPKMeans settings) the start is k-means on a UMAP embedding instead and
     the centres are its clusters' means in `vectors`' space.
     Returns centres (K, D) float32; the manifold clusters (N,) int64 (-1 outside UMAP's sample)
-    or None; {"init_kmeans", "init_manifold"} supervised scores when all labels are known."""
-    from raycluster.metrics import supervised_metrics
+    or None; {"start_size_entropy": the start's label-free size entropy, and "init_kmeans",
+    "init_manifold": supervised scores when all labels are known}."""
+    from raycluster.metrics import size_entropy, supervised_metrics
 
     scored = labels is not None and (np.asarray(labels) >= 0).all()
     kmeans = FaissKMeans(n_clusters, seed=seed).fit(vectors)
@@ -59,4 +60,6 @@ def start_clusters(vectors: np.ndarray, n_clusters: int, seed: int = 0, manifold
         if scored:
             sampled = initial >= 0
             scores["init_manifold"] = supervised_metrics(np.asarray(labels)[sampled], initial[sampled])
+    start = clusters if initial is None else initial[initial >= 0]
+    scores["start_size_entropy"] = size_entropy(start, n_clusters)
     return np.asarray(centers, np.float32), initial, scores

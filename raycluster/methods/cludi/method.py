@@ -94,11 +94,14 @@ class CLUDI(TorchMethod):
         from raycluster.data.store import unit_rows
         from raycluster.methods.kmeans.method import FaissKMeans
         from raycluster.methods.kmeans.umap import UMAPKMeans
-        from raycluster.metrics import supervised_metrics
+        from raycluster.metrics import size_entropy, supervised_metrics
 
         unit = unit_rows(features)   # the denoiser sees normalised features too
         starter = (UMAPKMeans(self.n_clusters, seed=self.seed, **self.manifold) if self.manifold is not None
                    else FaissKMeans(self.n_clusters, n_init=3, seed=self.seed)).fit(unit)
+        start = starter.fitted_clusters if self.manifold is not None else starter.predict(unit)[0]
+        # the sizes training should keep: the pipeline warns when the fitted clusters are much less even
+        self.stages["start_size_entropy"] = size_entropy(start[start >= 0], self.n_clusters)
         if labels is not None and (labels >= 0).all():
             self.stages["warm_start"] = supervised_metrics(labels, starter.predict(unit)[0])
             log.warning("CLUDI warm start (%d sampled rows): %s", len(unit), self.stages["warm_start"])

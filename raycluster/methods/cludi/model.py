@@ -68,6 +68,11 @@ class CludiConfig:
     teacher_gradients: bool = True
     warm_start_epochs: int = 0   # epochs whose teacher is the attached initial clusters (a label-free start), not the chain
     neighbor_view: int = 0       # k > 0: the student sees one of the row's k nearest sampled rows, the teacher the row
+    start_anchor: float = 0.0    # after the warm start, the start's share of the teacher's target (0: the chain alone)
+
+    def __post_init__(self):
+        if not 0.0 <= self.start_anchor <= 1.0:
+            raise ValueError(f"cludi: start_anchor must be in [0, 1], got {self.start_anchor}")
 
 
 def sqrt_schedule(timesteps: int, offset: float = 1e-4) -> torch.Tensor:
@@ -270,6 +275,17 @@ class CludiModel(nn.Module):
         logits = logits[None].expand(draws, *logits.shape)
         return self.embedding_of(self.denoiser, logits), logits
 
+    def anchor_to_start(self, teacher_logits: torch.Tensor, row_ids: torch.Tensor) -> torch.Tensor:
+        """(D, B, K) chain logits -> logits whose assignment softmax is (1 - w) x the chain's +
+        w x the start's one-hot, w = `start_anchor`: a teacher that cannot wander from its
+        label-free start by more than the chain's confidence allows (it did without: one digits
+        seed went from its start's clusters to a partly collapsed clustering after the hand-over)."""
+        cfg = self.config
+        start = F.one_hot(self.initial_clusters[row_ids.cpu()].to(teacher_logits.device), cfg.n_clusters).float()
+        mixed = (1 - cfg.start_anchor) * F.softmax(teacher_logits / cfg.assignment_temperature, dim=-1) \
+            + cfg.start_anchor * start
+        return cfg.assignment_temperature * torch.log(mixed + 1e-8)
+
     def embedding_of(self, denoiser, logits):
         return denoiser.assignment_embedding(F.softmax(logits / self.config.assignment_temperature, dim=-1))
 
@@ -318,6 +334,9 @@ class CludiModel(nn.Module):
             with torch.set_grad_enabled(cfg.teacher_gradients and self.teacher is None and torch.is_grad_enabled()):
                 teacher_z0, teacher_logits = self.sample(teacher, draws, cfg.teacher_steps)
             teacher.train(was_training)
+            if cfg.start_anchor and self.initial_clusters is not None and row_ids is not None:
+                teacher_logits = self.anchor_to_start(teacher_logits, row_ids)
+                teacher_z0 = self.embedding_of(self.denoiser, teacher_logits)
 
         student_features = drop_features(add_feature_noise(self.student_view(draws, row_ids), *cfg.feature_noise),
                                          *cfg.feature_dropout)
