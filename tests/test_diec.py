@@ -151,7 +151,7 @@ DIGITS_DIEC = ["method=diec", "data.source.limit=300", "method.image_shape=[1,8,
 @pytest.mark.slow
 def test_pretrain_then_tune_then_train_jobs_reuse_each_stage(ray_local, compose_config, tmp_path):
     """The three DiEC jobs as library calls on 300 digits: pretrain writes the UNet, tune writes
-    the heatmaps and the label-free choice, train reuses both and fine-tunes."""
+    the heatmaps and the label-free choice, train reuses both (its output: the start, output=start)."""
     import json
     import os
 
@@ -187,3 +187,25 @@ def test_pretrain_then_tune_then_train_jobs_reuse_each_stage(ray_local, compose_
     written = pq.read_table(summary["outputs"]["assignments"]).column("cluster").to_numpy()
     again, _ = load_fitted(summary["outputs"]["method"]).predict(EmbeddingStore(cfg.embeddings_path).load().vectors)
     assert (again == written).all()   # the noise draws of prediction are seeded
+
+
+def test_output_start_assigns_by_the_start_without_a_finetune_and_survives_saving(tmp_path):
+    """output=start: the UMAP + k-means start on the COL/COT embeddings is the output (no Ray
+    Train run); a fitted row keeps its start cluster, a saved method predicts the same."""
+    from raycluster.methods.diec.method import DiEC
+    from raycluster.methods.saving import load_fitted, save_fitted
+
+    pixels, labels = tiny_patterns()
+    settings = {"_target_": "raycluster.methods.diec.method.DiEC", "n_clusters": 3, "image_shape": [1, 6, 6],
+                "unet": TINY_UNET, "layer": "mid", "timestep": 50, "model": {"eval_draws": 2},
+                "manifold": {"n_components": 2, "n_neighbors": 5, "metric": "euclidean", "n_init": 2},
+                "output": "start", "work_dir": str(tmp_path / "diec")}
+    method = DiEC(**{k: v for k, v in settings.items() if k != "_target_"}).fit(pixels, labels)
+    cluster, confidence = method.predict(pixels)
+    fitted = method.starter.fit_clusters
+    assert (cluster[fitted >= 0] == fitted[fitted >= 0]).all() and confidence.shape == (len(pixels),)
+    assert "finetune_seconds" not in method.stages and not (tmp_path / "diec" / "train").exists()
+    save_fitted(method, str(tmp_path / "method.safetensors"), settings)
+    np.testing.assert_array_equal(load_fitted(str(tmp_path / "method.safetensors")).predict(pixels)[0], cluster)
+    with pytest.raises(ValueError, match="output must be one of"):
+        DiEC(3, output="dec")

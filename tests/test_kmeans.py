@@ -4,7 +4,7 @@ import pytest
 
 from raycluster.methods.kmeans.method import FaissKMeans
 from raycluster.methods.kmeans.umap import UMAPKMeans
-from raycluster.methods.start import cluster_means, manifold_kmeans, start_clusters
+from raycluster.methods.start import cluster_means, fit_start, manifold_kmeans, start_clusters
 from raycluster.metrics import cluster_acc, size_entropy
 
 
@@ -83,7 +83,11 @@ def test_start_clusters_scores_both_starts_and_centres_the_manifold_clusters():
     assert scores["init_kmeans"]["acc"] < 0.9 < 0.97 < scores["init_manifold"]["acc"]
     assert np.allclose(centers, [vectors[initial == k].mean(0) for k in range(2)], atol=1e-5)
     plain_centers, none, plain_scores = start_clusters(vectors, 2, labels=np.full(600, -1))
-    assert none is None and plain_scores == {} and plain_centers.shape == (2, 2)   # unknown labels: no scores
+    # unknown labels: no supervised scores, only the start's label-free size entropy
+    assert none is None and set(plain_scores) == {"start_size_entropy"} and plain_centers.shape == (2, 2)
+    # the fitted starter assigns any row: a fitted row keeps its start cluster (DiEC's output=start)
+    start = fit_start(vectors, 2, manifold={"n_components": 2, "metric": "euclidean"})
+    assert (start.starter.predict(vectors)[0] == start.clusters).all()
 
 
 def test_cluster_means_ignore_unclustered_rows_and_keep_a_fallback_for_empty_clusters():

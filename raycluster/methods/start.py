@@ -2,7 +2,8 @@
 k-means on the features, or k-means on a UMAP embedding of them."""
 from __future__ import annotations
 
-from typing import Optional
+from dataclasses import dataclass, field
+from typing import Optional, Union
 
 import numpy as np
 
@@ -36,14 +37,32 @@ def cluster_means(vectors: np.ndarray, clusters: np.ndarray, fallback: np.ndarra
                      for k in range(len(fallback))]).astype(np.float32)
 
 
+@dataclass
+class Start:
+    """A fitted label-free start: centers (K, D) float32; clusters (N,) int64 of the fitted rows
+    with `manifold` (-1 outside UMAP's sample), else None; starter, the fitted FaissKMeans or
+    UMAPKMeans whose `predict` gives any row its start cluster; scores (see `start_clusters`)."""
+    centers: np.ndarray
+    clusters: Optional[np.ndarray]
+    starter: Union[FaissKMeans, UMAPKMeans]
+    scores: dict = field(default_factory=dict)
+
+
 def start_clusters(vectors: np.ndarray, n_clusters: int, seed: int = 0, manifold: Optional[dict] = None,
                    labels: Optional[np.ndarray] = None) -> tuple[np.ndarray, Optional[np.ndarray], dict]:
+    """`fit_start`'s (centers, clusters, scores)."""
+    start = fit_start(vectors, n_clusters, seed, manifold, labels)
+    return start.centers, start.clusters, start.scores
+
+
+def fit_start(vectors: np.ndarray, n_clusters: int, seed: int = 0, manifold: Optional[dict] = None,
+              labels: Optional[np.ndarray] = None) -> Start:
     """Where a clustering head starts (DiEC's DEC centres, DiFiC's prototypes), from (N, D) float32.
 
     k-means on `vectors` always runs (its scores are the papers' "k-means on the features" row);
     with `manifold` (UMAPKMeans settings) the start is k-means on a UMAP embedding instead and
     the centres are its clusters' means in `vectors`' space.
-    Returns centres (K, D) float32; the manifold clusters (N,) int64 (-1 outside UMAP's sample)
+    Start: centres (K, D) float32; the manifold clusters (N,) int64 (-1 outside UMAP's sample)
     or None; {"start_size_entropy": the start's label-free size entropy, and "init_kmeans",
     "init_manifold": supervised scores when all labels are known}."""
     from raycluster.metrics import size_entropy, supervised_metrics
@@ -51,15 +70,16 @@ def start_clusters(vectors: np.ndarray, n_clusters: int, seed: int = 0, manifold
     scored = labels is not None and (np.asarray(labels) >= 0).all()
     kmeans = FaissKMeans(n_clusters, seed=seed).fit(vectors)
     clusters, _ = kmeans.predict(vectors)
-    centers, initial, scores = kmeans.centroids, None, {}
+    centers, initial, scores, starter = kmeans.centroids, None, {}, kmeans
     if scored:
         scores["init_kmeans"] = supervised_metrics(labels, clusters)
     if manifold is not None:
-        initial = manifold_kmeans(vectors, n_clusters, seed=seed, **manifold)
+        starter = UMAPKMeans(n_clusters, seed=seed, **manifold).fit(vectors)
+        initial = starter.fit_clusters
         centers = cluster_means(vectors, initial, centers)
         if scored:
             sampled = initial >= 0
             scores["init_manifold"] = supervised_metrics(np.asarray(labels)[sampled], initial[sampled])
     start = clusters if initial is None else initial[initial >= 0]
     scores["start_size_entropy"] = size_entropy(start, n_clusters)
-    return np.asarray(centers, np.float32), initial, scores
+    return Start(np.asarray(centers, np.float32), initial, starter, scores)

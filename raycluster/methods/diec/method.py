@@ -9,7 +9,9 @@ fit(pixels) on pixel rows (N, C*H*W) in [0, 1] (`backbone=pixels`):
    `<work_dir>/search/` (search.json, heatmaps).
 3. DEC fine-tune at (COL, COT) with Ray Train (`raycluster.methods.diec.model`), started from k-means
    on a UMAP embedding of the COL/COT embeddings (`manifold`; null: k-means on the embeddings);
-   checkpoints per epoch under `<work_dir>/train`, resume by rerun.
+   checkpoints per epoch under `<work_dir>/train`, resume by rerun. With `output="start"`
+   (configs/method/diec.yaml) there is no fine-tune: the start is the output, and a row is
+   assigned by its COL/COT embedding's vote among the start's fitted rows (`UMAPKMeans.predict`).
 Each stage's output is reused by a rerun only when its inputs (settings, rows, the UNet it
 read) are unchanged (`raycluster.fingerprint`); otherwise it is redone.
 `stages` records each stage's seconds and, for the bench, the two starts' scores (k-means on the
@@ -32,6 +34,9 @@ from raycluster.methods.start import check_manifold
 log = logging.getLogger(__name__)
 
 
+# What DiEC outputs: "finetuned", the DEC fine-tune's nearest centre (the paper); "start", the
+# label-free start on the COL/COT embeddings, no fine-tune (why: docs/methods/diec.md).
+OUTPUTS = {"finetuned", "start"}
 SEARCH_KEYS = {"layers", "timesteps", "subset", "draws", "cpus_per_trial", "max_concurrent", "criterion", "tie_tolerance"}
 
 
@@ -44,8 +49,12 @@ class DiEC(TorchMethod):
                  layer: Optional[str] = None, timestep: Optional[int] = None, search: Optional[dict] = None,
                  model: Optional[dict] = None, optim: Optional[dict] = None, train: Optional[dict] = None,
                  manifold: Optional[dict] = None, use_gpu: bool = False, seed: int = 0, work_dir: str = "outputs/diec",
-                 max_failures: int = 0, train_rows: Optional[int] = None):
+                 max_failures: int = 0, train_rows: Optional[int] = None, output: str = "finetuned"):
         super().__init__(n_clusters, model, optim, train, use_gpu, seed, max_failures)
+        if output not in OUTPUTS:
+            raise ValueError(f"diec: output must be one of {sorted(OUTPUTS)}, got {output!r}")
+        self.output = output
+        self.starter = None   # with output=start and `manifold`: the fitted UMAPKMeans that assigns rows
         self.train_rows = train_rows
         self.image_shape = tuple(image_shape)
         self.pretrain = dict(pretrain or {})
@@ -137,7 +146,7 @@ class DiEC(TorchMethod):
         import torch
 
         from raycluster.methods.diec.model import build_diec
-        from raycluster.methods.start import start_clusters
+        from raycluster.methods.start import fit_start
 
         start = time.time()
         config = {**self.model_overrides, "n_clusters": self.n_clusters, "unet": unet, "image_shape": self.image_shape,
@@ -145,10 +154,16 @@ class DiEC(TorchMethod):
         probe = build_diec({**config, "centers": np.zeros((self.n_clusters, 1)).tolist()})   # centres unused here
         embeddings = probe.embeddings(torch.from_numpy(pixels), probe.config.eval_draws, self.seed).numpy()
         scale = float(np.sqrt((embeddings.std(0) ** 2).mean()) + 1e-8)
-        centers, initial, scores = start_clusters(embeddings / scale, self.n_clusters, self.seed, self.manifold, labels)
-        self.stages.update(scores)
+        fitted = fit_start(embeddings / scale, self.n_clusters, self.seed, self.manifold, labels)
+        centers, initial = fitted.centers, fitted.clusters
+        if self.output == "start" and self.manifold is not None:   # without it the nearest centre is the start
+            self.starter = fitted.starter
+        self.stages.update(fitted.scores)
         self.stages["init_seconds"] = round(time.time() - start, 1)
-        return {**config, "embedding_scale": scale, "centers": centers.tolist()}, initial
+        config = {**config, "embedding_scale": scale, "centers": centers.tolist()}
+        if self.output == "start":   # fitted now: the UNet the start's embeddings came from, and the start
+            self._restore({"model_config": config, "model": {**probe.state_dict(), "centers": torch.from_numpy(centers)}})
+        return config, initial
 
     def fit(self, vectors: np.ndarray, labels: Optional[np.ndarray] = None) -> "DiEC":
         from raycluster.methods.diec.model import build_diec
@@ -163,6 +178,9 @@ class DiEC(TorchMethod):
         layer, timestep = self.layer_and_timestep(pixels, unet, labels)
         config, initial = self.model_config(unet, layer, timestep, pixels, labels)
         log.warning("DiEC start: %s", {k: v for k, v in self.stages.items() if k.startswith("init")})
+        if self.output == "start":
+            log.warning("DiEC: the start is the output (method.output=start); no DEC fine-tune")
+            return self
         start = time.time()
         state = fit_with_ray_train(build_diec, config, pixels, self.optim, self.train, self.use_gpu,
                                    os.path.join(self.work_dir, "train"), "diec", self.seed, labels, self.max_failures,
@@ -171,7 +189,34 @@ class DiEC(TorchMethod):
         return self._restore(state)
 
     def predict(self, vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        return self._predict_with_model(vectors)
+        import torch
+
+        if self.starter is None:
+            return self._predict_with_model(vectors)
+        pixels = self.check_input(vectors)
+        if pixels.shape[1] != self.model.config.feature_dim:
+            raise ValueError(f"diec: rows have width {pixels.shape[1]}, the method was fitted on "
+                             f"{self.model.config.feature_dim}")
+        # the same noise draws as the start's embeddings: a fitted row keeps its start cluster
+        embeddings = self.model.embeddings(torch.from_numpy(pixels), self.model.config.eval_draws, self.seed)
+        return self.starter.predict(embeddings.numpy())
+
+    def fitted_state(self) -> tuple[dict, dict]:
+        arrays, values = super().fitted_state()
+        if self.starter is not None:
+            start_arrays, values["start"] = self.starter.fitted_state()
+            arrays.update({f"start.{name}": array for name, array in start_arrays.items()})
+        return arrays, values
+
+    def restore_fitted(self, arrays: dict, values: dict) -> "DiEC":
+        from raycluster.methods.kmeans.umap import UMAPKMeans
+
+        start = {name[len("start."):]: array for name, array in arrays.items() if name.startswith("start.")}
+        super().restore_fitted({name: array for name, array in arrays.items() if not name.startswith("start.")}, values)
+        if start:
+            self.starter = UMAPKMeans(self.n_clusters, seed=self.seed, **(self.manifold or {})).restore_fitted(
+                start, values["start"])
+        return self
 
     # -- stages run alone (jobs/pretrain_diffusion.py, jobs/tune.py) -------------------------
     def pretrain_stage(self, vectors: np.ndarray) -> dict:
