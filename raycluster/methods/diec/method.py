@@ -191,14 +191,16 @@ class DiEC(TorchMethod):
     def predict(self, vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         import torch
 
+        from raycluster.train.loop import shared_tensor
+
         if self.starter is None:
             return self._predict_with_model(vectors)
         pixels = self.check_input(vectors)
         if pixels.shape[1] != self.model.config.feature_dim:
             raise ValueError(f"diec: rows have width {pixels.shape[1]}, the method was fitted on "
                              f"{self.model.config.feature_dim}")
-        # the same noise draws as the start's embeddings: a fitted row keeps its start cluster
-        embeddings = self.model.embeddings(torch.from_numpy(pixels), self.model.config.eval_draws, self.seed)
+        # seeded noise draws, as the start's embeddings were: a fitted row lands on (or next to) its copy
+        embeddings = self.model.embeddings(shared_tensor(pixels, torch.float32), self.model.config.eval_draws, self.seed)
         return self.starter.predict(embeddings.numpy())
 
     def fitted_state(self) -> tuple[dict, dict]:
