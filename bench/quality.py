@@ -187,7 +187,7 @@ def main(argv=None):
     transfer = args.protocol == "transfer"
     args.methods = args.methods or (TRANSFER["methods"] if transfer else METHODS)
     args.datasets = args.datasets or (TRANSFER["datasets"] if transfer else DATASETS)
-    if transfer and set(args.datasets) & set(IMAGE_METHODS["diec"]):
+    if transfer and TRANSFER["tuned_on"] in args.datasets:
         parser.error(f"--protocol transfer evaluates on data the settings were not chosen on; not {TRANSFER['tuned_on']}")
     experiments = dict(item.split("=", 1) for item in args.experiment if "=" in item)
     unknown = [item for item in args.experiment if "=" not in item] + [m for m in experiments if m not in IMAGE_METHODS]
