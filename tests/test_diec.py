@@ -207,5 +207,11 @@ def test_output_start_assigns_by_the_start_without_a_finetune_and_survives_savin
     assert "finetune_seconds" not in method.stages and not (tmp_path / "diec" / "train").exists()
     save_fitted(method, str(tmp_path / "method.safetensors"), settings)
     np.testing.assert_array_equal(load_fitted(str(tmp_path / "method.safetensors")).predict(pixels)[0], cluster)
+    # without a manifold the start is k-means on the embeddings: its centroids assign, and are saved too
+    plain = {**settings, "manifold": None, "work_dir": str(tmp_path / "plain")}
+    method = DiEC(**{k: v for k, v in plain.items() if k != "_target_"}).fit(pixels, labels)
+    save_fitted(method, str(tmp_path / "plain.safetensors"), plain)
+    np.testing.assert_array_equal(load_fitted(str(tmp_path / "plain.safetensors")).predict(pixels)[0],
+                                  method.predict(pixels)[0])
     with pytest.raises(ValueError, match="output must be one of"):
         DiEC(3, output="dec")

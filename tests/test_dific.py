@@ -241,7 +241,9 @@ DIGITS_DIFIC = ["method=dific", "data.source.limit=300", "method.image_shape=[1,
 
 
 @pytest.mark.slow
-def test_train_job_runs_every_stage_then_reuses_the_warmup(ray_local, compose_config, tmp_path):
+def test_train_job_outputs_the_warmup_clusters_then_guides_them_reusing_the_warmup(ray_local, compose_config, tmp_path):
+    """The default (output=start): warm-up, then its clusters are the output, assigned by S*'s vote
+    (a saved method predicts the same); output=finetuned reruns only the guidance stage."""
     import pyarrow.parquet as pq
 
     from raycluster.data.store import EmbeddingStore
@@ -251,16 +253,20 @@ def test_train_job_runs_every_stage_then_reuses_the_warmup(ray_local, compose_co
     cfg = compose_config(DIGITS_DIFIC)
     summary = run_train(cfg)
     stages = summary["method_stages"]
-    assert {"warmup_seconds", "guidance_seconds"} <= set(stages) and set(stages["init_kmeans"]) >= {"acc", "nmi"}
+    assert "warmup_seconds" in stages and "guidance_seconds" not in stages and set(stages["init_kmeans"]) >= {"acc", "nmi"}
     assert set(stages["init_manifold"]) >= {"acc", "nmi"}    # the default config clusters a UMAP of S*
     assert 0 <= stages["knn_label_agreement"] <= 1 and os.path.getsize(stages["masks_png"]) > 1000
     assert summary["samples"] == 300 and 0 <= summary["metrics"]["acc"] <= 1
+    # every fitted row is in UMAP's sample, so the output is the warm-up clusters themselves
+    assert summary["metrics"]["acc"] == pytest.approx(stages["init_manifold"]["acc"], abs=1e-4)
     written = pq.read_table(summary["outputs"]["assignments"]).column("cluster").to_numpy()
-    again, _ = load_fitted(summary["outputs"]["method"]).predict(EmbeddingStore(cfg.embeddings_path).load().vectors)
-    assert (again == written).all()
-    rerun = run_train(compose_config(DIGITS_DIFIC + ["method.optim.epochs=3"]))
+    vectors = EmbeddingStore(cfg.embeddings_path).load().vectors
+    assert (load_fitted(summary["outputs"]["method"]).predict(vectors)[0] == written).all()
+    rerun = run_train(compose_config(DIGITS_DIFIC + ["method.output=finetuned", "method.optim.epochs=3"]))
     assert "warmup_seconds" not in rerun["method_stages"]   # the warm-up model was reused
     assert rerun["method_stages"]["guidance_seconds"] > 0
+    written = pq.read_table(rerun["outputs"]["assignments"]).column("cluster").to_numpy()
+    assert (load_fitted(rerun["outputs"]["method"]).predict(vectors)[0] == written).all()
 
 
 def test_extractor_loads_a_local_checkpoint_and_normalises_like_its_network(tmp_path):

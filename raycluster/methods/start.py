@@ -83,3 +83,48 @@ def fit_start(vectors: np.ndarray, n_clusters: int, seed: int = 0, manifold: Opt
     start = clusters if initial is None else initial[initial >= 0]
     scores["start_size_entropy"] = size_entropy(start, n_clusters)
     return Start(np.asarray(centers, np.float32), initial, starter, scores)
+
+
+# What a method with a label-free start outputs: "finetuned", its trained head (the paper's);
+# "start", the start itself, no head training (why: docs/methods/diec.md, docs/methods/dific.md).
+OUTPUTS = {"finetuned", "start"}
+
+
+class StartOutput:
+    """Mixin for a TorchMethod (listed before it) whose output may be its label-free start.
+
+    With `output="start"` the method keeps the start's fitted starter (`keep_start`) and assigns a
+    row by `starter.predict` on the row's features (`predict_by_start`); the starter is saved and
+    loaded beside the model. The class sets `manifold` (the start's UMAPKMeans settings or None)."""
+    output = "finetuned"
+    starter = None   # the fitted FaissKMeans / UMAPKMeans that assigns rows (output=start)
+    manifold = None
+
+    def check_output(self, output: str) -> str:
+        if output not in OUTPUTS:
+            raise ValueError(f"{self.name}: output must be one of {sorted(OUTPUTS)}, got {output!r}")
+        return output
+
+    def keep_start(self, start: Start) -> None:
+        if self.output == "start":
+            self.starter = start.starter
+
+    def predict_by_start(self, features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(N, D) float32 features, made as the start's were -> (cluster int64, confidence float32)."""
+        return self.starter.predict(np.ascontiguousarray(features, np.float32))
+
+    def fitted_state(self) -> tuple[dict, dict]:
+        arrays, values = super().fitted_state()
+        if self.starter is not None:
+            start_arrays, values["start"] = self.starter.fitted_state()
+            arrays.update({f"start.{name}": array for name, array in start_arrays.items()})
+        return arrays, values
+
+    def restore_fitted(self, arrays: dict, values: dict):
+        start = {name[len("start."):]: array for name, array in arrays.items() if name.startswith("start.")}
+        super().restore_fitted({name: array for name, array in arrays.items() if not name.startswith("start.")}, values)
+        if start:
+            starter = (UMAPKMeans(self.n_clusters, seed=self.seed, **self.manifold) if self.manifold
+                       else FaissKMeans(self.n_clusters, seed=self.seed))
+            self.starter = starter.restore_fitted(start, values["start"])
+        return self

@@ -29,18 +29,15 @@ import numpy as np
 
 from raycluster.fingerprint import array_fingerprint, local_paths_in, reusable, write_fingerprint
 from raycluster.methods.base import TorchMethod
-from raycluster.methods.start import check_manifold
+from raycluster.methods.start import StartOutput, check_manifold
 
 log = logging.getLogger(__name__)
 
 
-# What DiEC outputs: "finetuned", the DEC fine-tune's nearest centre (the paper); "start", the
-# label-free start on the COL/COT embeddings, no fine-tune (why: docs/methods/diec.md).
-OUTPUTS = {"finetuned", "start"}
 SEARCH_KEYS = {"layers", "timesteps", "subset", "draws", "cpus_per_trial", "max_concurrent", "criterion", "tie_tolerance"}
 
 
-class DiEC(TorchMethod):
+class DiEC(StartOutput, TorchMethod):
     name = "diec"
     model_factory = "raycluster.methods.diec.model.build_diec"
     model_config_class = "raycluster.methods.diec.model.DiECConfig"
@@ -51,10 +48,9 @@ class DiEC(TorchMethod):
                  manifold: Optional[dict] = None, use_gpu: bool = False, seed: int = 0, work_dir: str = "outputs/diec",
                  max_failures: int = 0, train_rows: Optional[int] = None, output: str = "finetuned"):
         super().__init__(n_clusters, model, optim, train, use_gpu, seed, max_failures)
-        if output not in OUTPUTS:
-            raise ValueError(f"diec: output must be one of {sorted(OUTPUTS)}, got {output!r}")
-        self.output = output
-        self.starter = None   # with output=start and `manifold`: the fitted UMAPKMeans that assigns rows
+        # "finetuned": DEC's nearest centre (the paper); "start": the label-free start on the COL/COT
+        # embeddings, no fine-tune (why: docs/methods/diec.md)
+        self.output = self.check_output(output)
         self.train_rows = train_rows
         self.image_shape = tuple(image_shape)
         self.pretrain = dict(pretrain or {})
@@ -156,8 +152,7 @@ class DiEC(TorchMethod):
         scale = float(np.sqrt((embeddings.std(0) ** 2).mean()) + 1e-8)
         fitted = fit_start(embeddings / scale, self.n_clusters, self.seed, self.manifold, labels)
         centers, initial = fitted.centers, fitted.clusters
-        if self.output == "start" and self.manifold is not None:   # without it the nearest centre is the start
-            self.starter = fitted.starter
+        self.keep_start(fitted)
         self.stages.update(fitted.scores)
         self.stages["init_seconds"] = round(time.time() - start, 1)
         config = {**config, "embedding_scale": scale, "centers": centers.tolist()}
@@ -201,24 +196,7 @@ class DiEC(TorchMethod):
                              f"{self.model.config.feature_dim}")
         # seeded noise draws, as the start's embeddings were: a fitted row lands on (or next to) its copy
         embeddings = self.model.embeddings(shared_tensor(pixels, torch.float32), self.model.config.eval_draws, self.seed)
-        return self.starter.predict(embeddings.numpy())
-
-    def fitted_state(self) -> tuple[dict, dict]:
-        arrays, values = super().fitted_state()
-        if self.starter is not None:
-            start_arrays, values["start"] = self.starter.fitted_state()
-            arrays.update({f"start.{name}": array for name, array in start_arrays.items()})
-        return arrays, values
-
-    def restore_fitted(self, arrays: dict, values: dict) -> "DiEC":
-        from raycluster.methods.kmeans.umap import UMAPKMeans
-
-        start = {name[len("start."):]: array for name, array in arrays.items() if name.startswith("start.")}
-        super().restore_fitted({name: array for name, array in arrays.items() if not name.startswith("start.")}, values)
-        if start:
-            self.starter = UMAPKMeans(self.n_clusters, seed=self.seed, **(self.manifold or {})).restore_fitted(
-                start, values["start"])
-        return self
+        return self.predict_by_start(embeddings.numpy())
 
     # -- stages run alone (jobs/pretrain_diffusion.py, jobs/tune.py) -------------------------
     def pretrain_stage(self, vectors: np.ndarray) -> dict:

@@ -12,6 +12,8 @@ fit(pixels) on pixel rows (N, C*H*W) in [0, 1] (`backbone=pixels`):
 3. Guidance: the same model plus the clustering head, trained with denoising + neighbour
    consistency + balance, starting from the warm-up weights; every worker holds all pixel rows
    and the k-NN table (object store) to look neighbours up. Checkpoints under `<work_dir>/guidance`.
+With `output="start"` (configs/method/dific.yaml) there is no guidance stage: the warm-up clusters
+are the output, and a row is assigned by its S*'s vote among the warm-up clusters' rows.
 `<work_dir>/masks.png`: the object masks of a few images at the mask timestep, after training.
 """
 from __future__ import annotations
@@ -27,14 +29,14 @@ import numpy as np
 from raycluster.data.store import unit_rows
 from raycluster.fingerprint import array_fingerprint, reusable, write_fingerprint
 from raycluster.methods.base import TorchMethod
-from raycluster.methods.start import check_manifold
+from raycluster.methods.start import StartOutput, check_manifold
 from raycluster.neighbors.index import IndexSpec
 from raycluster.train.loop import OptimConfig
 
 log = logging.getLogger(__name__)
 
 
-class DiFiC(TorchMethod):
+class DiFiC(StartOutput, TorchMethod):
     name = "dific"
     model_factory = "raycluster.methods.dific.model.build_dific"
     model_config_class = "raycluster.methods.dific.model.DiFiCConfig"
@@ -44,8 +46,11 @@ class DiFiC(TorchMethod):
                  knn: int = 10, manifold: Optional[dict] = None, index: Optional[dict] = None,
                  index_shards: int = 1, use_gpu: bool = False,
                  seed: int = 0, work_dir: str = "outputs/dific", max_failures: int = 0, mask_examples: int = 12,
-                 train_rows: Optional[int] = None):
+                 train_rows: Optional[int] = None, output: str = "finetuned"):
         super().__init__(n_clusters, model, optim, train, use_gpu, seed, max_failures)
+        # "finetuned": the neighbour-guided head (the paper); "start": the warm-up clusters, no
+        # guidance stage (why: docs/methods/dific.md)
+        self.output = self.check_output(output)
         self.train_rows = train_rows
         self.image_shape = tuple(image_shape)
         self.warmup = OptimConfig(**(warmup or {}))   # the distillation stage's schedule
@@ -105,7 +110,7 @@ class DiFiC(TorchMethod):
         import torch
 
         from raycluster.methods.dific.model import build_dific
-        from raycluster.methods.start import start_clusters
+        from raycluster.methods.start import fit_start
         from raycluster.neighbors.graph import neighbor_table
 
         start = time.time()
@@ -113,14 +118,15 @@ class DiFiC(TorchMethod):
         model = build_dific({**self.base_config(), "guidance": False, "init_from": warmup})
         words = model.embed(torch.from_numpy(pixels)).numpy()
         normalised = unit_rows(words)   # the head is cosine
-        prototypes, _, scores = start_clusters(normalised, self.n_clusters, self.seed, self.manifold, labels)
-        self.stages.update(scores)
+        start_fit = fit_start(normalised, self.n_clusters, self.seed, self.manifold, labels)
+        self.keep_start(start_fit)
+        self.stages.update(start_fit.scores)
         table = neighbor_table(normalised, self.knn, self.index_spec, self.index_shards, self.seed)
         if scored:
             self.stages["knn_label_agreement"] = round(float((labels[table] == labels[:, None]).mean()), 4)
         self.stages["warmup_clusters_seconds"] = round(time.time() - start, 1)
         log.warning("DiFiC warm-up: %s", {k: v for k, v in self.stages.items() if not k.startswith("init_")})
-        return prototypes.astype(np.float32), table
+        return start_fit.centers, table
 
     # -- stage 3 -------------------------------------------------------------------------
     def fit(self, vectors: np.ndarray, labels: Optional[np.ndarray] = None) -> "DiFiC":
@@ -133,6 +139,13 @@ class DiFiC(TorchMethod):
             raise ValueError(f"dific: knn={self.knn} neighbours need more than {len(pixels)} samples")
         warmup = self.distilled(pixels)
         centers, table = self.warmup_clusters(warmup, pixels, labels)
+        if self.output == "start":
+            import torch
+
+            log.warning("DiFiC: the warm-up clusters are the output (method.output=start); no guidance stage")
+            self._restore(torch.load(warmup, map_location="cpu", weights_only=True))
+            self.save_masks(pixels)
+            return self
         config = {**self.base_config(), "guidance": True, "centers": centers.tolist(), "init_from": warmup}
         if config.get("mask_start_epoch", 0) > 0:   # the warm-up trained the attention: masks from the start
             config["mask_start_epoch"] = 0
@@ -162,4 +175,14 @@ class DiFiC(TorchMethod):
         self.stages["masks_png"] = path
 
     def predict(self, vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        return self._predict_with_model(vectors)
+        import torch
+
+        from raycluster.train.loop import shared_tensor
+
+        if self.starter is None:
+            return self._predict_with_model(vectors)
+        pixels = self.check_input(vectors)
+        if pixels.shape[1] != self.model.config.feature_dim:
+            raise ValueError(f"dific: rows have width {pixels.shape[1]}, the method was fitted on "
+                             f"{self.model.config.feature_dim}")
+        return self.predict_by_start(unit_rows(self.model.embed(shared_tensor(pixels, torch.float32)).numpy()))
