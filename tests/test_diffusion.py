@@ -30,6 +30,15 @@ def test_larger_images_are_downscaled_to_the_sample_size_then_padded():
     assert torch.allclose(wide[2:6], torch.ones(4, 8)) and (wide[:2] == -1).all() and (wide[6:] == -1).all()
 
 
+def test_images_at_most_half_the_sample_size_are_enlarged_by_a_whole_factor():
+    digits = torch.rand(2, 8 * 8)
+    enlarged = to_model_input(digits, (1, 8, 8), 16)
+    assert enlarged.shape == (2, 1, 16, 16) and (enlarged > -1).float().mean() > 0.9   # fills the canvas, no border
+    assert torch.allclose(enlarged.mean((2, 3)), digits.mean(1, keepdim=True) * 2 - 1, atol=0.05)
+    small = to_model_input(torch.ones(1, 7 * 7), (1, 7, 7), 16)[0, 0]   # 7 -> 14 (x2), padded by 1
+    assert torch.allclose(small[1:15, 1:15], torch.ones(14, 14)) and (small[0] == -1).all()
+
+
 def test_saved_unet_loads_back_with_its_scheduler(tmp_path):
     torch.manual_seed(0)
     unet = load_unet(TINY_UNET)

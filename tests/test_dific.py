@@ -236,7 +236,7 @@ DIGITS_DIFIC = ["method=dific", "data.source.limit=300", "method.image_shape=[1,
                 "down_block_types:[DownBlock2D,CrossAttnDownBlock2D],up_block_types:[CrossAttnUpBlock2D,UpBlock2D]}",
                 "++method.model.text_encoder={hidden_size:16,intermediate_size:32,num_attention_heads:2}",
                 "method.model.extractor.name=test_efficientnet", "method.model.mask_start_epoch=1",
-                "method.warmup.epochs=2", "method.warmup.batch_size=100", "method.optim.epochs=2",
+                "method.warmup.steps=6", "method.warmup.batch_size=100", "method.optim.epochs=2",
                 "method.optim.batch_size=100", "cluster.train.cpus_per_worker=0.5", "method.mask_examples=4"]
 
 
@@ -253,6 +253,7 @@ def test_train_job_outputs_the_warmup_clusters_then_guides_them_reusing_the_warm
     cfg = compose_config(DIGITS_DIFIC)
     summary = run_train(cfg)
     stages = summary["method_stages"]
+    assert stages["warmup_epochs_run"] == 2   # 6 steps of 3 batches (300 rows, batch 100)
     assert "warmup_seconds" in stages and "guidance_seconds" not in stages and set(stages["init_kmeans"]) >= {"acc", "nmi"}
     assert set(stages["init_manifold"]) >= {"acc", "nmi"}    # the default config clusters a UMAP of S*
     assert 0 <= stages["knn_label_agreement"] <= 1 and os.path.getsize(stages["masks_png"]) > 1000

@@ -8,9 +8,10 @@ No weights are downloaded in tests or on machines without network: a hub name th
 with the library's own error, which names the repository.
 
 Images reach the UNet as (B, C, S, S) float in [-1, 1]: the stored pixel embeddings (B, C*H*W)
-in [0, 1] are reshaped, scaled, downscaled when larger than the UNet's `sample_size` and padded
-with the background value (-1) when smaller (28 -> 32 for MNIST, so three 2x down-samplings
-divide it; or 28 -> 16 for a UNet pretrained at 16 px).
+in [0, 1] are reshaped, scaled, downscaled when larger than the UNet's `sample_size`, enlarged
+by a whole factor when at most half of it, and padded with the background value (-1) to it
+(28 -> 32 for MNIST, so three 2x down-samplings divide it; 28 -> 16 for a UNet pretrained at
+16 px; 8 -> 16 -> 16 for the 8x8 digits there).
 """
 from __future__ import annotations
 
@@ -73,7 +74,8 @@ def save_unet(unet, scheduler, directory: str) -> None:
 
 def to_model_input(pixels: torch.Tensor, image_shape: Sequence[int], sample_size: int) -> torch.Tensor:
     """(B, C*H*W) or (B, C, H, W) float in [0, 1] -> (B, C, S, S) float in [-1, 1], fitted to
-    S = sample_size by `pad_to_sample_size` (downscaled when larger, padded with -1 when smaller)."""
+    S = sample_size by `pad_to_sample_size` (downscaled when larger, enlarged by a whole factor
+    when at most S/2, padded with -1)."""
     channels, height, width = image_shape
     return pad_to_sample_size(pixels.reshape(len(pixels), channels, height, width).float() * 2 - 1, sample_size)
 
@@ -81,7 +83,10 @@ def to_model_input(pixels: torch.Tensor, image_shape: Sequence[int], sample_size
 def pad_to_sample_size(images: torch.Tensor, sample_size: int) -> torch.Tensor:
     """(B, C, H, W) in [-1, 1] -> (B, C, S, S). Larger images are first downscaled (bilinear,
     antialiased, aspect kept) until the longer side is S (a UNet at 16 px is cheaper than one at
-    32 px: docs/methods/diec.md). Then centred and padded with -1 (the background)."""
+    32 px: docs/methods/diec.md); images at most S/2 a side are enlarged by the largest whole
+    factor that fits (bilinear), so the UNet's down-sampling blocks see the object at the scale
+    they were built for, not as a quarter of the canvas. Then centred and padded with -1 (the
+    background)."""
     import torch.nn.functional as F
 
     height, width = images.shape[2:]
@@ -91,5 +96,9 @@ def pad_to_sample_size(images: torch.Tensor, sample_size: int) -> torch.Tensor:
         scale = sample_size / max(height, width)
         height, width = max(1, round(height * scale)), max(1, round(width * scale))
         images = F.interpolate(images, size=(height, width), mode="bilinear", antialias=True, align_corners=False)
+    factor = min(sample_size // height, sample_size // width)
+    if factor > 1:
+        height, width = height * factor, width * factor
+        images = F.interpolate(images, size=(height, width), mode="bilinear", align_corners=False)
     top, left = (sample_size - height) // 2, (sample_size - width) // 2
     return F.pad(images, (left, sample_size - width - left, top, sample_size - height - top), value=-1.0)

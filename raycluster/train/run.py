@@ -106,7 +106,7 @@ def train_loop_per_worker(config: dict) -> None:
     import torch.distributed as dist
 
     from raycluster.metrics import size_entropy, supervised_metrics
-    from raycluster.train.loop import make_optimizer, train_epochs
+    from raycluster.train.loop import epochs_for, make_optimizer, train_epochs
 
     quiet_report_lines()
     context = ray.train.get_context()
@@ -131,6 +131,7 @@ def train_loop_per_worker(config: dict) -> None:
     if dist.is_initialized():
         dist.all_reduce(total)
     steps_per_epoch = max(1, math.ceil(int(total) / optim.batch_size))
+    optim = epochs_for(optim, steps_per_epoch)
 
     optimizer = make_optimizer(model, optim)
     start_epoch, resumed_from = 0, -1

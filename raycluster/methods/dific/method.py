@@ -73,6 +73,7 @@ class DiFiC(StartOutput, TorchMethod):
         state = fit_with_ray_train(build_dific, config, pixels, optim, self.train, self.use_gpu, self.work_dir,
                                    stage, self.seed, labels, self.max_failures, context=context, reuse=self.reuse)
         self.stages[f"{stage}_seconds"] = round(time.time() - start, 1)
+        self.stages[f"{stage}_epochs_run"] = state["epoch"] + 1   # what `steps` came to on these rows
         return state
 
     # -- stage 1 -------------------------------------------------------------------------
