@@ -176,6 +176,7 @@ def test_pretrain_then_tune_then_train_jobs_reuse_each_stage(ray_local, compose_
     summary = run_train(cfg)
     stages = summary["method_stages"]
     assert "pretrain_seconds" not in stages and "search_seconds" not in stages   # both reused
+    assert stages["input_kept_variance"] == 1.0   # 8x8 images at 8 px: nothing downscaled
     assert stages["search"]["layer"] == tuned["layer"] and set(stages["init_kmeans"]) >= {"acc", "nmi"}
     assert summary["samples"] == 300 and 0 <= summary["metrics"]["acc"] <= 1
     # the saved method predicts the same assignments (jobs/predict.py runs it over any store)

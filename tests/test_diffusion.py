@@ -98,3 +98,16 @@ def test_pretraining_on_ray_train_saves_a_loadable_ema_unet(ray_local, tmp_path)
     assert unet.config.sample_size == 8
     with pytest.raises(ValueError, match="do not match image_shape"):
         pretrain_unet(pixels, (1, 7, 7), str(tmp_path / "bad"))
+
+
+def test_kept_variance_says_how_much_a_downscale_blurs_and_warns_when_most_is_lost(caplog):
+    from raycluster.diffusion.unet import check_input_resolution, kept_variance
+
+    grid = torch.arange(28.0)
+    smooth = torch.stack([torch.sin(grid / 9 + phase)[:, None] * torch.cos(grid / 9)[None] for phase in range(20)])
+    fine = torch.stack([((grid[:, None] + grid[None] + shift) % 2) * 2 - 1 for shift in range(20)])   # checkerboards
+    assert kept_variance(smooth[:, None], 16) > 0.9 > 0.5 > kept_variance(fine[:, None], 14)
+    assert kept_variance(fine[:, None], 28) == 1.0 and kept_variance(torch.rand(4, 1, 8, 8), 16) == 1.0
+    with caplog.at_level("WARNING"):
+        kept = check_input_resolution((fine.flatten(1) + 1) / 2, (1, 28, 28), 14, "diec")
+    assert kept < 0.5 and "keep" in caplog.text and "diec" in caplog.text

@@ -254,6 +254,7 @@ def test_train_job_outputs_the_warmup_clusters_then_guides_them_reusing_the_warm
     summary = run_train(cfg)
     stages = summary["method_stages"]
     assert stages["warmup_epochs_run"] == 2   # 6 steps of 3 batches (300 rows, batch 100)
+    assert stages["input_kept_variance"] == 1.0   # 8x8 images at 8 px: nothing downscaled
     assert "warmup_seconds" in stages and "guidance_seconds" not in stages and set(stages["init_kmeans"]) >= {"acc", "nmi"}
     assert set(stages["init_manifold"]) >= {"acc", "nmi"}    # the default config clusters a UMAP of S*
     assert 0 <= stages["knn_label_agreement"] <= 1 and os.path.getsize(stages["masks_png"]) > 1000

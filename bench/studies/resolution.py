@@ -4,10 +4,11 @@ Study, 2026-12-04. Decision it produced: 16 px stays the MNIST experiments' reso
 
     python bench/studies/resolution.py                      # MNIST test, its strokes thinned, the 8x8 digits
     python bench/studies/resolution.py --sizes 12 16 20 24 --json rows.jsonl
-Each image goes through what a UNet at `size` px sees (`raycluster.diffusion.unet.pad_to_sample_size`:
+Each image goes through what a UNet at `size` px sees (`raycluster.diffusion.unet.kept_variance`:
 antialiased bilinear downscale) and back to its own grid (bilinear); the share of the pixel
 variance about the mean image that survives the round trip, 1 - |x - up(down(x))|^2 / |x - mean|^2,
-says how much of what tells images apart the downscale keeps. No labels, no training.
+says how much of what tells images apart the downscale keeps (DiEC and DiFiC log it, and warn
+under `KEPT_VARIANCE_WARNING`). No labels, no training.
 `mnist-test-thin` is MNIST with each stroke eroded by a 2x2 grey erosion: finer strokes, as in a
 set of the same shape that is not digits. Images smaller than a size are enlarged (a whole
 factor) and lose nothing: the 8x8 digits keep 1.0 at every size here.
@@ -46,27 +47,6 @@ def digits() -> np.ndarray:
     return (load_digits().images[:, None] / 16).astype(np.float32)
 
 
-def kept_variance(images: np.ndarray, size: int) -> float:
-    """(N, C, H, W) in [0, 1] -> share of the variance about the mean image kept through a UNet
-    input of `size` px and back (padding cropped away first)."""
-    import torch
-    import torch.nn.functional as F
-
-    from raycluster.diffusion.unet import pad_to_sample_size
-
-    x = torch.from_numpy(images) * 2 - 1
-    height, width = x.shape[2:]
-    if max(height, width) <= size:   # enlarged by a whole factor or padded: nothing lost
-        return 1.0
-    seen = pad_to_sample_size(x, size)
-    scale = size / max(height, width)
-    inner_h, inner_w = max(1, round(height * scale)), max(1, round(width * scale))
-    top, left = (size - inner_h) // 2, (size - inner_w) // 2
-    content = seen[..., top:top + inner_h, left:left + inner_w]
-    back = F.interpolate(content, size=(height, width), mode="bilinear", align_corners=False)
-    return float(1 - ((x - back) ** 2).sum() / ((x - x.mean(0)) ** 2).sum())
-
-
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", type=int, nargs="+", default=[12, 16, 20, 24, 28])
@@ -80,7 +60,12 @@ def main(argv=None) -> None:
         sets = {"mnist-test": mnist, "mnist-test-thin": thinned(mnist), **sets}
     else:
         print(f"mnist-test skipped: {SHARED / 'mnist-test'} not found")
-    rows = [{"bench": "resolution", "dataset": name, "size": size, "kept_variance": round(kept_variance(images, size), 4),
+    import torch
+
+    from raycluster.diffusion.unet import kept_variance
+
+    rows = [{"bench": "resolution", "dataset": name, "size": size,
+             "kept_variance": round(kept_variance(torch.from_numpy(images) * 2 - 1, size), 4),
              "n": len(images)} for name, images in sets.items() for size in args.sizes]
     print(f"\n{'dataset':<16}" + "".join(f"{size:>8} px" for size in args.sizes))
     for name in sets:

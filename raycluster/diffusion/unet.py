@@ -102,3 +102,42 @@ def pad_to_sample_size(images: torch.Tensor, sample_size: int) -> torch.Tensor:
         images = F.interpolate(images, size=(height, width), mode="bilinear", align_corners=False)
     top, left = (sample_size - height) // 2, (sample_size - width) // 2
     return F.pad(images, (left, sample_size - width - left, top, sample_size - height - top), value=-1.0)
+
+
+# Under this share of the pixel variance kept (a quarter lost), a method warns that its input
+# resolution blurs what tells the images apart (what MNIST and finer strokes keep at each size:
+# bench/README.md, `resolution`).
+KEPT_VARIANCE_WARNING = 0.75
+
+
+def kept_variance(images: torch.Tensor, size: int) -> float:
+    """(N, C, H, W) float in [-1, 1] -> the share of the variance about the mean image that
+    survives `pad_to_sample_size(images, size)` and a bilinear resize back to H x W (label-free:
+    how much of what tells the images apart a UNet at `size` px sees). 1.0 when nothing is downscaled."""
+    import torch.nn.functional as F
+
+    height, width = images.shape[2:]
+    if max(height, width) <= size:   # enlarged by a whole factor or padded: nothing lost
+        return 1.0
+    scale = size / max(height, width)
+    inner_h, inner_w = max(1, round(height * scale)), max(1, round(width * scale))
+    top, left = (size - inner_h) // 2, (size - inner_w) // 2
+    content = pad_to_sample_size(images, size)[..., top:top + inner_h, left:left + inner_w]
+    back = F.interpolate(content, size=(height, width), mode="bilinear", align_corners=False)
+    spread = ((images - images.mean(0)) ** 2).sum()
+    return float(1 - ((images - back) ** 2).sum() / spread.clamp_min(1e-12))
+
+
+def check_input_resolution(pixels, image_shape: Sequence[int], size: int, method: str, rows: int = 2000) -> float:
+    """Pixel rows (N, C*H*W) in [0, 1] -> `kept_variance` at `size` px of their first `rows`,
+    logged as a warning, with what to change, when under KEPT_VARIANCE_WARNING."""
+    import logging
+
+    channels, height, width = image_shape
+    sample = torch.as_tensor(pixels[:rows], dtype=torch.float32).reshape(-1, channels, height, width) * 2 - 1
+    kept = round(kept_variance(sample, size), 4)
+    if kept < KEPT_VARIANCE_WARNING:
+        logging.getLogger(__name__).warning(
+            "%s: at %d px the %dx%d images keep %.2f of their pixel variance (under %.2f): fine detail is blurred "
+            "away; a larger input size keeps more at a higher cost", method, size, height, width, kept, KEPT_VARIANCE_WARNING)
+    return kept

@@ -169,6 +169,11 @@ class DiEC(StartOutput, TorchMethod):
         if pixels.shape[1] != expected:
             raise ValueError(f"diec: rows have width {pixels.shape[1]}, image_shape {list(self.image_shape)} needs "
                              f"{expected} (DiEC reads pixels: backbone=pixels)")
+        if self.unet is None:   # what the UNet it pretrains keeps of these images (label-free; warns when little)
+            from raycluster.diffusion.unet import SMALL_UNET, check_input_resolution
+
+            size = {**SMALL_UNET, **self.pretrain.get("unet", {})}["sample_size"]
+            self.stages["input_kept_variance"] = check_input_resolution(pixels, self.image_shape, size, "diec")
         unet = self.pretrained_unet(pixels)
         layer, timestep = self.layer_and_timestep(pixels, unet, labels)
         config, initial = self.model_config(unet, layer, timestep, pixels, labels)

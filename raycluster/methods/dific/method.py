@@ -138,6 +138,13 @@ class DiFiC(StartOutput, TorchMethod):
                              f"{expected} (DiFiC reads pixels: backbone=pixels)")
         if self.knn >= len(pixels):
             raise ValueError(f"dific: knn={self.knn} neighbours need more than {len(pixels)} samples")
+        if not self.model_overrides.get("pretrained"):   # what the from-scratch UNet keeps of these images
+            from raycluster.diffusion.unet import check_input_resolution
+            from raycluster.methods.dific.model import SMALL_CONDITIONAL_UNET
+
+            size = (self.model_overrides.get("image_size")
+                    or {**SMALL_CONDITIONAL_UNET, **self.model_overrides.get("unet", {})}["sample_size"])
+            self.stages["input_kept_variance"] = check_input_resolution(pixels, self.image_shape, size, "dific")
         warmup = self.distilled(pixels)
         centers, table = self.warmup_clusters(warmup, pixels, labels)
         if self.output == "start":
