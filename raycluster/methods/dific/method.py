@@ -101,9 +101,9 @@ class DiFiC(StartOutput, TorchMethod):
         return path
 
     # -- stage 2 -------------------------------------------------------------------------
-    def warmup_clusters(self, warmup: str, pixels: np.ndarray, labels=None) -> tuple[np.ndarray, np.ndarray]:
+    def warmup_clusters(self, warmup: str, pixels: np.ndarray, labels=None) -> tuple[np.ndarray, Optional[np.ndarray]]:
         """The head's initial prototypes (K, word_dim) float32 from the warm-up clusters of S*, and
-        the k-NN table (N, knn) int64 of S*.
+        the k-NN table (N, knn) int64 of S* (None with output=start and no labels: nothing reads it).
 
         k-means on S* always runs (its scores are the paper's "k-means on S*" row); with `manifold`
         set the clusters and prototypes come from k-means on a UMAP embedding of S* instead, the
@@ -122,7 +122,9 @@ class DiFiC(StartOutput, TorchMethod):
         start_fit = fit_start(normalised, self.n_clusters, self.seed, self.manifold, labels)
         self.keep_start(start_fit)
         self.stages.update(start_fit.scores)
-        table = neighbor_table(normalised, self.knn, self.index_spec, self.index_shards, self.seed)
+        table = None   # the k-NN graph: what guidance reads, and a measure of S* when labels are known
+        if self.output == "finetuned" or scored:
+            table = neighbor_table(normalised, self.knn, self.index_spec, self.index_shards, self.seed)
         if scored:
             self.stages["knn_label_agreement"] = round(float((labels[table] == labels[:, None]).mean()), 4)
         self.stages["warmup_clusters_seconds"] = round(time.time() - start, 1)
