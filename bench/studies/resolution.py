@@ -1,6 +1,6 @@
 """What does a UNet's input resolution destroy? Pixel variance kept through the downscale, per dataset.
 
-Study, 2026-12-04. Decision it produced: 16 px stays the MNIST experiments' resolution, justified by compute and by this label-free measure (docs/methods/diec.md).
+Study, 2026-12-04. Decision it produced: 16 px stays the MNIST experiments' resolution (compute); DiEC and DiFiC log this measure for their data and warn under 0.75 (docs/methods/diec.md).
 
     python bench/studies/resolution.py                      # MNIST test, its strokes thinned, the 8x8 digits
     python bench/studies/resolution.py --sizes 12 16 20 24 --json rows.jsonl
