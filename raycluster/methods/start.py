@@ -94,8 +94,8 @@ class StartOutput:
     """Mixin for a TorchMethod (listed before it) whose output may be its label-free start.
 
     With `output="start"` the method keeps the start's fitted starter (`keep_start`) and assigns a
-    row by `starter.predict` on the row's features (`predict_by_start`); the starter is saved and
-    loaded beside the model. The class sets `manifold` (the start's UMAPKMeans settings or None)."""
+    row by `starter.predict` on the row's `start_features`; the starter is saved and loaded beside
+    the model. The class sets `manifold` (the start's UMAPKMeans settings or None)."""
     output = "finetuned"
     starter = None   # the fitted FaissKMeans / UMAPKMeans that assigns rows (output=start)
     manifold = None
@@ -109,9 +109,23 @@ class StartOutput:
         if self.output == "start":
             self.starter = start.starter
 
-    def predict_by_start(self, features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(N, D) float32 features, made as the start's were -> (cluster int64, confidence float32)."""
-        return self.starter.predict(np.ascontiguousarray(features, np.float32))
+    def start_features(self, rows):
+        """(N, F) float32 torch rows -> (N, D) float32 numpy features, made as the start's were."""
+        raise NotImplementedError
+
+    def predict(self, vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The start's assignment (cluster int64, confidence float32) with output=start, else the model's."""
+        import torch
+
+        from raycluster.train.loop import shared_tensor
+
+        if self.starter is None:
+            return self._predict_with_model(vectors)
+        rows = self.check_input(vectors)
+        if rows.shape[1] != self.model.config.feature_dim:
+            raise ValueError(f"{self.name}: rows have width {rows.shape[1]}, the method was fitted on "
+                             f"{self.model.config.feature_dim}")
+        return self.starter.predict(np.ascontiguousarray(self.start_features(shared_tensor(rows, torch.float32)), np.float32))
 
     def fitted_state(self) -> tuple[dict, dict]:
         arrays, values = super().fitted_state()

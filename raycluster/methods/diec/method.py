@@ -188,20 +188,9 @@ class DiEC(StartOutput, TorchMethod):
         self.stages["finetune_seconds"] = time.time() - start
         return self._restore(state)
 
-    def predict(self, vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        import torch
-
-        from raycluster.train.loop import shared_tensor
-
-        if self.starter is None:
-            return self._predict_with_model(vectors)
-        pixels = self.check_input(vectors)
-        if pixels.shape[1] != self.model.config.feature_dim:
-            raise ValueError(f"diec: rows have width {pixels.shape[1]}, the method was fitted on "
-                             f"{self.model.config.feature_dim}")
+    def start_features(self, rows):
         # seeded noise draws, as the start's embeddings were: a fitted row lands on (or next to) its copy
-        embeddings = self.model.embeddings(shared_tensor(pixels, torch.float32), self.model.config.eval_draws, self.seed)
-        return self.predict_by_start(embeddings.numpy())
+        return self.model.embeddings(rows, self.model.config.eval_draws, self.seed).numpy()
 
     # -- stages run alone (jobs/pretrain_diffusion.py, jobs/tune.py) -------------------------
     def pretrain_stage(self, vectors: np.ndarray) -> dict:

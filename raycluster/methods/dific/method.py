@@ -184,15 +184,5 @@ class DiFiC(StartOutput, TorchMethod):
         masks_png(path, images, masks, f"proxy-token cross-attention masks at t={self.model.config.mask_timestep}")
         self.stages["masks_png"] = path
 
-    def predict(self, vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        import torch
-
-        from raycluster.train.loop import shared_tensor
-
-        if self.starter is None:
-            return self._predict_with_model(vectors)
-        pixels = self.check_input(vectors)
-        if pixels.shape[1] != self.model.config.feature_dim:
-            raise ValueError(f"dific: rows have width {pixels.shape[1]}, the method was fitted on "
-                             f"{self.model.config.feature_dim}")
-        return self.predict_by_start(unit_rows(self.model.embed(shared_tensor(pixels, torch.float32)).numpy()))
+    def start_features(self, rows):
+        return unit_rows(self.model.embed(rows).numpy())   # S*, unit length as the warm-up clusters saw it
