@@ -228,6 +228,7 @@ def main(argv=None):
                            "k": k, "experiment": image_experiment(method, dataset, args),
                            **{key: round(value, 4) if key != "fit_seconds" else value for key, value in result.items()}}
                     rows.append(row)
+                    append_json_rows(args.json, [row])   # as it comes: a run stopped later keeps it
                     print(f"  {name} seed {seed}: ACC {row['acc']:.4f} NMI {row['nmi']:.4f} ARI {row['ari']:.4f} "
                           f"fit {row['fit_seconds']:.2f}s", flush=True)
     print_table(rows)
@@ -240,10 +241,10 @@ def main(argv=None):
           "of them (the start)")
     for method, name in args.experiment.items():
         print(f"{method} rows: configs/experiment/{name}.yaml (--experiment), not the default named below")
-    print("dific rows: configs/experiment/dific_mnist.yaml (from scratch: warm-up distillation, warm-up clusters + "
-          "k-NN graph of S*, neighbour-guided head), fit = that whole pipeline; dific_init_kmeans: k-means on S* after "
-          "the warm-up; dific_init_manifold: k-means on a UMAP of that S* (the warm-up clusters the head starts from)")
-    append_json_rows(args.json, rows)
+    print("dific rows: configs/experiment/dific_mnist.yaml (from scratch: warm-up distillation, then method.output: "
+          "the warm-up clusters (default) or the neighbour-guided head from them), fit = that whole pipeline; "
+          "dific_init_kmeans: k-means on S* after the warm-up; dific_init_manifold: k-means on a UMAP of that S* (the "
+          "warm-up clusters)")
     return rows
 
 
