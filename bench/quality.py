@@ -135,15 +135,16 @@ def image_experiment(method: str, dataset: str, args) -> str | None:
 
 def run_method(method: str, dataset: str, vectors: np.ndarray, labels: np.ndarray, k: int, seed: int, args,
                eval_vectors: np.ndarray, eval_labels: np.ndarray) -> list:
-    """Fit from scratch in `<output-root>/<dataset>/<method>/seed<N>` (emptied first, kept after:
-    DiEC leaves its heatmaps and UNet there). Returns [(method name, metrics)]: one row, plus
+    """Fit from scratch in `<output-root>/<dataset>/<method>/seed<N>` (emptied first unless
+    --keep-stages, kept after: DiEC leaves its heatmaps and UNet there). Returns [(method name, metrics)]: one row, plus
     `diec_init_kmeans` (k-means on the COL/COT embeddings) and `diec_init_manifold` (k-means on a
     UMAP of them, DEC's start) for DiEC, `dific_init_kmeans` (k-means on
     the warm-up S*) and `dific_init_manifold` (k-means on a UMAP of it) for DiFiC."""
     import shutil
 
     output_dir = os.path.join(args.output_root, dataset, method, f"seed{seed}")
-    shutil.rmtree(output_dir, ignore_errors=True)
+    if not args.keep_stages:
+        shutil.rmtree(output_dir, ignore_errors=True)
     experiment = image_experiment(method, dataset, args)
     shape = [f"method.image_shape={IMAGE_SHAPES[dataset]}"] if experiment else []   # the data's, not MNIST's
     cfg = compose([experiment or f"method={method}", f"seed={seed}", f"data.num_clusters={k}",
@@ -181,6 +182,10 @@ def main(argv=None):
                         help="run an image method with another experiment config, e.g. dific=dific_mnist_fast")
     parser.add_argument("--json", default=None, help="append one row per (dataset, method, seed) as JSON lines")
     parser.add_argument("--output-root", default="outputs/bench/quality", help="per-run folders (emptied per run)")
+    parser.add_argument("--keep-stages", action="store_true",
+                        help="keep the run folders: a stage whose inputs are unchanged is reused (fingerprinted), "
+                             "e.g. DiEC's pretrained UNet when only its search or start changed; fit_seconds then "
+                             "counts only what ran")
     parser.add_argument("--protocol", default="standard", choices=["standard", "transfer"],
                         help="transfer: the image methods' MNIST settings on data never tuned on (TRANSFER)")
     args = parser.parse_args(argv)
@@ -226,6 +231,7 @@ def main(argv=None):
                            "n": int(len(eval_labels)),
                            "n_fit": int(len(labels)),
                            "k": k, "experiment": image_experiment(method, dataset, args),
+                           **({"kept_stages": True} if args.keep_stages else {}),
                            **{key: round(value, 4) if key != "fit_seconds" else value for key, value in result.items()}}
                     rows.append(row)
                     append_json_rows(args.json, [row])   # as it comes: a run stopped later keeps it

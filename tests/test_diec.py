@@ -167,12 +167,13 @@ def test_pretrain_then_tune_then_train_jobs_reuse_each_stage(ray_local, compose_
     assert pretrained["epochs"] == 2 and os.path.exists(f"{work}/pretrained/unet/config.json")
     tuned = run_tune(cfg)
     search = json.load(open(f"{work}/search/search.json"))
-    assert len(search["rows"]) == 6 and search["criterion"] == "silhouette"
+    assert len(search["rows"]) == 6 and search["criterion"] == "manifold_silhouette"
     from raycluster.tune.layer_timestep import choose_cell
 
-    best = choose_cell(search["rows"], "silhouette", search["tie_tolerance"])
+    best = choose_cell(search["rows"], "manifold_silhouette", search["tie_tolerance"])
     assert search["tie_tolerance"] == 0.02 and (tuned["layer"], tuned["timestep"]) == (best["layer"], best["timestep"])
-    assert sorted(os.path.basename(p) for p in tuned["heatmaps"]) == ["heatmap_acc.png", "heatmap_silhouette.png"]
+    assert all(-1 <= row["manifold_silhouette"] <= 1 and 0 < row["acc_start"] <= 1 for row in search["rows"])
+    assert sorted(os.path.basename(p) for p in tuned["heatmaps"]) == ["heatmap_acc.png", "heatmap_manifold_silhouette.png"]
     summary = run_train(cfg)
     stages = summary["method_stages"]
     assert "pretrain_seconds" not in stages and "search_seconds" not in stages   # both reused

@@ -108,6 +108,20 @@ def test_umap_kmeans_predicts_new_rows_through_the_fitted_map():
         model.predict(np.zeros((2, 3), np.float32))
 
 
+def test_umap_gmm_follows_sheared_blobs_that_kmeans_cuts():
+    """scikit-learn's sheared blobs (its k-means assumptions example), given to the clusterers as
+    UMAP's output would be: k-means' lowest objective cuts across them, the mixture does not."""
+    from sklearn.datasets import make_blobs
+
+    points, labels = make_blobs(n_samples=900, random_state=170)
+    embedded = (points @ np.array([[0.6, -0.6], [-0.4, 0.8]])).astype(np.float32)
+    by_kmeans = UMAPKMeans(3, n_init=5, seed=0)._cluster(embedded)
+    by_mixture = UMAPKMeans(3, n_init=5, seed=0, clusterer="gmm")._cluster(embedded)
+    assert cluster_acc(labels, by_mixture) > 0.99 > 0.9 > cluster_acc(labels, by_kmeans)
+    with pytest.raises(ValueError, match="clusterer must be one of"):
+        UMAPKMeans(3, clusterer="spectral")
+
+
 def test_lloyd_pass_is_one_exact_lloyd_iteration(tmp_path):
     from raycluster.data.rows import StoreRows
     from raycluster.data.store import EmbeddingStore

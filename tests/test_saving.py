@@ -24,6 +24,8 @@ def _blobs(n=600, d=8, k=4, seed=0):
     (FaissKMeans(4, n_init=2), {"_target_": "raycluster.methods.kmeans.method.FaissKMeans", "n_clusters": 4, "n_init": 2}),
     (HierarchicalKMeans([8, 4, 2]), {"_target_": "raycluster.methods.hkmeans.method.HierarchicalKMeans", "levels": [8, 4, 2]}),
     (UMAPKMeans(4, n_init=1), {"_target_": "raycluster.methods.kmeans.umap.UMAPKMeans", "n_clusters": 4, "n_init": 1}),
+    (UMAPKMeans(4, n_init=1, clusterer="gmm"),
+     {"_target_": "raycluster.methods.kmeans.umap.UMAPKMeans", "n_clusters": 4, "n_init": 1, "clusterer": "gmm"}),
 ])
 def test_saved_method_predicts_the_same(tmp_path, method, settings):
     vectors = _blobs()

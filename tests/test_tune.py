@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from raycluster.tune.asha import agreement
-from raycluster.tune.layer_timestep import choose_cell, clusterability, plot_heatmaps
+from raycluster.tune.layer_timestep import choose_cell, clusterability, manifold_separation, plot_heatmaps
 
 from tests.test_cludi import mixture
 
@@ -20,6 +20,15 @@ def test_both_criteria_prefer_separated_clusters():
     assert good["silhouette"] > 0.5 > 0.1 > bad["silhouette"]
 
 
+def test_the_start_criterion_scores_its_own_clusters_in_their_umap_space():
+    separated, _ = mixture(n_per=60, k=3, dim=16, spread=0.2)
+    shuffled = np.random.default_rng(0).permuted(separated, axis=0)
+    manifold = {"n_components": 2, "n_neighbors": 10, "metric": "euclidean", "clusterer": "gmm", "n_init": 2}
+    good, clusters = manifold_separation(separated, 3, manifold)
+    bad, _ = manifold_separation(shuffled, 3, manifold)
+    assert good > 0.5 and good > bad + 0.2 and sorted(np.bincount(clusters)) == [60, 60, 60]
+
+
 def test_unknown_criterion_is_one_clear_error():
     from raycluster.methods.diec.method import DiEC
 
@@ -27,6 +36,8 @@ def test_unknown_criterion_is_one_clear_error():
         DiEC(10, search={"criterion": "silhouete"})
     with pytest.raises(ValueError, match=r"unknown search setting\(s\) \['timestep'\]"):
         DiEC(10, search={"timestep": [0]})
+    with pytest.raises(ValueError, match="manifold_silhouette scores the start's UMAP clusters: set method.manifold"):
+        DiEC(10, search={"criterion": "manifold_silhouette"}, manifold=None)
 
 
 def test_near_ties_go_to_the_smaller_timestep():

@@ -1,14 +1,17 @@
 """DiEC's label-free search of the Clustering-optimal Layer and Timestep (COL, COT) with Ray Tune.
 
 Each trial is one (layer, timestep): noise-averaged pooled UNet activations of a fixed random
-subset (`raycluster.features.unet.unet_features`), standardised per dimension, k-means with K
-clusters, scored by two label-free criteria: the Calinski-Harabasz index (`chi`, between- over
-within-cluster dispersion; the paper's OTS criterion) and the mean silhouette (`silhouette`,
-Euclidean on the standardised activations). The choice is the arg-max of `criterion`, or with
+subset (`raycluster.features.unet.unet_features`), scored by label-free criteria (`CRITERIA`):
+of k-means with K clusters on the activations standardised per dimension, the Calinski-Harabasz
+index (`chi`, between- over within-cluster dispersion; the paper's OTS criterion) and the mean
+silhouette (`silhouette`, Euclidean); and, given the start's `manifold` settings, the mean
+silhouette of the start's own clusters (UMAPKMeans on the activations, as DiEC's start fits them)
+in its UMAP space (`manifold_silhouette`): the cell is scored by how well separated the clusters
+DiEC will output are, where they are made. The choice is the arg-max of `criterion`, or with
 `tie_tolerance` the smallest timestep among the near-best cells (`choose_cell`).
-Labels, when given, only add `acc` to the trial's report for the second heatmap.
+Labels, when given, only add `acc` (k-means') and `acc_start` (the start's) to the trial's report.
 
-Default criterion: the silhouette, not the paper's CH; why, with the figures: docs/methods/diec.md."""
+Which criterion, with the figures: docs/methods/diec.md."""
 from __future__ import annotations
 
 import logging
@@ -21,12 +24,16 @@ import numpy as np
 log = logging.getLogger(__name__)
 
 
-CRITERIA = {"chi": "Calinski-Harabasz index", "silhouette": "mean silhouette"}
+CRITERIA = {"chi": "Calinski-Harabasz index", "silhouette": "mean silhouette",
+            "manifold_silhouette": "mean silhouette of the start's clusters in its UMAP space"}
 
 
-def check_criterion(criterion: str) -> str:
+def check_criterion(criterion: str, manifold: Optional[dict] = None) -> str:
     if criterion not in CRITERIA:
         raise ValueError(f"diec: unknown search criterion {criterion!r}; known: {sorted(CRITERIA)}")
+    if criterion == "manifold_silhouette" and not manifold:
+        raise ValueError("diec: search criterion manifold_silhouette scores the start's UMAP clusters: "
+                         "set method.manifold, or choose criterion silhouette")
     return criterion
 
 
@@ -51,6 +58,19 @@ def clusterability(embeddings: np.ndarray, n_clusters: int, seed: int = 0) -> tu
             "silhouette": float(silhouette_score(standardised, clusters))}, clusters
 
 
+def manifold_separation(embeddings: np.ndarray, n_clusters: int, manifold: dict, seed: int = 0) -> tuple[float, np.ndarray]:
+    """(N, D) float -> (mean silhouette of UMAPKMeans(**manifold)'s clusters in its UMAP space,
+    (N,) those clusters): the start DiEC makes on this cell, fitted on these rows, and how well
+    its clusters separate where they are made."""
+    from sklearn.metrics import silhouette_score
+
+    from raycluster.methods.kmeans.umap import UMAPKMeans
+
+    scaled = embeddings / (np.sqrt((embeddings.std(0) ** 2).mean()) + 1e-8)   # as DiEC.model_config scales
+    start = UMAPKMeans(n_clusters, seed=seed, **{**manifold, "max_points": len(embeddings)}).fit(scaled)
+    return float(silhouette_score(start.embedded, start.fitted_clusters)), start.fit_clusters
+
+
 def score_layer_timestep(config: dict, pixels: np.ndarray, labels: Optional[np.ndarray] = None) -> dict:
     """One trial: config has unet, image_shape, layer, timestep, draws, n_clusters, seed, threads.
     pixels: (n, C*H*W) float32 in [0, 1]. Returns {"chi", "silhouette", "acc" (nan without labels), "dim"}."""
@@ -71,8 +91,15 @@ def score_layer_timestep(config: dict, pixels: np.ndarray, labels: Optional[np.n
                                    int(config["draws"]), generator, int(config.get("pool", 1)),
                                    batch_size=500)[config["layer"]].numpy()
     scores, clusters = clusterability(embeddings, int(config["n_clusters"]), int(config["seed"]))
-    acc = supervised_metrics(labels, clusters)["acc"] if labels is not None and (labels >= 0).all() else float("nan")
-    return {**scores, "acc": acc, "dim": embeddings.shape[1]}
+    start = None
+    scores["manifold_silhouette"] = float("nan")
+    if config.get("manifold"):
+        scores["manifold_silhouette"], start = manifold_separation(embeddings, int(config["n_clusters"]),
+                                                                   config["manifold"], int(config["seed"]))
+    scored = labels is not None and (labels >= 0).all()
+    acc = supervised_metrics(labels, clusters)["acc"] if scored else float("nan")
+    acc_start = supervised_metrics(labels, start)["acc"] if scored and start is not None else float("nan")
+    return {**scores, "acc": acc, "acc_start": acc_start, "dim": embeddings.shape[1]}
 
 
 def _trial(config: dict, pixels=None, labels=None) -> None:
@@ -85,7 +112,7 @@ def _trial(config: dict, pixels=None, labels=None) -> None:
 class SearchResult:
     layer: str
     timestep: int
-    rows: list          # one dict per trial: layer, timestep, chi, silhouette, acc
+    rows: list          # one dict per trial: layer, timestep, CRITERIA's scores, acc, acc_start
     heatmaps: list      # PNG paths
 
     @property
@@ -99,10 +126,11 @@ def search_layer_timestep(pixels: np.ndarray, unet, image_shape: Sequence[int], 
                           labels: Optional[np.ndarray] = None, subset: int = 2000, draws: int = 2,
                           seed: int = 0, pool: int = 1, cpus_per_trial: float = 1.0,
                           max_concurrent: int = 2, criterion: str = "silhouette",
-                          tie_tolerance: float = 0.0) -> SearchResult:
+                          tie_tolerance: float = 0.0, manifold: Optional[dict] = None) -> SearchResult:
     """Grid (layers x timesteps) as Ray Tune trials on a random `subset` of the rows; writes
     `search.json` + heatmaps under `output_dir` and returns `choose_cell` of `criterion`
-    (a key of CRITERIA) with `tie_tolerance`.
+    (a key of CRITERIA) with `tie_tolerance`; `manifold` (the start's UMAPKMeans settings) adds
+    `manifold_silhouette`.
     unet: a diffusers folder / hub name, or a config dict (random init: tests only)."""
     import json
 
@@ -111,7 +139,7 @@ def search_layer_timestep(pixels: np.ndarray, unet, image_shape: Sequence[int], 
     from raycluster.io import atomic_write_bytes
     from raycluster.tune.progress import trial_lines
 
-    check_criterion(criterion)
+    check_criterion(criterion, manifold)
     if isinstance(unet, str) and os.path.exists(unet):
         unet = os.path.abspath(unet)   # trials run in their own working directories
     rows_subset = np.random.default_rng(seed).permutation(len(pixels))[:subset]
@@ -121,7 +149,7 @@ def search_layer_timestep(pixels: np.ndarray, unet, image_shape: Sequence[int], 
         {"cpu": cpus_per_trial})
     param_space = {"layer": ray.tune.grid_search(list(layers)), "timestep": ray.tune.grid_search(list(timesteps)),
                    "unet": unet, "image_shape": list(image_shape), "draws": draws, "n_clusters": n_clusters,
-                   "seed": seed, "pool": pool, "threads": max(1, int(cpus_per_trial))}
+                   "seed": seed, "pool": pool, "threads": max(1, int(cpus_per_trial)), "manifold": manifold}
     tuner = ray.tune.Tuner(trainable, param_space=param_space,
                            tune_config=ray.tune.TuneConfig(metric=criterion, mode="max", max_concurrent_trials=max_concurrent),
                            run_config=ray.tune.RunConfig(
@@ -133,7 +161,7 @@ def search_layer_timestep(pixels: np.ndarray, unet, image_shape: Sequence[int], 
     if errors:
         raise RuntimeError(f"{len(errors)} search trials failed; first: {errors[0]}")
     rows = [{"layer": r.config["layer"], "timestep": int(r.config["timestep"]),
-             **{key: float(r.metrics[key]) for key in (*CRITERIA, "acc")}, "dim": int(r.metrics["dim"])}
+             **{key: float(r.metrics[key]) for key in (*CRITERIA, "acc", "acc_start")}, "dim": int(r.metrics["dim"])}
             for r in results]
     best = choose_cell(rows, criterion, tie_tolerance)
     heatmaps = plot_heatmaps(rows, list(layers), list(timesteps), output_dir, criterion, best)

@@ -64,8 +64,8 @@ class DiEC(StartOutput, TorchMethod):
         unknown = set(self.search) - SEARCH_KEYS
         if unknown:   # a typo here would otherwise be ignored until after the pretraining
             raise ValueError(f"diec: unknown search setting(s) {sorted(unknown)}; known: {sorted(SEARCH_KEYS)}")
-        check_criterion(self.search.get("criterion", "silhouette"))
         self.manifold = check_manifold(manifold, "diec")   # kmeans.UMAPKMeans settings; None: k-means start
+        check_criterion(self.search.get("criterion", "silhouette"), self.manifold)
         # Ray Tune trials and Train workers run in their own working directories: local paths
         # must be absolute before they are handed over.
         self.unet = os.path.abspath(unet) if isinstance(unet, str) and os.path.exists(unet) else unet
@@ -107,7 +107,7 @@ class DiEC(StartOutput, TorchMethod):
         saved = os.path.join(directory, "search.json")
         inputs = {"unet": unet, "unet_files": local_paths_in(unet), "search": self.search, "image_shape": self.image_shape,
                   "n_clusters": self.n_clusters, "pool": self.model_overrides.get("pool", 1), "seed": self.seed,
-                  "rows": array_fingerprint(pixels)}
+                  "manifold": self.manifold, "rows": array_fingerprint(pixels)}
         if not force and reusable(directory, inputs, "DiEC's COL/COT search", self.reuse) and os.path.exists(saved):
             with open(saved) as handle:
                 found = json.load(handle)
@@ -122,7 +122,8 @@ class DiEC(StartOutput, TorchMethod):
                                            cpus_per_trial=self.search.get("cpus_per_trial", 1.0),
                                            max_concurrent=self.search.get("max_concurrent", 2),
                                            criterion=self.search.get("criterion", "silhouette"),
-                                           tie_tolerance=self.search.get("tie_tolerance", 0.0))
+                                           tie_tolerance=self.search.get("tie_tolerance", 0.0),
+                                           manifold=self.manifold)
             found = {"layer": result.layer, "timestep": result.timestep, "best_by_acc": result.best_by_acc,
                      "heatmaps": result.heatmaps}
             write_fingerprint(directory, inputs)

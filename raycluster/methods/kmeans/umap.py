@@ -1,10 +1,13 @@
-"""k-means on a UMAP embedding of the features (N2D without its autoencoder)."""
+"""k-means, or a Gaussian mixture, on a UMAP embedding of the features (N2D without its autoencoder)."""
 from __future__ import annotations
 
 import numpy as np
 
 from raycluster.methods.base import ClusteringMethod
 from raycluster.methods.kmeans.method import FaissKMeans
+
+
+CLUSTERERS = {"kmeans", "gmm"}   # what clusters the UMAP embedding
 
 
 class UMAPKMeans(ClusteringMethod):
@@ -16,9 +19,15 @@ class UMAPKMeans(ClusteringMethod):
     so k-means in its space follows them (measured: docs/methods/kmeans.md).
 
     fit: UMAP on at most `max_points` rows (a uniform sample: UMAP costs ~20 s for 10k rows on
-    2 cores and grows faster than linearly), k-means (`n_init` restarts, `balance_tolerance` as in
-    `FaissKMeans`) on its `n_components`-d output;
-    `fit_clusters` (N,) int64 holds the sampled rows' clusters, -1 for the rest.
+    2 cores and grows faster than linearly), then on its `n_components`-d output `clusterer`:
+    "kmeans" (`n_init` restarts, `balance_tolerance` as in `FaissKMeans`) or "gmm", a Gaussian
+    mixture with full covariances (`n_init` EM restarts, the highest likelihood wins; N2D's own
+    clusterer). Why a mixture: UMAP packs a class into a tight but often elongated or uneven blob,
+    which k-means may cut in two while it merges two round neighbours; a full covariance follows
+    the blob's shape (measured: docs/methods/kmeans.md). Its cost grows with K x n_components^2:
+    for tens of clusters, not thousands;
+    `fit_clusters` (N,) int64 holds the sampled rows' clusters, -1 for the rest; `embedded`
+    (n_fitted, n_components) float32, the sampled rows' UMAP coordinates (not saved).
     predict: the vote of the row's `n_neighbors` nearest fitted rows' clusters, weighted
     exp(-(d - d_1) / mean(d - d_1)) with d the `metric` distance (UMAP's weights; a fitted row
     keeps its own cluster). Exact k-NN by FAISS over the fitted rows: fast in batches, savable
@@ -30,12 +39,16 @@ class UMAPKMeans(ClusteringMethod):
 
     def __init__(self, n_clusters: int, n_components: int = 10, n_neighbors: int = 15, max_points: int = 50_000,
                  metric: str = "cosine", seed: int = 0, use_gpu: bool = False, n_init: int = 10,
-                 balance_tolerance: float = 0.0):
+                 balance_tolerance: float = 0.0, clusterer: str = "kmeans"):
         super().__init__(n_clusters)
+        if clusterer not in CLUSTERERS:
+            raise ValueError(f"umap_kmeans: clusterer must be one of {sorted(CLUSTERERS)}, got {clusterer!r}")
+        self.clusterer = clusterer
         self.n_components, self.n_neighbors, self.max_points = n_components, n_neighbors, max_points
         self.metric, self.seed, self.use_gpu = metric, seed, use_gpu
         self.n_init, self.balance_tolerance = n_init, balance_tolerance
-        self.kmeans = self.fit_clusters = self.fitted_rows = self.fitted_clusters = None
+        self.kmeans = self.mixture = self.fit_clusters = self.fitted_rows = self.fitted_clusters = None
+        self.embedded = None
         self._index = None
 
     def fit(self, vectors: np.ndarray, labels=None) -> "UMAPKMeans":
@@ -48,13 +61,23 @@ class UMAPKMeans(ClusteringMethod):
         reducer = umap.UMAP(n_neighbors=min(self.n_neighbors, len(rows) - 1), n_components=self.n_components,
                             min_dist=0.0, metric=self.metric, random_state=self.seed, n_jobs=1)
         embedded = np.ascontiguousarray(reducer.fit_transform(vectors[rows]), dtype=np.float32)
-        self.fitted_rows, self._index = np.ascontiguousarray(vectors[rows]), None
-        self.kmeans = FaissKMeans(self.n_clusters, n_init=self.n_init, seed=self.seed, use_gpu=self.use_gpu,
-                             balance_tolerance=self.balance_tolerance).fit(embedded)
+        self.fitted_rows, self._index, self.embedded = np.ascontiguousarray(vectors[rows]), None, embedded
         self.fit_clusters = np.full(len(vectors), -1, dtype=np.int64)
-        self.fit_clusters[rows], _ = self.kmeans.predict(embedded)
+        self.fit_clusters[rows] = self._cluster(embedded)
         self.fitted_clusters = self.fit_clusters[rows]
         return self
+
+    def _cluster(self, embedded: np.ndarray) -> np.ndarray:
+        """(n, n_components) float32 UMAP output -> (n,) int64 clusters by `clusterer`."""
+        if self.clusterer == "gmm":
+            from sklearn.mixture import GaussianMixture
+
+            self.mixture = GaussianMixture(self.n_clusters, covariance_type="full", n_init=self.n_init,
+                                           random_state=self.seed).fit(embedded)
+            return self.mixture.predict(embedded).astype(np.int64)
+        self.kmeans = FaissKMeans(self.n_clusters, n_init=self.n_init, seed=self.seed, use_gpu=self.use_gpu,
+                                  balance_tolerance=self.balance_tolerance).fit(embedded)
+        return self.kmeans.predict(embedded)[0]
 
     def fit_rows(self, rows, with_labels: bool = False) -> "UMAPKMeans":
         """UMAP sees at most `max_points` rows anyway: read only that sample of the store."""
@@ -83,12 +106,15 @@ class UMAPKMeans(ClusteringMethod):
         return cluster.astype(np.int64), (votes.max(axis=1) / votes.sum(axis=1)).astype(np.float32)
 
     def fitted_state(self) -> tuple[dict, dict]:
-        arrays, values = self.kmeans.fitted_state()
+        # predict reads only the fitted rows and their clusters; the k-means centroids (in UMAP's
+        # space) are kept for inspection
+        arrays, values = self.kmeans.fitted_state() if self.kmeans is not None else ({}, {})
         return {"fitted_rows": self.fitted_rows, "fitted_clusters": self.fitted_clusters, **arrays}, values
 
     def restore_fitted(self, arrays: dict, values: dict) -> "UMAPKMeans":
         self.fitted_rows, self.fitted_clusters = arrays["fitted_rows"], arrays["fitted_clusters"].astype(np.int64)
-        self.kmeans = FaissKMeans(self.n_clusters, seed=self.seed).restore_fitted(arrays, values)
+        if "centroids" in arrays:
+            self.kmeans = FaissKMeans(self.n_clusters, seed=self.seed).restore_fitted(arrays, values)
         return self
 
     def __getstate__(self):   # the FAISS index is rebuilt where the method is used (Ray actors)
