@@ -117,8 +117,15 @@ class SearchResult:
 
     @property
     def best_by_acc(self) -> Optional[dict]:
-        scored = [r for r in self.rows if not np.isnan(r["acc"])]
-        return max(scored, key=lambda r: r["acc"]) if scored else None
+        """The cell whose output scores best by the labels: the start's ACC when the start was scored."""
+        key = label_score(self.rows)
+        scored = [r for r in self.rows if not np.isnan(r[key])]
+        return max(scored, key=lambda r: r[key]) if scored else None
+
+
+def label_score(rows: Sequence[dict]) -> str:
+    """"acc_start" (the start's ACC) when the trials scored the start, else "acc" (k-means')."""
+    return "acc_start" if any(not np.isnan(r.get("acc_start", float("nan"))) for r in rows) else "acc"
 
 
 def search_layer_timestep(pixels: np.ndarray, unet, image_shape: Sequence[int], layers: Sequence[str],
@@ -187,7 +194,9 @@ def plot_heatmaps(rows: list, layers: list, timesteps: list, output_dir: str, cr
 
     best = best or choose_cell(rows, criterion)
     paths = []
-    for metric, title in ((criterion, f"{CRITERIA[criterion]} (label-free criterion)"), ("acc", "ACC (labels; not used)")):
+    acc = label_score(rows)
+    acc_title = "ACC of the start (labels; not used)" if acc == "acc_start" else "ACC (labels; not used)"
+    for metric, title in ((criterion, f"{CRITERIA[criterion]} (label-free criterion)"), (acc, acc_title)):
         grid = np.full((len(layers), len(timesteps)), np.nan)
         for row in rows:
             grid[layers.index(row["layer"]), timesteps.index(row["timestep"])] = row[metric]
@@ -208,7 +217,7 @@ def plot_heatmaps(rows: list, layers: list, timesteps: list, output_dir: str, cr
         axis.set_title(title, fontsize=9)
         figure.colorbar(image, ax=axis)
         figure.tight_layout()
-        path = os.path.join(output_dir, f"heatmap_{metric}.png")
+        path = os.path.join(output_dir, f"heatmap_{'acc' if metric == acc else metric}.png")
         import io
 
         buffer = io.BytesIO()

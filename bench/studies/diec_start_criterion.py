@@ -1,0 +1,105 @@
+"""Which label-free score finds the (layer, timestep) whose start DiEC outputs best? Per pretrained UNet.
+
+Study, 2026-12-04. Decision it produced: DiEC's search criterion is manifold_silhouette and its start clusters the UMAP map with a Gaussian mixture (docs/methods/diec.md).
+
+    python bench/studies/diec_start_criterion.py      # the runs DiEC's quality runs left (MNIST seeds 0-2; digits 0-2)
+    python bench/studies/diec_start_criterion.py --rescore --runs outputs/bench/quality/digits/diec/seed1/diec
+Every cell of configs/method/diec.yaml's grid as DiEC's own search scored it (its search.json
+rows: with labels the search adds them), or with --rescore, through the search's trial again
+(`raycluster.tune.layer_timestep.score_layer_timestep`, diec.yaml's `manifold`) on the
+search's subset of the run's pretrained UNet: the label-free scores (`silhouette` and `chi` of k-means on the cell, and
+`manifold_silhouette`, the silhouette of the start's own clusters in its UMAP space) and, from the
+labels, `acc` (k-means') and `acc_start` (the start's: what DiEC outputs, fitted on the subset).
+Per UNet and criterion: Spearman correlation with acc_start, the cell `choose_cell` picks (the
+search's tie rule) and its acc_start, beside the best acc_start of the grid.
+A run folder is `<output-root>/<dataset>/diec/seed<N>/diec` with `search/` and `pretrained/` in
+it (`bench/quality.py --methods diec` leaves them); the dataset and seed are read from that path.
+Rows (--json): {"bench", "dataset", "seed", "criterion", "spearman_acc_start", "layer", "timestep",
+"acc_start", "best_acc_start"} and one "cell" row per trial.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # bench/common.py, bench/quality.py
+from common import append_json_rows  # noqa: E402
+
+RUNS = [f"outputs/bench/quality/{dataset}/diec/seed{seed}/diec" for dataset in ("mnist-test", "digits") for seed in (0, 1, 2)]
+SHAPES = {"mnist-test": [1, 28, 28], "digits": [1, 8, 8]}
+CRITERIA = ("silhouette", "chi", "manifold_silhouette")
+
+
+def score_cells(run: str, pixels: np.ndarray, labels: np.ndarray, shape: list, seed: int, method) -> list[dict]:
+    """Every (layer, timestep) of diec.yaml's grid through the search's trial -> one dict per cell."""
+    from raycluster.tune.layer_timestep import score_layer_timestep
+
+    subset = np.random.default_rng(seed).permutation(len(pixels))[:method["search"]["subset"]]   # the search's
+    cells = []
+    for layer in method["search"]["layers"]:
+        for timestep in method["search"]["timesteps"]:
+            config = {"unet": str(Path(run) / "pretrained"), "image_shape": shape, "layer": layer, "timestep": timestep,
+                      "draws": method["search"]["draws"], "n_clusters": 10, "seed": seed, "pool": method["model"]["pool"],
+                      "threads": 2, "manifold": dict(method["manifold"])}
+            cells.append({"layer": layer, "timestep": timestep,
+                          **score_layer_timestep(config, pixels[subset], labels[subset])})
+            print("  ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}" for k, v in cells[-1].items()),
+                  flush=True)
+    return cells
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--runs", nargs="+", default=RUNS, help="DiEC run folders with a pretrained/ UNet")
+    parser.add_argument("--rescore", action="store_true", help="score the cells again from the pretrained UNet")
+    parser.add_argument("--cache-dir", default="outputs/cache", help="bench/quality.py's shards and embeddings")
+    parser.add_argument("--json", default=None)
+    args = parser.parse_args(argv)
+
+    from scipy.stats import spearmanr
+
+    from quality import single_dataset
+    from raycluster.config import compose
+    from raycluster.tune.layer_timestep import choose_cell
+
+    method = compose(["method=diec"]).method
+    summary = []
+    for run in args.runs:
+        dataset, seed = re.search(r"([\w-]+)/diec/seed(\d+)", run).groups()
+        search = Path(run) / "search" / "search.json"
+        if args.rescore and (Path(run) / "pretrained" / "unet" / "config.json").exists():
+            pixels, labels, _, _ = single_dataset(dataset, args)
+            print(f"{dataset} seed {seed}: {run}", flush=True)
+            cells = score_cells(run, pixels, labels, SHAPES[dataset], int(seed), method)
+        elif not args.rescore and search.exists() and "manifold_silhouette" in json.loads(search.read_text())["rows"][0]:
+            cells = json.loads(search.read_text())["rows"]
+        else:
+            print(f"skipped {run}: no {'pretrained UNet' if args.rescore else 'search.json with every criterion'} "
+                  "(run bench/quality.py --methods diec first)")
+            continue
+        rows = [{"bench": "diec_start_criterion", "dataset": dataset, "seed": int(seed), "criterion": "cell", **c}
+                for c in cells]
+        best = max(c["acc_start"] for c in cells)
+        for criterion in CRITERIA:
+            pick = choose_cell(cells, criterion, method["search"]["tie_tolerance"])
+            rho = float(spearmanr([c[criterion] for c in cells], [c["acc_start"] for c in cells]).statistic)
+            rows.append({"bench": "diec_start_criterion", "dataset": dataset, "seed": int(seed), "criterion": criterion,
+                         "spearman_acc_start": round(rho, 3), "layer": pick["layer"], "timestep": pick["timestep"],
+                         "acc_start": round(pick["acc_start"], 4), "best_acc_start": round(best, 4)})
+        summary += rows[len(cells):]
+        append_json_rows(args.json, rows)
+    print(f"\n{'dataset':<12}{'seed':>5}  {'criterion':<21}{'spearman':>9}{'picks':>14}{'acc_start':>10}{'best':>7}")
+    for row in summary:
+        print(f"{row['dataset']:<12}{row['seed']:>5}  {row['criterion']:<21}{row['spearman_acc_start']:>9.3f}"
+              f"{row['layer'] + ' t' + str(row['timestep']):>14}{row['acc_start']:>10.3f}{row['best_acc_start']:>7.3f}")
+    return summary
+
+
+if __name__ == "__main__":
+    main()
+    sys.exit(0)
