@@ -11,11 +11,14 @@ search's subset of the run's pretrained UNet: the label-free scores (`silhouette
 `manifold_silhouette`, the silhouette of the start's own clusters in its UMAP space) and, from the
 labels, `acc` (k-means') and `acc_start` (the start's: what DiEC outputs, fitted on the subset).
 Per UNet and criterion: Spearman correlation with acc_start, the cell `choose_cell` picks (the
-search's tie rule) and its acc_start, beside the best acc_start of the grid.
+search's tie rule) and its acc_start, beside the best acc_start of the grid. With --clusterers,
+the start on all rows at the cells `silhouette` and `manifold_silhouette` pick, its UMAP map
+clustered by k-means (the previous start, balance_tolerance 0.05) and by the mixture (now).
 A run folder is `<output-root>/<dataset>/diec/seed<N>/diec` with `search/` and `pretrained/` in
 it (`bench/quality.py --methods diec` leaves them); the dataset and seed are read from that path.
 Rows (--json): {"bench", "dataset", "seed", "criterion", "spearman_acc_start", "layer", "timestep",
-"acc_start", "best_acc_start"} and one "cell" row per trial.
+"acc_start", "best_acc_start", "start_acc_kmeans", "start_acc_gmm" (--clusterers)}; the cells' own
+scores stay in each run's search/search.json.
 """
 from __future__ import annotations
 
@@ -53,9 +56,33 @@ def score_cells(run: str, pixels: np.ndarray, labels: np.ndarray, shape: list, s
     return cells
 
 
+def start_by_clusterer(run: str, pixels: np.ndarray, labels: np.ndarray, shape: list, seed: int, cell: dict,
+                       method) -> dict:
+    """The start DiEC fits on all rows at `cell` (its `model_config`: the embeddings, scaled), once
+    per clusterer of the UMAP map: {"kmeans": ACC (the previous start: balance_tolerance 0.05),
+    "gmm": ACC}."""
+    import torch
+
+    from raycluster.methods.diec.model import build_diec
+    from raycluster.methods.kmeans.umap import UMAPKMeans
+    from raycluster.metrics import supervised_metrics
+
+    probe = build_diec({"n_clusters": 10, "unet": str(Path(run) / "pretrained"), "image_shape": shape,
+                        "layer": cell["layer"], "timestep": cell["timestep"], "pool": method["model"]["pool"],
+                        "eval_draws": method["model"]["eval_draws"], "centers": np.zeros((10, 1)).tolist()})
+    embeddings = probe.embeddings(torch.from_numpy(pixels), probe.config.eval_draws, seed).numpy()
+    embeddings /= float(np.sqrt((embeddings.std(0) ** 2).mean()) + 1e-8)
+    settings = {"kmeans": {"clusterer": "kmeans", "balance_tolerance": 0.05}, "gmm": {"clusterer": "gmm"}}
+    return {name: supervised_metrics(labels, UMAPKMeans(10, seed=seed, **{**method["manifold"], **extra})
+                                     .fit(embeddings).fit_clusters)["acc"] for name, extra in settings.items()}
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", nargs="+", default=RUNS, help="DiEC run folders with a pretrained/ UNet")
+    parser.add_argument("--clusterers", action="store_true",
+                        help="also fit the start on all rows at the cells silhouette and manifold_silhouette pick, "
+                             "with k-means and with the mixture on the UMAP map")
     parser.add_argument("--rescore", action="store_true", help="score the cells again from the pretrained UNet")
     parser.add_argument("--cache-dir", default="outputs/cache", help="bench/quality.py's shards and embeddings")
     parser.add_argument("--json", default=None)
@@ -82,8 +109,7 @@ def main(argv=None):
             print(f"skipped {run}: no {'pretrained UNet' if args.rescore else 'search.json with every criterion'} "
                   "(run bench/quality.py --methods diec first)")
             continue
-        rows = [{"bench": "diec_start_criterion", "dataset": dataset, "seed": int(seed), "criterion": "cell", **c}
-                for c in cells]
+        rows = []
         best = max(c["acc_start"] for c in cells)
         for criterion in CRITERIA:
             pick = choose_cell(cells, criterion, method["search"]["tie_tolerance"])
@@ -91,12 +117,20 @@ def main(argv=None):
             rows.append({"bench": "diec_start_criterion", "dataset": dataset, "seed": int(seed), "criterion": criterion,
                          "spearman_acc_start": round(rho, 3), "layer": pick["layer"], "timestep": pick["timestep"],
                          "acc_start": round(pick["acc_start"], 4), "best_acc_start": round(best, 4)})
-        summary += rows[len(cells):]
+        if args.clusterers:
+            pixels, labels, _, _ = single_dataset(dataset, args)
+            for row in rows:
+                if row["criterion"] != "chi":
+                    by = start_by_clusterer(run, pixels, labels, SHAPES[dataset], int(seed), row, method)
+                    row.update({f"start_acc_{name}": round(acc, 4) for name, acc in by.items()})
+        summary += rows
         append_json_rows(args.json, rows)
-    print(f"\n{'dataset':<12}{'seed':>5}  {'criterion':<21}{'spearman':>9}{'picks':>14}{'acc_start':>10}{'best':>7}")
+    print(f"\n{'dataset':<12}{'seed':>5}  {'criterion':<21}{'spearman':>9}{'picks':>14}{'acc_start':>10}{'best':>7}"
+          + ("   all rows: k-means / mixture" if args.clusterers else ""))
     for row in summary:
         print(f"{row['dataset']:<12}{row['seed']:>5}  {row['criterion']:<21}{row['spearman_acc_start']:>9.3f}"
-              f"{row['layer'] + ' t' + str(row['timestep']):>14}{row['acc_start']:>10.3f}{row['best_acc_start']:>7.3f}")
+              f"{row['layer'] + ' t' + str(row['timestep']):>14}{row['acc_start']:>10.3f}{row['best_acc_start']:>7.3f}"
+              + (f"   {row['start_acc_kmeans']:.3f} / {row['start_acc_gmm']:.3f}" if "start_acc_gmm" in row else ""))
     return summary
 
 

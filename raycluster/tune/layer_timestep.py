@@ -73,7 +73,9 @@ def manifold_separation(embeddings: np.ndarray, n_clusters: int, manifold: dict,
 
 def score_layer_timestep(config: dict, pixels: np.ndarray, labels: Optional[np.ndarray] = None) -> dict:
     """One trial: config has unet, image_shape, layer, timestep, draws, n_clusters, seed, threads.
-    pixels: (n, C*H*W) float32 in [0, 1]. Returns {"chi", "silhouette", "acc" (nan without labels), "dim"}."""
+    pixels: (n, C*H*W) float32 in [0, 1]; config["manifold"]: the start's UMAPKMeans settings or None.
+    Returns {"chi", "silhouette", "manifold_silhouette" (nan without manifold), "acc", "acc_start"
+    (nan without labels), "dim"}."""
     import torch
 
     from raycluster.diffusion.unet import build_scheduler, load_unet, to_model_input

@@ -24,7 +24,7 @@ class UMAPKMeans(ClusteringMethod):
     mixture with full covariances (`n_init` EM restarts, the highest likelihood wins; N2D's own
     clusterer). Why a mixture: UMAP packs a class into a tight but often elongated or uneven blob,
     which k-means may cut in two while it merges two round neighbours; a full covariance follows
-    the blob's shape (measured: docs/methods/kmeans.md). Its cost grows with K x n_components^2:
+    the blob's shape (docs/methods/kmeans.md). Its cost grows with K x n_components^2:
     for tens of clusters, not thousands;
     `fit_clusters` (N,) int64 holds the sampled rows' clusters, -1 for the rest; `embedded`
     (n_fitted, n_components) float32, the sampled rows' UMAP coordinates (not saved).
