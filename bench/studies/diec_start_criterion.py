@@ -6,7 +6,7 @@ Study, 2026-12-04. Decision it produced: DiEC's search criterion is manifold_sil
     python bench/studies/diec_start_criterion.py --rescore --runs outputs/bench/quality/digits/diec/seed1/diec
 Every cell of configs/method/diec.yaml's grid as DiEC's own search scored it (its search.json
 rows: with labels the search adds them), or with --rescore, through the search's trial again
-(`raycluster.tune.layer_timestep.score_layer_timestep`, diec.yaml's `manifold`) on the
+(`raycluster.tune.layer_timestep.score_layer_timestep` with `methods.start.manifold_separation`) on the
 search's subset of the run's pretrained UNet: the label-free scores (`silhouette` and `chi` of k-means on the cell, and
 `manifold_silhouette`, the silhouette of the start's own clusters in its UMAP space) and, from the
 labels, `acc` (k-means') and `acc_start` (the start's: what DiEC outputs, fitted on the subset).
@@ -40,6 +40,9 @@ CRITERIA = ("silhouette", "chi", "manifold_silhouette")
 
 def score_cells(run: str, pixels: np.ndarray, labels: np.ndarray, shape: list, seed: int, method) -> list[dict]:
     """Every (layer, timestep) of diec.yaml's grid through the search's trial -> one dict per cell."""
+    from functools import partial
+
+    from raycluster.methods.start import manifold_separation
     from raycluster.tune.layer_timestep import score_layer_timestep
 
     subset = np.random.default_rng(seed).permutation(len(pixels))[:method["search"]["subset"]]   # the search's
@@ -48,9 +51,10 @@ def score_cells(run: str, pixels: np.ndarray, labels: np.ndarray, shape: list, s
         for timestep in method["search"]["timesteps"]:
             config = {"unet": str(Path(run) / "pretrained"), "image_shape": shape, "layer": layer, "timestep": timestep,
                       "draws": method["search"]["draws"], "n_clusters": 10, "seed": seed, "pool": method["model"]["pool"],
-                      "threads": 2, "manifold": dict(method["manifold"])}
+                      "threads": 2}
+            start_score = partial(manifold_separation, manifold=dict(method["manifold"]))
             cells.append({"layer": layer, "timestep": timestep,
-                          **score_layer_timestep(config, pixels[subset], labels[subset])})
+                          **score_layer_timestep(config, pixels[subset], labels[subset], start_score)})
             print("  ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}" for k, v in cells[-1].items()),
                   flush=True)
     return cells

@@ -30,6 +30,18 @@ def check_manifold(manifold: Optional[dict], method: str) -> Optional[dict]:
     return dict(manifold)
 
 
+def manifold_separation(embeddings: np.ndarray, n_clusters: int, seed: int = 0, *, manifold: dict) -> tuple[float, np.ndarray]:
+    """(N, D) float -> (mean silhouette of UMAPKMeans(**manifold)'s clusters in its UMAP space,
+    (N,) those clusters): the start fitted on these rows (scaled as DiEC scales its embeddings),
+    and how well its clusters separate where they are made. DiEC's search scores every
+    (layer, timestep) by it (`tune.layer_timestep.StartScore`, with `manifold` bound)."""
+    from sklearn.metrics import silhouette_score
+
+    scaled = embeddings / (np.sqrt((embeddings.std(0) ** 2).mean()) + 1e-8)   # as DiEC.model_config scales
+    start = UMAPKMeans(n_clusters, seed=seed, **{**manifold, "max_points": len(embeddings)}).fit(scaled)
+    return float(silhouette_score(start.embedded, start.fitted_clusters)), start.fit_clusters
+
+
 def cluster_means(vectors: np.ndarray, clusters: np.ndarray, fallback: np.ndarray) -> np.ndarray:
     """(N, D) vectors, (N,) int cluster ids (-1: not clustered) -> (K, D) mean of each cluster's
     rows, K = len(fallback); a cluster with no rows keeps its row of `fallback` (K, D)."""

@@ -4,9 +4,9 @@ Each trial is one (layer, timestep): noise-averaged pooled UNet activations of a
 subset (`raycluster.features.unet.unet_features`), scored by label-free criteria (`CRITERIA`):
 of k-means with K clusters on the activations standardised per dimension, the Calinski-Harabasz
 index (`chi`, between- over within-cluster dispersion; the paper's OTS criterion) and the mean
-silhouette (`silhouette`, Euclidean); and, given the start's `manifold` settings, the mean
-silhouette of the start's own clusters (UMAPKMeans on the activations, as DiEC's start fits them)
-in its UMAP space (`manifold_silhouette`): the cell is scored by how well separated the clusters
+silhouette (`silhouette`, Euclidean); and, given the method's `start_score` (DiEC's:
+`methods.start.manifold_separation`), the mean silhouette of the start's own clusters in its UMAP
+space (`manifold_silhouette`): the cell is scored by how well separated the clusters
 DiEC will output are, where they are made. The choice is the arg-max of `criterion`, or with
 `tie_tolerance` the smallest timestep among the near-best cells (`choose_cell`).
 Labels, when given, only add `acc` (k-means') and `acc_start` (the start's) to the trial's report.
@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 
@@ -28,10 +28,15 @@ CRITERIA = {"chi": "Calinski-Harabasz index", "silhouette": "mean silhouette",
             "manifold_silhouette": "mean silhouette of the start's clusters in its UMAP space"}
 
 
-def check_criterion(criterion: str, manifold: Optional[dict] = None) -> str:
+# (embeddings (N, D), n_clusters, seed) -> (separation score, (N,) int clusters): the method's own
+# start fitted on a trial's activations. A callable handed in, so tune never imports methods.
+StartScore = Callable[[np.ndarray, int, int], tuple]
+
+
+def check_criterion(criterion: str, has_start: bool = False) -> str:
     if criterion not in CRITERIA:
         raise ValueError(f"diec: unknown search criterion {criterion!r}; known: {sorted(CRITERIA)}")
-    if criterion == "manifold_silhouette" and not manifold:
+    if criterion == "manifold_silhouette" and not has_start:
         raise ValueError("diec: search criterion manifold_silhouette scores the start's UMAP clusters: "
                          "set method.manifold, or choose criterion silhouette")
     return criterion
@@ -58,23 +63,11 @@ def clusterability(embeddings: np.ndarray, n_clusters: int, seed: int = 0) -> tu
             "silhouette": float(silhouette_score(standardised, clusters))}, clusters
 
 
-def manifold_separation(embeddings: np.ndarray, n_clusters: int, manifold: dict, seed: int = 0) -> tuple[float, np.ndarray]:
-    """(N, D) float -> (mean silhouette of UMAPKMeans(**manifold)'s clusters in its UMAP space,
-    (N,) those clusters): the start DiEC makes on this cell, fitted on these rows, and how well
-    its clusters separate where they are made."""
-    from sklearn.metrics import silhouette_score
-
-    from raycluster.methods.kmeans.umap import UMAPKMeans
-
-    scaled = embeddings / (np.sqrt((embeddings.std(0) ** 2).mean()) + 1e-8)   # as DiEC.model_config scales
-    start = UMAPKMeans(n_clusters, seed=seed, **{**manifold, "max_points": len(embeddings)}).fit(scaled)
-    return float(silhouette_score(start.embedded, start.fitted_clusters)), start.fit_clusters
-
-
-def score_layer_timestep(config: dict, pixels: np.ndarray, labels: Optional[np.ndarray] = None) -> dict:
+def score_layer_timestep(config: dict, pixels: np.ndarray, labels: Optional[np.ndarray] = None,
+                         start_score: Optional[StartScore] = None) -> dict:
     """One trial: config has unet, image_shape, layer, timestep, draws, n_clusters, seed, threads.
-    pixels: (n, C*H*W) float32 in [0, 1]; config["manifold"]: the start's UMAPKMeans settings or None.
-    Returns {"chi", "silhouette", "manifold_silhouette" (nan without manifold), "acc", "acc_start"
+    pixels: (n, C*H*W) float32 in [0, 1]; start_score: see StartScore, or None.
+    Returns {"chi", "silhouette", "manifold_silhouette" (nan without start_score), "acc", "acc_start"
     (nan without labels), "dim"}."""
     import torch
 
@@ -95,19 +88,18 @@ def score_layer_timestep(config: dict, pixels: np.ndarray, labels: Optional[np.n
     scores, clusters = clusterability(embeddings, int(config["n_clusters"]), int(config["seed"]))
     start = None
     scores["manifold_silhouette"] = float("nan")
-    if config.get("manifold"):
-        scores["manifold_silhouette"], start = manifold_separation(embeddings, int(config["n_clusters"]),
-                                                                   config["manifold"], int(config["seed"]))
+    if start_score is not None:
+        scores["manifold_silhouette"], start = start_score(embeddings, int(config["n_clusters"]), int(config["seed"]))
     scored = labels is not None and (labels >= 0).all()
     acc = supervised_metrics(labels, clusters)["acc"] if scored else float("nan")
     acc_start = supervised_metrics(labels, start)["acc"] if scored and start is not None else float("nan")
     return {**scores, "acc": acc, "acc_start": acc_start, "dim": embeddings.shape[1]}
 
 
-def _trial(config: dict, pixels=None, labels=None) -> None:
+def _trial(config: dict, pixels=None, labels=None, start_score=None) -> None:
     import ray.tune
 
-    ray.tune.report(score_layer_timestep(config, pixels, labels))
+    ray.tune.report(score_layer_timestep(config, pixels, labels, start_score))
 
 
 @dataclass
@@ -135,10 +127,10 @@ def search_layer_timestep(pixels: np.ndarray, unet, image_shape: Sequence[int], 
                           labels: Optional[np.ndarray] = None, subset: int = 2000, draws: int = 2,
                           seed: int = 0, pool: int = 1, cpus_per_trial: float = 1.0,
                           max_concurrent: int = 2, criterion: str = "silhouette",
-                          tie_tolerance: float = 0.0, manifold: Optional[dict] = None) -> SearchResult:
+                          tie_tolerance: float = 0.0, start_score: Optional[StartScore] = None) -> SearchResult:
     """Grid (layers x timesteps) as Ray Tune trials on a random `subset` of the rows; writes
     `search.json` + heatmaps under `output_dir` and returns `choose_cell` of `criterion`
-    (a key of CRITERIA) with `tie_tolerance`; `manifold` (the start's UMAPKMeans settings) adds
+    (a key of CRITERIA) with `tie_tolerance`; `start_score` (see StartScore) adds
     `manifold_silhouette`.
     unet: a diffusers folder / hub name, or a config dict (random init: tests only)."""
     import json
@@ -148,17 +140,18 @@ def search_layer_timestep(pixels: np.ndarray, unet, image_shape: Sequence[int], 
     from raycluster.io import atomic_write_bytes
     from raycluster.tune.progress import trial_lines
 
-    check_criterion(criterion, manifold)
+    check_criterion(criterion, start_score is not None)
     if isinstance(unet, str) and os.path.exists(unet):
         unet = os.path.abspath(unet)   # trials run in their own working directories
     rows_subset = np.random.default_rng(seed).permutation(len(pixels))[:subset]
     trainable = ray.tune.with_resources(
         ray.tune.with_parameters(_trial, pixels=np.ascontiguousarray(pixels[rows_subset], np.float32),
-                                 labels=None if labels is None else np.asarray(labels)[rows_subset]),
+                                 labels=None if labels is None else np.asarray(labels)[rows_subset],
+                                 start_score=start_score),
         {"cpu": cpus_per_trial})
     param_space = {"layer": ray.tune.grid_search(list(layers)), "timestep": ray.tune.grid_search(list(timesteps)),
                    "unet": unet, "image_shape": list(image_shape), "draws": draws, "n_clusters": n_clusters,
-                   "seed": seed, "pool": pool, "threads": max(1, int(cpus_per_trial)), "manifold": manifold}
+                   "seed": seed, "pool": pool, "threads": max(1, int(cpus_per_trial))}
     tuner = ray.tune.Tuner(trainable, param_space=param_space,
                            tune_config=ray.tune.TuneConfig(metric=criterion, mode="max", max_concurrent_trials=max_concurrent),
                            run_config=ray.tune.RunConfig(

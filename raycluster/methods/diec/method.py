@@ -65,7 +65,7 @@ class DiEC(StartOutput, TorchMethod):
         if unknown:   # a typo here would otherwise be ignored until after the pretraining
             raise ValueError(f"diec: unknown search setting(s) {sorted(unknown)}; known: {sorted(SEARCH_KEYS)}")
         self.manifold = check_manifold(manifold, "diec")   # kmeans.UMAPKMeans settings; None: k-means start
-        check_criterion(self.search.get("criterion", "silhouette"), self.manifold)
+        check_criterion(self.search.get("criterion", "silhouette"), has_start=self.manifold is not None)
         # Ray Tune trials and Train workers run in their own working directories: local paths
         # must be absolute before they are handed over.
         self.unet = os.path.abspath(unet) if isinstance(unet, str) and os.path.exists(unet) else unet
@@ -123,7 +123,7 @@ class DiEC(StartOutput, TorchMethod):
                                            max_concurrent=self.search.get("max_concurrent", 2),
                                            criterion=self.search.get("criterion", "silhouette"),
                                            tie_tolerance=self.search.get("tie_tolerance", 0.0),
-                                           manifold=self.manifold)
+                                           start_score=self.start_score())
             found = {"layer": result.layer, "timestep": result.timestep, "best_by_acc": result.best_by_acc,
                      "heatmaps": result.heatmaps}
             write_fingerprint(directory, inputs)
@@ -131,6 +131,14 @@ class DiEC(StartOutput, TorchMethod):
         self.stages["search"] = {k: found[k] for k in ("layer", "timestep", "best_by_acc", "heatmaps")}
         log.warning("DiEC: COL %s, COT %d (label-free choice)", found["layer"], found["timestep"])
         return found["layer"], int(found["timestep"])
+
+    def start_score(self):
+        """The search's StartScore: this method's start (UMAP + its clusterer) on a trial's activations."""
+        from functools import partial
+
+        from raycluster.methods.start import manifold_separation
+
+        return partial(manifold_separation, manifold=self.manifold) if self.manifold else None
 
     # -- stage 3 -------------------------------------------------------------------------
     def model_config(self, unet: str, layer: str, timestep: int, pixels: np.ndarray,
