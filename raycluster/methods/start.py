@@ -30,6 +30,12 @@ def check_manifold(manifold: Optional[dict], method: str) -> Optional[dict]:
     return dict(manifold)
 
 
+def embedding_scale(embeddings: np.ndarray) -> float:
+    """(N, D) -> the root mean per-dimension variance (+1e-8): what DiEC divides its activations by,
+    so UMAP's Euclidean neighbourhoods and DEC's Student-t see unit-scale rows."""
+    return float(np.sqrt((embeddings.std(0) ** 2).mean()) + 1e-8)
+
+
 def manifold_separation(embeddings: np.ndarray, n_clusters: int, seed: int = 0, *, manifold: dict) -> tuple[float, np.ndarray]:
     """(N, D) float -> (mean silhouette of UMAPKMeans(**manifold)'s clusters in its UMAP space,
     (N,) those clusters): the start fitted on these rows (scaled as DiEC scales its embeddings),
@@ -37,7 +43,7 @@ def manifold_separation(embeddings: np.ndarray, n_clusters: int, seed: int = 0, 
     (layer, timestep) by it (`tune.layer_timestep.StartScore`, with `manifold` bound)."""
     from sklearn.metrics import silhouette_score
 
-    scaled = embeddings / (np.sqrt((embeddings.std(0) ** 2).mean()) + 1e-8)   # as DiEC.model_config scales
+    scaled = embeddings / embedding_scale(embeddings)   # as DiEC.model_config scales
     start = UMAPKMeans(n_clusters, seed=seed, **{**manifold, "max_points": len(embeddings)}).fit(scaled)
     return float(silhouette_score(start.embedded, start.fitted_clusters)), start.fit_clusters
 

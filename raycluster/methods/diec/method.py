@@ -151,14 +151,14 @@ class DiEC(StartOutput, TorchMethod):
         import torch
 
         from raycluster.methods.diec.model import build_diec
-        from raycluster.methods.start import fit_start
+        from raycluster.methods.start import embedding_scale, fit_start
 
         start = time.time()
         config = {**self.model_overrides, "n_clusters": self.n_clusters, "unet": unet, "image_shape": self.image_shape,
                   "layer": layer, "timestep": timestep}
         probe = build_diec({**config, "centers": np.zeros((self.n_clusters, 1)).tolist()})   # centres unused here
         embeddings = probe.embeddings(torch.from_numpy(pixels), probe.config.eval_draws, self.seed).numpy()
-        scale = float(np.sqrt((embeddings.std(0) ** 2).mean()) + 1e-8)
+        scale = embedding_scale(embeddings)
         fitted = fit_start(embeddings / scale, self.n_clusters, self.seed, self.manifold, labels)
         centers, initial = fitted.centers, fitted.clusters
         self.keep_start(fitted)
