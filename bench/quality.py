@@ -181,7 +181,7 @@ def main(argv=None):
     parser.add_argument("--experiment", nargs="*", default=[], metavar="METHOD=NAME",
                         help="run an image method with another experiment config, e.g. dific=dific_mnist_fast")
     parser.add_argument("--json", default=None, help="append one row per (dataset, method, seed) as JSON lines")
-    parser.add_argument("--output-root", default="outputs/bench/quality", help="per-run folders (emptied per run)")
+    parser.add_argument("--output-root", default="outputs/bench/quality", help="per-run folders (emptied per run unless --keep-stages)")
     parser.add_argument("--keep-stages", action="store_true",
                         help="keep the run folders: a stage whose inputs are unchanged is reused (fingerprinted), "
                              "e.g. DiEC's pretrained UNet when only its search or start changed; fit_seconds then "

@@ -47,7 +47,7 @@ class UMAPKMeans(ClusteringMethod):
         self.n_components, self.n_neighbors, self.max_points = n_components, n_neighbors, max_points
         self.metric, self.seed, self.use_gpu = metric, seed, use_gpu
         self.n_init, self.balance_tolerance = n_init, balance_tolerance
-        self.kmeans = self.mixture = self.fit_clusters = self.fitted_rows = self.fitted_clusters = None
+        self.kmeans = self.fit_clusters = self.fitted_rows = self.fitted_clusters = None
         self.embedded = None
         self._index = None
 
@@ -72,9 +72,9 @@ class UMAPKMeans(ClusteringMethod):
         if self.clusterer == "gmm":
             from sklearn.mixture import GaussianMixture
 
-            self.mixture = GaussianMixture(self.n_clusters, covariance_type="full", n_init=self.n_init,
-                                           random_state=self.seed).fit(embedded)
-            return self.mixture.predict(embedded).astype(np.int64)
+            mixture = GaussianMixture(self.n_clusters, covariance_type="full", n_init=self.n_init,
+                                      random_state=self.seed).fit(embedded)
+            return mixture.predict(embedded).astype(np.int64)   # predict reads the fitted rows, not the mixture
         self.kmeans = FaissKMeans(self.n_clusters, n_init=self.n_init, seed=self.seed, use_gpu=self.use_gpu,
                                   balance_tolerance=self.balance_tolerance).fit(embedded)
         return self.kmeans.predict(embedded)[0]
