@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch
 
-from raycluster.methods.diec.model import build_diec, dec_kl, student_t_assignments, target_distribution
+from raycluster.methods.diec.model import build_diec, cell_embeddings, dec_kl, student_t_assignments, target_distribution
 
 from tests.test_unet_features import TINY_UNET
 
@@ -67,6 +67,16 @@ def test_a_training_step_sends_gradients_to_the_unet_and_the_centres():
     assert set(terms) >= {"kl", "denoise", "teacher_clusters"}
     cluster, confidence = model.predict(pixels)
     assert cluster.shape == (120,) and ((confidence > 0) & (confidence <= 1)).all()
+
+
+def test_cell_embeddings_are_unit_scale_and_the_same_rows_give_the_same_embeddings():
+    pixels = tiny_patterns()[0]
+    config = {key: value for key, value in diec_config().items() if key != "centers"}
+    probe, embeddings, scale = cell_embeddings(config, pixels, seed=3)
+    assert embeddings.shape == (120, 16) and embeddings.dtype == np.float32 and scale > 0
+    assert np.sqrt((embeddings.std(0) ** 2).mean()) == pytest.approx(1.0, rel=1e-4)
+    again = probe.embeddings(torch.from_numpy(pixels), probe.config.eval_draws, 3).numpy() / scale
+    np.testing.assert_allclose(again, embeddings, rtol=1e-5, atol=1e-6)   # seeded noise: predict sees the same rows
 
 
 def test_initial_clusters_are_the_first_target_then_dec_takes_over():

@@ -71,8 +71,8 @@ def main(argv=None):
 
     from raycluster.config import compose
     from raycluster.data.store import EmbeddingStore
-    from raycluster.methods.diec.model import build_diec, student_t_assignments
-    from raycluster.methods.start import embedding_scale, start_clusters
+    from raycluster.methods.diec.model import cell_embeddings, student_t_assignments
+    from raycluster.methods.start import start_clusters
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--work-dir", default="outputs/bench/quality/digits/diec/seed0/diec")
@@ -89,11 +89,10 @@ def main(argv=None):
     cell = json.loads((work / "search" / "search.json").read_text())
     method = compose(["experiment=diec_mnist"]).method
     rows = EmbeddingStore(store_path).load()
-    probe = build_diec({"n_clusters": k, "unet": str(work / "pretrained"), "image_shape": image_shape,
-                        "layer": cell["layer"], "timestep": cell["timestep"], "pool": method["model"]["pool"],
-                        "eval_draws": method["model"]["eval_draws"], "centers": np.zeros((k, 1)).tolist()})
-    embeddings = probe.embeddings(torch.from_numpy(rows.vectors), probe.config.eval_draws, 0).numpy()
-    embeddings = embeddings / embedding_scale(embeddings)
+    _, embeddings, _ = cell_embeddings({"n_clusters": k, "unet": str(work / "pretrained"), "image_shape": image_shape,
+                                        "layer": cell["layer"], "timestep": cell["timestep"],
+                                        "pool": method["model"]["pool"], "eval_draws": method["model"]["eval_draws"]},
+                                       rows.vectors, 0)
     centers, start, _ = start_clusters(embeddings, k, 0, dict(method["manifold"]))
     nearest = student_t_assignments(torch.from_numpy(embeddings), torch.from_numpy(centers)).argmax(1).numpy()
     results = [("start (UMAP + k-means)", start), ("nearest centre", nearest)]

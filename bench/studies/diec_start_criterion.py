@@ -65,18 +65,14 @@ def start_by_clusterer(run: str, pixels: np.ndarray, labels: np.ndarray, shape: 
     """The start DiEC fits on all rows at `cell` (its `model_config`: the embeddings, scaled), once
     per clusterer of the UMAP map: {"kmeans": ACC (the previous start: balance_tolerance 0.05),
     "gmm": ACC}."""
-    import torch
-
-    from raycluster.methods.diec.model import build_diec
+    from raycluster.methods.diec.model import cell_embeddings
     from raycluster.methods.kmeans.umap import UMAPKMeans
-    from raycluster.methods.start import embedding_scale
     from raycluster.metrics import supervised_metrics
 
-    probe = build_diec({"n_clusters": 10, "unet": str(Path(run) / "pretrained"), "image_shape": shape,
-                        "layer": cell["layer"], "timestep": cell["timestep"], "pool": method["model"]["pool"],
-                        "eval_draws": method["model"]["eval_draws"], "centers": np.zeros((10, 1)).tolist()})
-    embeddings = probe.embeddings(torch.from_numpy(pixels), probe.config.eval_draws, seed).numpy()
-    embeddings /= embedding_scale(embeddings)
+    _, embeddings, _ = cell_embeddings({"n_clusters": 10, "unet": str(Path(run) / "pretrained"), "image_shape": shape,
+                                        "layer": cell["layer"], "timestep": cell["timestep"],
+                                        "pool": method["model"]["pool"], "eval_draws": method["model"]["eval_draws"]},
+                                       pixels, seed)
     settings = {"kmeans": {"clusterer": "kmeans", "balance_tolerance": 0.05}, "gmm": {"clusterer": "gmm"}}
     return {name: supervised_metrics(labels, UMAPKMeans(10, seed=seed, **{**method["manifold"], **extra})
                                      .fit(embeddings).fit_clusters)["acc"] for name, extra in settings.items()}

@@ -150,16 +150,14 @@ class DiEC(StartOutput, TorchMethod):
         embedding space, and they are the first `initial_target_epochs`' target."""
         import torch
 
-        from raycluster.methods.diec.model import build_diec
-        from raycluster.methods.start import embedding_scale, fit_start
+        from raycluster.methods.diec.model import cell_embeddings
+        from raycluster.methods.start import fit_start
 
         start = time.time()
         config = {**self.model_overrides, "n_clusters": self.n_clusters, "unet": unet, "image_shape": self.image_shape,
                   "layer": layer, "timestep": timestep}
-        probe = build_diec({**config, "centers": np.zeros((self.n_clusters, 1)).tolist()})   # centres unused here
-        embeddings = probe.embeddings(torch.from_numpy(pixels), probe.config.eval_draws, self.seed).numpy()
-        scale = embedding_scale(embeddings)
-        fitted = fit_start(embeddings / scale, self.n_clusters, self.seed, self.manifold, labels)
+        probe, embeddings, scale = cell_embeddings(config, pixels, self.seed)
+        fitted = fit_start(embeddings, self.n_clusters, self.seed, self.manifold, labels)
         centers, initial = fitted.centers, fitted.clusters
         self.keep_start(fitted)
         self.stages.update(fitted.scores)

@@ -30,6 +30,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Optional
 
+import numpy as np
 import torch
 
 from raycluster.train.loop import shared_tensor
@@ -179,6 +180,18 @@ class DiECModel(torch.nn.Module):
         q = self.soft_assignments(pixels, self.config.eval_draws)
         confidence, cluster = q.max(dim=1)
         return cluster, confidence.float()
+
+
+def cell_embeddings(config: dict, pixels, seed: int = 0) -> tuple[DiECModel, np.ndarray, float]:
+    """DiEC's representation of pixels (N, C*H*W) float32 numpy at config's (layer, timestep):
+    (the model built from `config` (its centres, if any, unused), the (N, D) float32 numpy
+    embeddings divided by their `methods.start.embedding_scale`, that scale (the config keeps it))."""
+    from raycluster.methods.start import embedding_scale
+
+    probe = build_diec({**config, "centers": [[0.0]] * config.get("n_clusters", DiECConfig.n_clusters)})
+    embeddings = probe.embeddings(torch.from_numpy(pixels), probe.config.eval_draws, seed).numpy()
+    scale = embedding_scale(embeddings)
+    return probe, embeddings / scale, scale
 
 
 def build_diec(config: dict) -> DiECModel:
