@@ -36,6 +36,7 @@ from raycluster.data.builtin import folder_samples, synthetic_jpeg_samples
 from raycluster.data.shards import resolve_shards, write_shards
 from raycluster.data.transforms import decode_image, normalize
 from raycluster.features.extract import CPU_ACTOR_ENV, extractor_class, run_extraction
+from raycluster.fingerprint import listing_hash, reusable, write_fingerprint
 from raycluster.ray_utils import ensure_ray
 from common import append_json_rows
 
@@ -189,8 +190,12 @@ def main(argv=None):
     else:
         dataset = f"synthetic-jpeg-{args.width}x{args.height}"
         samples = synthetic_jpeg_samples(args.images, args.width, args.height)
-    if not os.path.exists(os.path.join(shard_dir, "manifest.json")):
+    # a --workdir kept from another run is reused only when what made its shards is unchanged
+    inputs = {"dataset": dataset, "images": args.images, "samples_per_shard": args.samples_per_shard,
+              "listing": listing_hash(args.folder) if args.folder else None}
+    if not reusable(shard_dir, inputs, "bench shards"):
         write_shards(samples, shard_dir, args.samples_per_shard)
+        write_fingerprint(shard_dir, inputs)
     shard_paths = resolve_shards(shard_dir)
 
     if args.backbone == "effnet_lite0":
