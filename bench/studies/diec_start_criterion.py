@@ -38,6 +38,12 @@ SHAPES = {"mnist-test": [1, 28, 28], "digits": [1, 8, 8]}
 CRITERIA = ("silhouette", "chi", "manifold_silhouette")
 
 
+def run_dataset_seed(run: str) -> tuple[str, int]:
+    """A DiEC run folder `<output-root>/<dataset>/diec/seed<N>/diec` -> (dataset, N)."""
+    dataset, seed = re.search(r"([\w-]+)/diec/seed(\d+)", run).groups()
+    return dataset, int(seed)
+
+
 def score_cells(run: str, pixels: np.ndarray, labels: np.ndarray, shape: list, seed: int, method) -> list[dict]:
     """Every (layer, timestep) of diec.yaml's grid through the search's trial -> one dict per cell."""
     from functools import partial
@@ -98,12 +104,12 @@ def main(argv=None):
     method = compose(["method=diec"]).method
     summary = []
     for run in args.runs:
-        dataset, seed = re.search(r"([\w-]+)/diec/seed(\d+)", run).groups()
+        dataset, seed = run_dataset_seed(run)
         search = Path(run) / "search" / "search.json"
         if args.rescore and (Path(run) / "pretrained" / "unet" / "config.json").exists():
             pixels, labels, _, _ = single_dataset(dataset, args)
             print(f"{dataset} seed {seed}: {run}", flush=True)
-            cells = score_cells(run, pixels, labels, SHAPES[dataset], int(seed), method)
+            cells = score_cells(run, pixels, labels, SHAPES[dataset], seed, method)
         elif not args.rescore and search.exists() and "manifold_silhouette" in json.loads(search.read_text())["rows"][0]:
             cells = json.loads(search.read_text())["rows"]
         else:
@@ -115,14 +121,14 @@ def main(argv=None):
         for criterion in CRITERIA:
             pick = choose_cell(cells, criterion, method["search"]["tie_tolerance"])
             rho = float(spearmanr([c[criterion] for c in cells], [c["acc_start"] for c in cells]).statistic)
-            rows.append({"bench": "diec_start_criterion", "dataset": dataset, "seed": int(seed), "criterion": criterion,
+            rows.append({"bench": "diec_start_criterion", "dataset": dataset, "seed": seed, "criterion": criterion,
                          "spearman_acc_start": round(rho, 3), "layer": pick["layer"], "timestep": pick["timestep"],
                          "acc_start": round(pick["acc_start"], 4), "best_acc_start": round(best, 4)})
         if args.clusterers:
             pixels, labels, _, _ = single_dataset(dataset, args)
             for row in rows:
                 if row["criterion"] != "chi":
-                    by = start_by_clusterer(run, pixels, labels, SHAPES[dataset], int(seed), row, method)
+                    by = start_by_clusterer(run, pixels, labels, SHAPES[dataset], seed, row, method)
                     row.update({f"start_acc_{name}": round(acc, 4) for name, acc in by.items()})
         summary += rows
         append_json_rows(args.json, rows)
