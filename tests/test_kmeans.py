@@ -4,8 +4,10 @@ import pytest
 
 from raycluster.methods.kmeans.method import FaissKMeans
 from raycluster.methods.kmeans.umap import UMAPKMeans
-from raycluster.methods.start import cluster_means, fit_start, manifold_kmeans, start_clusters
+from raycluster.methods.start import cluster_means, fit_start, manifold_kmeans, manifold_separation, start_clusters
 from raycluster.metrics import cluster_acc, size_entropy
+
+from tests.test_cludi import mixture
 
 
 def test_kmeans_recovers_separated_blobs_with_confidences():
@@ -168,3 +170,12 @@ def test_fit_rows_on_a_sample_then_lloyd_passes_matches_full_kmeans(tmp_path):
     assert 2200 < unrefined.refine_info["sample_rows"] < 2900 and refined.refine_info["passes"] >= 2
     assert objective["refined"] < objective["unrefined"]
     assert objective["refined"] <= 1.01 * objective["full"], objective
+
+
+def test_the_start_criterion_scores_its_own_clusters_in_their_umap_space():
+    separated, _ = mixture(n_per=60, k=3, dim=16, spread=0.2)
+    shuffled = np.random.default_rng(0).permuted(separated, axis=0)
+    manifold = {"n_components": 2, "n_neighbors": 10, "metric": "euclidean", "clusterer": "gmm", "n_init": 2}
+    good, clusters = manifold_separation(separated, 3, manifold=manifold)
+    bad, _ = manifold_separation(shuffled, 3, manifold=manifold)
+    assert good > 0.5 and good > bad + 0.2 and sorted(np.bincount(clusters)) == [60, 60, 60]

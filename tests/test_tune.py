@@ -5,7 +5,6 @@ import numpy as np
 import pytest
 
 from raycluster.tune.asha import agreement
-from raycluster.methods.start import manifold_separation
 from raycluster.tune.layer_timestep import choose_cell, clusterability, plot_heatmaps
 
 from tests.test_cludi import mixture
@@ -19,15 +18,6 @@ def test_both_criteria_prefer_separated_clusters():
     bad, _ = clusterability(shuffled, 3)
     assert good["chi"] > 10 * bad["chi"] and len(np.unique(clusters)) == 3
     assert good["silhouette"] > 0.5 > 0.1 > bad["silhouette"]
-
-
-def test_the_start_criterion_scores_its_own_clusters_in_their_umap_space():
-    separated, _ = mixture(n_per=60, k=3, dim=16, spread=0.2)
-    shuffled = np.random.default_rng(0).permuted(separated, axis=0)
-    manifold = {"n_components": 2, "n_neighbors": 10, "metric": "euclidean", "clusterer": "gmm", "n_init": 2}
-    good, clusters = manifold_separation(separated, 3, manifold=manifold)
-    bad, _ = manifold_separation(shuffled, 3, manifold=manifold)
-    assert good > 0.5 and good > bad + 0.2 and sorted(np.bincount(clusters)) == [60, 60, 60]
 
 
 def test_unknown_criterion_is_one_clear_error():

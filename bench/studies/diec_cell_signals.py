@@ -31,7 +31,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # bench/common.py, bench/quality.py
 from common import append_json_rows  # noqa: E402
-from diec_start_criterion import SHAPES, run_dataset_seed  # noqa: E402   # bench/studies/, the script's folder
+from diec_start_criterion import SHAPES, cell_config, run_dataset_seed  # noqa: E402   # bench/studies/, the script's folder
 
 RUNS = [f"outputs/bench/quality/digits/diec/seed{seed}/diec" for seed in (0, 1, 2)]
 SEEDS = 3   # start fits per cell for its stability
@@ -55,10 +55,7 @@ def study_run(run: str, pixels: np.ndarray, labels: np.ndarray, shape: list, see
     cells, embedded = [], []
     for layer in method["search"]["layers"]:
         for timestep in method["search"]["timesteps"]:
-            _, embeddings, _ = cell_embeddings({"n_clusters": 10, "unet": str(Path(run) / "pretrained"),
-                                                "image_shape": shape, "layer": layer, "timestep": timestep,
-                                                "pool": method["model"]["pool"],
-                                                "eval_draws": method["model"]["eval_draws"]}, pixels, seed)
+            _, embeddings, _ = cell_embeddings(cell_config(run, shape, layer, timestep, method), pixels, seed)
             embedded.append(embeddings)
             if all_cells_only:
                 cells.append({"layer": layer, "timestep": timestep, **scored[(layer, timestep)]})

@@ -44,6 +44,13 @@ def run_dataset_seed(run: str) -> tuple[str, int]:
     return dataset, int(seed)
 
 
+def cell_config(run: str, shape: list, layer: str, timestep: int, method) -> dict:
+    """The DiEC model config of `run`'s pretrained UNet at one cell, as DiEC's start builds it
+    (`methods.diec.model.cell_embeddings` takes it)."""
+    return {"n_clusters": 10, "unet": str(Path(run) / "pretrained"), "image_shape": shape, "layer": layer,
+            "timestep": timestep, "pool": method["model"]["pool"], "eval_draws": method["model"]["eval_draws"]}
+
+
 def score_cells(run: str, pixels: np.ndarray, labels: np.ndarray, shape: list, seed: int, method) -> list[dict]:
     """Every (layer, timestep) of diec.yaml's grid through the search's trial -> one dict per cell."""
     from functools import partial
@@ -75,10 +82,7 @@ def start_by_clusterer(run: str, pixels: np.ndarray, labels: np.ndarray, shape: 
     from raycluster.methods.kmeans.umap import UMAPKMeans
     from raycluster.metrics import supervised_metrics
 
-    _, embeddings, _ = cell_embeddings({"n_clusters": 10, "unet": str(Path(run) / "pretrained"), "image_shape": shape,
-                                        "layer": cell["layer"], "timestep": cell["timestep"],
-                                        "pool": method["model"]["pool"], "eval_draws": method["model"]["eval_draws"]},
-                                       pixels, seed)
+    _, embeddings, _ = cell_embeddings(cell_config(run, shape, cell["layer"], cell["timestep"], method), pixels, seed)
     settings = {"kmeans": {"clusterer": "kmeans", "balance_tolerance": 0.05}, "gmm": {"clusterer": "gmm"}}
     return {name: supervised_metrics(labels, UMAPKMeans(10, seed=seed, **{**method["manifold"], **extra})
                                      .fit(embeddings).fit_clusters)["acc"] for name, extra in settings.items()}
@@ -106,8 +110,9 @@ def main(argv=None):
     for run in args.runs:
         dataset, seed = run_dataset_seed(run)
         search = Path(run) / "search" / "search.json"
-        if args.rescore and (Path(run) / "pretrained" / "unet" / "config.json").exists():
+        if args.rescore or args.clusterers:   # both read the rows; loaded once
             pixels, labels, _, _ = single_dataset(dataset, args)
+        if args.rescore and (Path(run) / "pretrained" / "unet" / "config.json").exists():
             print(f"{dataset} seed {seed}: {run}", flush=True)
             cells = score_cells(run, pixels, labels, SHAPES[dataset], seed, method)
         elif not args.rescore and search.exists() and "manifold_silhouette" in json.loads(search.read_text())["rows"][0]:
@@ -125,7 +130,6 @@ def main(argv=None):
                          "spearman_acc_start": round(rho, 3), "layer": pick["layer"], "timestep": pick["timestep"],
                          "acc_start": round(pick["acc_start"], 4), "best_acc_start": round(best, 4)})
         if args.clusterers:
-            pixels, labels, _, _ = single_dataset(dataset, args)
             for row in rows:
                 if row["criterion"] != "chi":
                     by = start_by_clusterer(run, pixels, labels, SHAPES[dataset], seed, row, method)

@@ -191,7 +191,8 @@ def cell_embeddings(config: dict, pixels, seed: int = 0) -> tuple[DiECModel, np.
     probe = build_diec({**config, "centers": [[0.0]] * config.get("n_clusters", DiECConfig.n_clusters)})
     embeddings = probe.embeddings(torch.from_numpy(pixels), probe.config.eval_draws, seed).numpy()
     scale = embedding_scale(embeddings)
-    return probe, embeddings / scale, scale
+    embeddings /= scale   # in place: one (N, D) array, not two
+    return probe, embeddings, scale
 
 
 def build_diec(config: dict) -> DiECModel:
