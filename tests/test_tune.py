@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from raycluster.tune.asha import agreement
-from raycluster.tune.layer_timestep import choose_cell, clusterability, plot_heatmaps
+from raycluster.tune.layer_timestep import choose_cell, clusterability, criterion_noise, plot_heatmaps
 
 from tests.test_cludi import mixture
 
@@ -29,6 +29,8 @@ def test_unknown_criterion_is_one_clear_error():
         DiEC(10, search={"timestep": [0]})
     with pytest.raises(ValueError, match="manifold_silhouette scores the start's UMAP clusters: set method.manifold"):
         DiEC(10, search={"criterion": "manifold_silhouette"}, manifold=None)
+    with pytest.raises(ValueError, match="tie_tolerance=null measures the criterion's noise"):
+        DiEC(10, search={"tie_tolerance": None, "noise_seeds": 0})
 
 
 def test_near_ties_go_to_the_smaller_timestep():
@@ -39,6 +41,12 @@ def test_near_ties_go_to_the_smaller_timestep():
     assert choose_cell(rows, "silhouette", 0.2)["layer"] == "mid"                   # a wide band reaches t=50
     negative = [{"layer": "a", "timestep": 9, "chi": -1.0}, {"layer": "b", "timestep": 1, "chi": -1.01}]
     assert choose_cell(negative, "chi", 0.02)["timestep"] == 1                      # relative to |best|
+
+
+def test_criterion_noise_pools_each_cells_spread_across_seeds():
+    assert criterion_noise([[0.70, 0.70, 0.70]]) == pytest.approx(0.0, abs=1e-12)
+    assert criterion_noise([[1.0, 3.0], [2.0, 2.0]]) == pytest.approx(1.0)            # variances 2 and 0, pooled
+    assert criterion_noise([[0.5, 0.6, 0.7], [0.1, 0.1, 0.1]]) == pytest.approx((0.01 / 2) ** 0.5)
 
 
 def test_heatmaps_box_the_label_free_choice(tmp_path):

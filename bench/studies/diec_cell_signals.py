@@ -31,7 +31,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # bench/common.py, bench/quality.py
 from common import append_json_rows  # noqa: E402
-from diec_start_criterion import SHAPES, cell_config, run_dataset_seed  # noqa: E402   # bench/studies/, the script's folder
+from diec_start_criterion import SHAPES, TIE_TOLERANCE, cell_config, run_dataset_seed  # noqa: E402   # bench/studies/, the script's folder
 
 RUNS = [f"outputs/bench/quality/digits/diec/seed{seed}/diec" for seed in (0, 1, 2)]
 SEEDS = 3   # start fits per cell for its stability
@@ -70,14 +70,14 @@ def study_run(run: str, pixels: np.ndarray, labels: np.ndarray, shape: list, see
                   f"{cells[-1]['manifold_silhouette']:.3f}  start ACC {cells[-1]['acc']:.3f}", flush=True)
     last = max(method["search"]["timesteps"])
     if all_cells_only:
-        pick = cells.index(choose_cell(cells, "manifold_silhouette", method["search"]["tie_tolerance"]))
+        pick = cells.index(choose_cell(cells, "manifold_silhouette", TIE_TOLERANCE))
         row = {"acc_manifold_silhouette_pick": supervised_metrics(
             labels, manifold_kmeans(embedded[pick], 10, seed=seed, **manifold))["acc"]}
     else:
         row = {"acc_best_cell": max(cell["acc"] for cell in cells)}
         for criterion in ("stability", "manifold_silhouette"):
             row[f"spearman_{criterion}"] = float(spearmanr([c[criterion] for c in cells], [c["acc"] for c in cells]).statistic)
-            row[f"acc_{criterion}_pick"] = choose_cell(cells, criterion, method["search"]["tie_tolerance"])["acc"]
+            row[f"acc_{criterion}_pick"] = choose_cell(cells, criterion, TIE_TOLERANCE)["acc"]
     lower = np.concatenate([e for e, cell in zip(embedded, cells) if cell["timestep"] < last], axis=1)
     row["acc_all_cells_below_last_timestep"] = supervised_metrics(labels, manifold_kmeans(lower, 10, seed=seed, **manifold))["acc"]
     del lower

@@ -7,8 +7,10 @@ index (`chi`, between- over within-cluster dispersion; the paper's OTS criterion
 silhouette (`silhouette`, Euclidean); and, given the method's `start_score` (DiEC's:
 `methods.start.manifold_separation`), the mean silhouette of the start's own clusters in its UMAP
 space (`manifold_silhouette`): the cell is scored by how well separated the clusters
-DiEC will output are, where they are made. The choice is the arg-max of `criterion`, or with
-`tie_tolerance` the smallest timestep among the near-best cells (`choose_cell`).
+DiEC will output are, where they are made. The choice is the smallest timestep among the cells
+whose score is within `tie_tolerance` of the best (`choose_cell`); with `tie_tolerance=None` that
+band is measured: the criterion's seed-to-seed noise on the `noise_cells` best cells, scored again
+with `noise_seeds` more seeds (`criterion_noise`).
 Labels, when given, only add `acc` (k-means') and `acc_start` (the start's) to the trial's report.
 
 Which criterion, with the figures: docs/methods/diec.md."""
@@ -50,6 +52,12 @@ def choose_cell(rows: Sequence[dict], criterion: str, tie_tolerance: float = 0.0
     best = max(row[criterion] for row in rows)
     near = [row for row in rows if row[criterion] >= best - tie_tolerance * abs(best)]
     return min(near, key=lambda row: (row["timestep"], -row[criterion]))
+
+
+def criterion_noise(scores: Sequence[Sequence[float]]) -> float:
+    """The pooled seed-to-seed standard deviation of a criterion: scores, one list per cell of its
+    scores under different seeds (at least two each)."""
+    return float(np.sqrt(np.mean([np.var(cell, ddof=1) for cell in scores])))
 
 
 def clusterability(embeddings: np.ndarray, n_clusters: int, seed: int = 0) -> tuple[dict, np.ndarray]:
@@ -99,7 +107,7 @@ def score_layer_timestep(config: dict, pixels: np.ndarray, labels: Optional[np.n
 def _trial(config: dict, pixels=None, labels=None, start_score=None) -> None:
     import ray.tune
 
-    ray.tune.report(score_layer_timestep(config, pixels, labels, start_score))
+    ray.tune.report(score_layer_timestep({**config, **config.get("cell", {})}, pixels, labels, start_score))
 
 
 @dataclass
@@ -127,18 +135,19 @@ def search_layer_timestep(pixels: np.ndarray, unet, image_shape: Sequence[int], 
                           labels: Optional[np.ndarray] = None, subset: int = 2000, draws: int = 2,
                           seed: int = 0, pool: int = 1, cpus_per_trial: float = 1.0,
                           max_concurrent: int = 2, criterion: str = "silhouette",
-                          tie_tolerance: float = 0.0, start_score: Optional[StartScore] = None) -> SearchResult:
+                          tie_tolerance: Optional[float] = 0.0, noise_cells: int = 5, noise_seeds: int = 2,
+                          start_score: Optional[StartScore] = None) -> SearchResult:
     """Grid (layers x timesteps) as Ray Tune trials on a random `subset` of the rows; writes
     `search.json` + heatmaps under `output_dir` and returns `choose_cell` of `criterion`
-    (a key of CRITERIA) with `tie_tolerance`; `start_score` (see StartScore) adds
-    `manifold_silhouette`.
+    (a key of CRITERIA) with `tie_tolerance` (relative; None: the criterion's measured noise
+    over the best, from `noise_cells` x `noise_seeds` more trials); `start_score` (see
+    StartScore) adds `manifold_silhouette`.
     unet: a diffusers folder / hub name, or a config dict (random init: tests only)."""
     import json
 
     import ray.tune
 
     from raycluster.io import atomic_write_bytes
-    from raycluster.tune.progress import trial_lines
 
     check_criterion(criterion, start_score is not None)
     if isinstance(unet, str) and os.path.exists(unet):
@@ -152,27 +161,54 @@ def search_layer_timestep(pixels: np.ndarray, unet, image_shape: Sequence[int], 
     param_space = {"layer": ray.tune.grid_search(list(layers)), "timestep": ray.tune.grid_search(list(timesteps)),
                    "unet": unet, "image_shape": list(image_shape), "draws": draws, "n_clusters": n_clusters,
                    "seed": seed, "pool": pool, "threads": max(1, int(cpus_per_trial))}
-    tuner = ray.tune.Tuner(trainable, param_space=param_space,
-                           tune_config=ray.tune.TuneConfig(metric=criterion, mode="max", max_concurrent_trials=max_concurrent),
-                           run_config=ray.tune.RunConfig(
-                               name="layer_timestep", storage_path=os.path.abspath(output_dir), verbose=0,
-                               callbacks=[trial_lines(len(layers) * len(timesteps), ["layer", "timestep"],
-                                                      [*CRITERIA, "acc"])]))
-    results = tuner.fit()
-    errors = [r.error for r in results if r.error]
-    if errors:
-        raise RuntimeError(f"{len(errors)} search trials failed; first: {errors[0]}")
-    rows = [{"layer": r.config["layer"], "timestep": int(r.config["timestep"]),
-             **{key: float(r.metrics[key]) for key in (*CRITERIA, "acc", "acc_start")}, "dim": int(r.metrics["dim"])}
-            for r in results]
+    rows = _run_trials(trainable, param_space, criterion, output_dir, "layer_timestep", ["layer", "timestep"],
+                       len(layers) * len(timesteps), max_concurrent)
+    noise = None
+    if tie_tolerance is None:   # measure the band: the best cells again, with other seeds
+        top = sorted(rows, key=lambda row: -row[criterion])[:noise_cells]
+        cells = [{"layer": row["layer"], "timestep": row["timestep"]} for row in top]
+        again = _run_trials(trainable, {**param_space, "layer": None, "timestep": None,
+                                        "cell": ray.tune.grid_search(cells),
+                                        "seed": ray.tune.grid_search([seed + k for k in range(1, noise_seeds + 1)])},
+                            criterion, output_dir, "layer_timestep_noise", ["cell", "seed"],
+                            len(cells) * noise_seeds, max_concurrent)
+        for row in top:
+            row[f"{criterion}_other_seeds"] = [r[criterion] for r in again
+                                               if (r["layer"], r["timestep"]) == (row["layer"], row["timestep"])]
+        noise = criterion_noise([[row[criterion], *row[f"{criterion}_other_seeds"]] for row in top])
+        tie_tolerance = noise / abs(top[0][criterion])
+        log.warning("layer x timestep search: the criterion's seed-to-seed noise on the %d best cells is %.4f (%.1f%% of the "
+                    "best score): cells within it count as ties", len(top), noise, 100 * tie_tolerance)
     best = choose_cell(rows, criterion, tie_tolerance)
     heatmaps = plot_heatmaps(rows, list(layers), list(timesteps), output_dir, criterion, best)
     result = SearchResult(best["layer"], best["timestep"], rows, heatmaps)
     atomic_write_bytes(os.path.join(output_dir, "search.json"), json.dumps(
         {"layer": result.layer, "timestep": result.timestep, "criterion": criterion, "tie_tolerance": tie_tolerance,
-         "subset": len(rows_subset),
+         "criterion_noise": noise, "subset": len(rows_subset),
          "draws": draws, "rows": rows, "best_by_acc": result.best_by_acc, "heatmaps": heatmaps}, indent=1).encode())
     return result
+
+
+def _run_trials(trainable, param_space: dict, criterion: str, output_dir: str, name: str, shown: list, total: int,
+                max_concurrent: int) -> list[dict]:
+    """One Ray Tune grid of search trials -> one row per trial: layer, timestep, CRITERIA's scores, acc, acc_start."""
+    import ray.tune
+
+    from raycluster.tune.progress import trial_lines
+
+    tuner = ray.tune.Tuner(trainable, param_space=param_space,
+                           tune_config=ray.tune.TuneConfig(metric=criterion, mode="max", max_concurrent_trials=max_concurrent),
+                           run_config=ray.tune.RunConfig(
+                               name=name, storage_path=os.path.abspath(output_dir), verbose=0,
+                               callbacks=[trial_lines(total, shown, [*CRITERIA, "acc"])]))
+    results = tuner.fit()
+    errors = [r.error for r in results if r.error]
+    if errors:
+        raise RuntimeError(f"{len(errors)} search trials failed; first: {errors[0]}")
+    cells = [{**r.config, **r.config.get("cell", {})} for r in results]
+    return [{"layer": cell["layer"], "timestep": int(cell["timestep"]),
+             **{key: float(r.metrics[key]) for key in (*CRITERIA, "acc", "acc_start")}, "dim": int(r.metrics["dim"])}
+            for cell, r in zip(cells, results)]
 
 
 def plot_heatmaps(rows: list, layers: list, timesteps: list, output_dir: str, criterion: str = "silhouette",

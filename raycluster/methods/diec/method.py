@@ -34,7 +34,8 @@ from raycluster.methods.start import StartOutput, check_manifold
 log = logging.getLogger(__name__)
 
 
-SEARCH_KEYS = {"layers", "timesteps", "subset", "draws", "cpus_per_trial", "max_concurrent", "criterion", "tie_tolerance"}
+SEARCH_KEYS = {"layers", "timesteps", "subset", "draws", "cpus_per_trial", "max_concurrent", "criterion", "tie_tolerance",
+               "noise_cells", "noise_seeds"}
 
 
 class DiEC(StartOutput, TorchMethod):
@@ -64,6 +65,10 @@ class DiEC(StartOutput, TorchMethod):
         unknown = set(self.search) - SEARCH_KEYS
         if unknown:   # a typo here would otherwise be ignored until after the pretraining
             raise ValueError(f"diec: unknown search setting(s) {sorted(unknown)}; known: {sorted(SEARCH_KEYS)}")
+        if self.search.get("tie_tolerance", 0.0) is None and min(self.search.get("noise_cells", 5),
+                                                                 self.search.get("noise_seeds", 2)) < 1:
+            raise ValueError("diec: search.tie_tolerance=null measures the criterion's noise: "
+                             "search.noise_cells and search.noise_seeds must be >= 1")
         self.manifold = check_manifold(manifold, "diec")   # kmeans.UMAPKMeans settings; None: k-means start
         check_criterion(self.search.get("criterion", "silhouette"), has_start=self.manifold is not None)
         # Ray Tune trials and Train workers run in their own working directories: local paths
@@ -123,6 +128,8 @@ class DiEC(StartOutput, TorchMethod):
                                            max_concurrent=self.search.get("max_concurrent", 2),
                                            criterion=self.search.get("criterion", "silhouette"),
                                            tie_tolerance=self.search.get("tie_tolerance", 0.0),
+                                           noise_cells=self.search.get("noise_cells", 5),
+                                           noise_seeds=self.search.get("noise_seeds", 2),
                                            start_score=self.start_score())
             found = {"layer": result.layer, "timestep": result.timestep, "best_by_acc": result.best_by_acc,
                      "heatmaps": result.heatmaps}
