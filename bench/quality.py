@@ -242,9 +242,9 @@ def main(argv=None):
         print(f"skipped {name}: {reason}")
     print("cludi rows: the CPU recipe (configs/method/cludi.yaml); cludi_paper: the public code's recipe")
     print("diec rows: configs/experiment/diec_mnist.yaml (UNet pretrained on the same images, COL/COT searched "
-          "without labels, then method.output: the UMAP + k-means start (default) or its DEC fine-tune), fit = that "
-          "whole pipeline; diec_init_kmeans: k-means on the COL/COT embeddings; diec_init_manifold: k-means on a UMAP "
-          "of them (the start)")
+          "without labels, then method.output: the start, UMAP + a Gaussian mixture (default), or its DEC fine-tune), "
+          "fit = that whole pipeline; diec_init_kmeans: k-means on the COL/COT embeddings; diec_init_manifold: the "
+          "start (UMAP + method.manifold.clusterer)")
     for method, name in args.experiment.items():
         print(f"{method} rows: configs/experiment/{name}.yaml (--experiment), not the default named below")
     print("dific rows: configs/experiment/dific_mnist.yaml (from scratch: warm-up distillation, then method.output: "

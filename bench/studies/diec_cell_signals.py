@@ -22,7 +22,6 @@ per cell, for MNIST-sized runs) the pick's and the concatenations' ACC only.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
@@ -31,7 +30,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # bench/common.py, bench/quality.py
 from common import append_json_rows  # noqa: E402
-from diec_start_criterion import SHAPES, TIE_TOLERANCE, cell_config, run_dataset_seed  # noqa: E402   # bench/studies/, the script's folder
+from diec_start_criterion import SHAPES, TIE_TOLERANCE, cell_config, run_dataset_seed, study_parser  # noqa: E402   # bench/studies/, the script's folder
 
 RUNS = [f"outputs/bench/quality/digits/diec/seed{seed}/diec" for seed in (0, 1, 2)]
 SEEDS = 3   # start fits per cell for its stability
@@ -89,12 +88,9 @@ def study_run(run: str, pixels: np.ndarray, labels: np.ndarray, shape: list, see
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--runs", nargs="+", default=RUNS, help="DiEC run folders with pretrained/ and search/")
+    parser = study_parser(__doc__, "DiEC run folders with pretrained/ and search/", RUNS)
     parser.add_argument("--all-cells-only", action="store_true",
                         help="no start per cell (MNIST-sized runs): the concatenations and the search's pick")
-    parser.add_argument("--cache-dir", default="outputs/cache", help="bench/quality.py's shards and embeddings")
-    parser.add_argument("--json", default=None)
     args = parser.parse_args(argv)
 
     from quality import single_dataset

@@ -21,7 +21,6 @@ Rows (--json): {"bench", "dataset", "seed", "noise", "gap", "rule", "layer", "ti
 """
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -30,7 +29,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # bench/common.py, bench/quality.py
 sys.path.insert(0, str(Path(__file__).resolve().parent))        # diec_start_criterion.py
 from common import append_json_rows  # noqa: E402
-from diec_start_criterion import RUNS, SHAPES, cell_config, run_dataset_seed  # noqa: E402
+from diec_start_criterion import SHAPES, cell_config, run_dataset_seed, study_parser  # noqa: E402
 
 CRITERION = "manifold_silhouette"
 
@@ -70,12 +69,9 @@ def start_on_all_rows(run: str, pixels: np.ndarray, labels: np.ndarray, shape: l
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--runs", nargs="+", default=RUNS, help="DiEC run folders with search/ and pretrained/")
+    parser = study_parser(__doc__, "DiEC run folders with search/ and pretrained/")
     parser.add_argument("--top", type=int, default=5, help="cells scored again, best first by the search's score")
     parser.add_argument("--seeds", type=int, default=2, help="extra seeds per cell")
-    parser.add_argument("--cache-dir", default="outputs/cache", help="bench/quality.py's shards and embeddings")
-    parser.add_argument("--json", default=None)
     args = parser.parse_args(argv)
 
     import json

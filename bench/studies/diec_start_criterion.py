@@ -47,6 +47,15 @@ def run_dataset_seed(run: str) -> tuple[str, int]:
     return dataset, int(seed)
 
 
+def study_parser(doc: str, runs_help: str, runs: list = RUNS) -> argparse.ArgumentParser:
+    """The arguments every DiEC study over saved runs takes: --runs (default `runs`), --cache-dir, --json."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--runs", nargs="+", default=runs, help=runs_help)
+    parser.add_argument("--cache-dir", default="outputs/cache", help="bench/quality.py's shards and embeddings")
+    parser.add_argument("--json", default=None)
+    return parser
+
+
 def cell_config(run: str, shape: list, layer: str, timestep: int, method) -> dict:
     """The DiEC model config of `run`'s pretrained UNet at one cell, as DiEC's start builds it
     (`methods.diec.model.cell_embeddings` takes it)."""
@@ -92,14 +101,11 @@ def start_by_clusterer(run: str, pixels: np.ndarray, labels: np.ndarray, shape: 
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--runs", nargs="+", default=RUNS, help="DiEC run folders with a pretrained/ UNet")
+    parser = study_parser(__doc__, "DiEC run folders with a pretrained/ UNet")
     parser.add_argument("--clusterers", action="store_true",
                         help="also fit the start on all rows at the cells silhouette and manifold_silhouette pick, "
                              "with k-means and with the mixture on the UMAP map")
     parser.add_argument("--rescore", action="store_true", help="score the cells again from the pretrained UNet")
-    parser.add_argument("--cache-dir", default="outputs/cache", help="bench/quality.py's shards and embeddings")
-    parser.add_argument("--json", default=None)
     args = parser.parse_args(argv)
 
     from scipy.stats import spearmanr
