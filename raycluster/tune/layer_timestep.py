@@ -176,7 +176,7 @@ def search_layer_timestep(pixels: np.ndarray, unet, image_shape: Sequence[int], 
             row[f"{criterion}_other_seeds"] = [r[criterion] for r in again
                                                if (r["layer"], r["timestep"]) == (row["layer"], row["timestep"])]
         noise = criterion_noise([[row[criterion], *row[f"{criterion}_other_seeds"]] for row in top])
-        tie_tolerance = noise / abs(top[0][criterion])
+        tie_tolerance = noise / abs(top[0][criterion]) if top[0][criterion] else 0.0   # choose_cell's band is relative
         log.warning("layer x timestep search: the criterion's seed-to-seed noise on the %d best cells is %.4f (%.1f%% of the "
                     "best score): cells within it count as ties", len(top), noise, 100 * tie_tolerance)
     best = choose_cell(rows, criterion, tie_tolerance)
