@@ -1,6 +1,6 @@
 """Where does a pretrained denoiser stop learning? The denoising loss on held-out rows over a long schedule.
 
-Study, 2026-12-04. Decision it produced: none yet: DiEC keeps 1,580 steps, which stop before the held-out plateau on both sets (docs/methods/diec.md, "Pretraining length").
+Study, 2026-12-04. Decision it produced: none yet: DiEC keeps 1,580 steps, which stop before the held-out plateau on both sets and one digits seed at the plateau length scored the same (docs/methods/diec.md, "Pretraining length").
 
     python bench/studies/pretrain_plateau.py      # digits and MNIST test, DiEC's UNet, 2 x its 1,580 steps
 DiEC's pretraining as `experiment=diec_mnist` configures it (its UNet at 16 px, batch 128, lr 1e-3 cosine,
