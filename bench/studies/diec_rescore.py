@@ -15,7 +15,7 @@ through the search's trial (`tune.layer_timestep.score_layer_timestep`, same sub
 - `rescored`: the best mean over the 1 + `--seeds` scores of the top cells.
 `noise` is the pooled seed-to-seed standard deviation of the criterion over the top cells, beside the
 gap between the best two cells. The labels then score each pick's start on all rows (what DiEC outputs:
-`methods.diec.model.cell_embeddings` + UMAP + the mixture, as `bench/studies/diec_start_criterion.py`).
+`methods.diec.model.cell_embeddings` + UMAP + the mixture: `diec_start_criterion.start_by_clusterer`).
 Rows (--json): {"bench", "dataset", "seed", "noise", "gap", "rule", "layer", "timestep", "criterion_mean",
 "acc_start_all_rows"}.
 """
@@ -29,7 +29,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # bench/common.py, bench/quality.py
 sys.path.insert(0, str(Path(__file__).resolve().parent))        # diec_start_criterion.py
 from common import append_json_rows  # noqa: E402
-from diec_start_criterion import SHAPES, cell_config, run_dataset_seed, study_parser  # noqa: E402
+from diec_start_criterion import SHAPES, run_dataset_seed, start_by_clusterer, study_parser, trial_config  # noqa: E402
 
 CRITERION = "manifold_silhouette"
 
@@ -48,24 +48,10 @@ def rescore(run: str, pixels: np.ndarray, shape: list, seed: int, cells: list, s
         key = (cell["layer"], cell["timestep"])
         scores[key] = [cell[CRITERION]]
         for extra in range(1, seeds + 1):
-            config = {"unet": str(Path(run) / "pretrained"), "image_shape": shape, "layer": cell["layer"],
-                      "timestep": cell["timestep"], "draws": method["search"]["draws"], "n_clusters": 10,
-                      "seed": seed + extra, "pool": method["model"]["pool"], "threads": 2}
+            config = trial_config(run, shape, cell["layer"], cell["timestep"], seed + extra, method)
             scores[key].append(score_layer_timestep(config, pixels[subset], None, start_score)[CRITERION])
         print(f"  {key[0]} t{key[1]}: {', '.join(f'{s:.4f}' for s in scores[key])}", flush=True)
     return scores
-
-
-def start_on_all_rows(run: str, pixels: np.ndarray, labels: np.ndarray, shape: list, seed: int, layer: str,
-                      timestep: int, method) -> float:
-    """ACC of DiEC's start (UMAP + the mixture on the cell's scaled activations) fitted on all rows."""
-    from raycluster.methods.diec.model import cell_embeddings
-    from raycluster.methods.kmeans.umap import UMAPKMeans
-    from raycluster.metrics import supervised_metrics
-
-    _, embeddings, _ = cell_embeddings(cell_config(run, shape, layer, timestep, method), pixels, seed)
-    clusters = UMAPKMeans(10, seed=seed, **dict(method["manifold"])).fit(embeddings).fit_clusters
-    return supervised_metrics(labels, clusters)["acc"]
 
 
 def main(argv=None):
@@ -104,7 +90,7 @@ def main(argv=None):
         for rule, pick in picks.items():
             key = (pick["layer"], pick["timestep"])
             if key not in acc:
-                acc[key] = start_on_all_rows(run, pixels, labels, SHAPES[dataset], seed, *key, method)
+                acc[key] = start_by_clusterer(run, pixels, labels, SHAPES[dataset], seed, pick, method, ("gmm",))["gmm"]
             rows.append({"bench": "diec_rescore", "dataset": dataset, "seed": seed, "noise": round(noise, 4),
                          "gap": round(top[0][CRITERION] - top[1][CRITERION], 4), "rule": rule, "layer": key[0],
                          "timestep": key[1], "criterion_mean": round(means.get(key, float("nan")), 4),

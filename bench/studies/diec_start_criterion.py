@@ -63,6 +63,13 @@ def cell_config(run: str, shape: list, layer: str, timestep: int, method) -> dic
             "timestep": timestep, "pool": method["model"]["pool"], "eval_draws": method["model"]["eval_draws"]}
 
 
+def trial_config(run: str, shape: list, layer: str, timestep: int, seed: int, method) -> dict:
+    """The search trial's config (`tune.layer_timestep.score_layer_timestep`) for `run`'s pretrained UNet at one cell."""
+    return {"unet": str(Path(run) / "pretrained"), "image_shape": shape, "layer": layer, "timestep": timestep,
+            "draws": method["search"]["draws"], "n_clusters": 10, "seed": seed, "pool": method["model"]["pool"],
+            "threads": 2}
+
+
 def score_cells(run: str, pixels: np.ndarray, labels: np.ndarray, shape: list, seed: int, method) -> list[dict]:
     """Every (layer, timestep) of diec.yaml's grid through the search's trial -> one dict per cell."""
     from functools import partial
@@ -74,9 +81,7 @@ def score_cells(run: str, pixels: np.ndarray, labels: np.ndarray, shape: list, s
     cells = []
     for layer in method["search"]["layers"]:
         for timestep in method["search"]["timesteps"]:
-            config = {"unet": str(Path(run) / "pretrained"), "image_shape": shape, "layer": layer, "timestep": timestep,
-                      "draws": method["search"]["draws"], "n_clusters": 10, "seed": seed, "pool": method["model"]["pool"],
-                      "threads": 2}
+            config = trial_config(run, shape, layer, timestep, seed, method)
             start_score = partial(manifold_separation, manifold=dict(method["manifold"]))
             cells.append({"layer": layer, "timestep": timestep,
                           **score_layer_timestep(config, pixels[subset], labels[subset], start_score)})
@@ -86,18 +91,18 @@ def score_cells(run: str, pixels: np.ndarray, labels: np.ndarray, shape: list, s
 
 
 def start_by_clusterer(run: str, pixels: np.ndarray, labels: np.ndarray, shape: list, seed: int, cell: dict,
-                       method) -> dict:
+                       method, clusterers: tuple = ("kmeans", "gmm")) -> dict:
     """The start DiEC fits on all rows at `cell` (its `model_config`: the embeddings, scaled), once
-    per clusterer of the UMAP map: {"kmeans": ACC (the previous start: balance_tolerance 0.05),
-    "gmm": ACC}."""
+    per clusterer of the UMAP map in `clusterers`: {"kmeans": ACC (the previous start:
+    balance_tolerance 0.05), "gmm": ACC (DiEC's start now)}."""
     from raycluster.methods.diec.model import cell_embeddings
     from raycluster.methods.kmeans.umap import UMAPKMeans
     from raycluster.metrics import supervised_metrics
 
     _, embeddings, _ = cell_embeddings(cell_config(run, shape, cell["layer"], cell["timestep"], method), pixels, seed)
     settings = {"kmeans": {"clusterer": "kmeans", "balance_tolerance": 0.05}, "gmm": {"clusterer": "gmm"}}
-    return {name: supervised_metrics(labels, UMAPKMeans(10, seed=seed, **{**method["manifold"], **extra})
-                                     .fit(embeddings).fit_clusters)["acc"] for name, extra in settings.items()}
+    return {name: supervised_metrics(labels, UMAPKMeans(10, seed=seed, **{**method["manifold"], **settings[name]})
+                                     .fit(embeddings).fit_clusters)["acc"] for name in clusterers}
 
 
 def main(argv=None):

@@ -25,7 +25,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # bench/common.py
 from common import append_json_rows  # noqa: E402
 
 SHAPES = {"mnist-test": (1, 28, 28), "digits": (1, 8, 8)}
-CONFIGURED_STEPS = 1580   # experiment=diec_mnist's pretrain.optim.steps
+
+
+def diec_pretraining() -> dict:
+    """`experiment=diec_mnist`'s pretraining settings (method.pretrain: unet, optim, ema_decay)."""
+    from raycluster.config import compose
+
+    return compose(["experiment=diec_mnist"]).method["pretrain"]
 
 
 def plateau_step(steps: list, losses: list, tolerance: float, window: int) -> int:
@@ -43,14 +49,13 @@ def held_out_curve(pixels: np.ndarray, shape: tuple, steps: int, every: int, see
     """Pretrain DiEC's UNet on all rows but a held-out tenth -> one dict per evaluation."""
     import torch
 
-    from raycluster.config import compose
     from raycluster.diffusion.objective import build_denoiser, denoising_loss
     from raycluster.diffusion.pretrain import pretraining_setup
     from raycluster.diffusion.unet import to_model_input
     from raycluster.train.loop import epochs_for, make_optimizer, train_epochs
 
     torch.set_num_threads(2)
-    pretrain = compose(["experiment=diec_mnist"]).method["pretrain"]
+    pretrain = diec_pretraining()
     order = np.random.default_rng(seed).permutation(len(pixels))
     n_held = min(len(pixels) // 10, 1000)
     held, train = torch.as_tensor(pixels[order[:n_held]]), torch.as_tensor(pixels[order[n_held:]])
@@ -85,7 +90,8 @@ def held_out_curve(pixels: np.ndarray, shape: tuple, steps: int, every: int, see
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--datasets", nargs="+", default=["digits", "mnist-test"], choices=sorted(SHAPES))
-    parser.add_argument("--steps", type=int, default=2 * CONFIGURED_STEPS)
+    configured = diec_pretraining()["optim"]["steps"]
+    parser.add_argument("--steps", type=int, default=2 * configured)
     parser.add_argument("--every", type=int, default=120, help="steps between evaluations")
     parser.add_argument("--tolerance", type=float, default=0.01, help="relative fall that still counts as learning")
     parser.add_argument("--seed", type=int, default=0)
@@ -101,7 +107,7 @@ def main(argv=None):
         print(f"{dataset}: {len(pixels)} rows, {args.steps} steps", flush=True)
         curve = held_out_curve(np.asarray(pixels, np.float32), SHAPES[dataset], args.steps, args.every, args.seed)
         steps, losses = [r["step"] for r in curve], [r["held_out_loss"] for r in curve]
-        at_configured = min(curve, key=lambda r: abs(r["step"] - CONFIGURED_STEPS))["held_out_loss"]
+        at_configured = min(curve, key=lambda r: abs(r["step"] - configured))["held_out_loss"]
         row = {"bench": "pretrain_plateau", "dataset": dataset, "seed": args.seed, "steps": args.steps,
                "plateau_step": plateau_step(steps, losses, args.tolerance, args.steps // 10),
                "held_out_at_1580": at_configured, "held_out_final": losses[-1]}
