@@ -153,7 +153,8 @@ def test_initial_clusters_reach_each_worker_by_dataset_row(ray_local, tmp_path):
 DIGITS_DIEC = ["method=diec", "data.source.limit=300", "method.image_shape=[1,8,8]",
                "++method.pretrain.unet={sample_size:8,block_out_channels:[8,16],norm_num_groups:4,"
                "down_block_types:[DownBlock2D,AttnDownBlock2D],up_block_types:[AttnUpBlock2D,UpBlock2D]}",
-               "method.pretrain.optim.epochs=2", "method.pretrain.optim.batch_size=100",
+               "method.pretrain.optim.steps=30", "method.pretrain.optim.batch_size=100",
+               "method.pretrain.optim.stop={every_steps:3,window_steps:3,tolerance:0.99,held_out_rows:30}",
                "method.search.layers=[down_1,mid,up_0]", "method.search.timesteps=[0,200]", "method.search.subset=200",
                "method.search.noise_cells=2", "method.search.noise_seeds=1",
                "method.model.pool=1", "method.optim.epochs=2", "cluster.train.cpus_per_worker=0.5"]
@@ -175,7 +176,8 @@ def test_pretrain_then_tune_then_train_jobs_reuse_each_stage(ray_local, compose_
     with pytest.raises(FileNotFoundError, match="no pretrained UNet"):
         run_tune(cfg)
     pretrained = run_pretrain_diffusion(cfg)
-    assert pretrained["epochs"] == 2 and os.path.exists(f"{work}/pretrained/unet/config.json")
+    # 270 rows trained on (30 held out), 3 steps an epoch: tolerance 0.99 stops at the first full window, step 6 of 30
+    assert pretrained["stopped_at_step"] == 6 and os.path.exists(f"{work}/pretrained/unet/config.json")
     tuned = run_tune(cfg)
     search = json.load(open(f"{work}/search/search.json"))
     assert len(search["rows"]) == 6 and search["criterion"] == "manifold_silhouette"

@@ -71,6 +71,17 @@ def test_denoising_loss_trains_a_tiny_unet():
     assert all(not p.requires_grad for p in model.ema.parameters())
 
 
+def test_held_out_loss_is_the_ema_unets_loss_at_fixed_noise():
+    torch.manual_seed(0)
+    model = build_denoiser({"unet": TINY_UNET, "image_shape": (1, 6, 6)})
+    rows = torch.rand(10, 36)
+    first = model.held_out_loss(rows, batch_size=4)
+    assert first == model.held_out_loss(rows, batch_size=4) and np.isfinite(first)   # same draws every call
+    with torch.no_grad():
+        next(model.ema.module.parameters()).add_(1.0)    # the EMA copy is what is scored, not the live UNet
+    assert model.held_out_loss(rows, batch_size=4) != first
+
+
 def test_loss_at_fixed_noise_matches_the_definition():
     torch.manual_seed(0)
     unet, scheduler = load_unet(TINY_UNET), build_scheduler()
@@ -98,6 +109,15 @@ def test_pretraining_on_ray_train_saves_a_loadable_ema_unet(ray_local, tmp_path)
     assert unet.config.sample_size == 8
     with pytest.raises(ValueError, match="do not match image_shape"):
         pretrain_unet(pixels, (1, 7, 7), str(tmp_path / "bad"))
+
+    # A held-out stop: tolerance 0.99 calls any window a plateau, so it stops after 2 steps + one window,
+    # long before the cap of 100 steps (54 training rows, batch 32: 2 steps an epoch); the rerun trains no more.
+    stop = {"every_steps": 2, "window_steps": 4, "tolerance": 0.99, "held_out_rows": 6}
+    kwargs = dict(unet={**TINY_UNET}, optim={"epochs": None, "steps": 100, "batch_size": 32, "stop": stop},
+                  storage_path=str(tmp_path / "ckpt"), run_name="stopped")
+    stopped = pretrain_unet(pixels, (1, 6, 6), str(tmp_path / "stopped"), **kwargs)
+    assert stopped["stopped_at_step"] == stopped["steps"] == 6 and np.isfinite(stopped["held_out_loss"])
+    assert pretrain_unet(pixels, (1, 6, 6), str(tmp_path / "stopped"), **kwargs)["steps"] == 6
 
 
 def test_kept_variance_says_how_much_a_downscale_blurs_and_warns_when_most_is_lost(caplog):

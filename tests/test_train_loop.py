@@ -1,7 +1,7 @@
 """raycluster.train.loop: the schedule settings every torch method shares."""
 import pytest
 
-from raycluster.train.loop import OptimConfig, epochs_for
+from raycluster.train.loop import OptimConfig, PlateauStop, epochs_for
 
 
 def test_a_schedule_in_steps_gives_a_smaller_dataset_more_epochs_and_the_same_updates():
@@ -14,3 +14,20 @@ def test_a_schedule_in_steps_gives_a_smaller_dataset_more_epochs_and_the_same_up
         OptimConfig(steps=0)
     with pytest.raises(ValueError, match="give epochs or steps"):
         OptimConfig(epochs=None)
+
+
+def test_plateau_stop_fires_once_a_whole_window_passes_without_a_real_fall():
+    stop = PlateauStop(every_steps=100, window_steps=300, tolerance=0.01)
+    falling = [(100, 0.10), (200, 0.08), (300, 0.07), (400, 0.065), (500, 0.062)]
+    assert not stop.reached(falling[:3])      # no evaluation a whole window back yet
+    assert not stop.reached(falling)          # 0.08 at step 200 was beaten by 22% since
+    flat = falling + [(600, 0.0619), (700, 0.0618), (800, 0.0621)]
+    assert not stop.reached(flat[:6])         # step 300's 0.07 -> 0.0619: still learning
+    assert stop.reached(flat)                 # step 500's 0.062 -> best 0.0618 since: < 1%
+    assert stop.due(90, 105) and not stop.due(105, 190)
+    # a dict from a config file becomes the dataclass, and bad values are one error
+    assert OptimConfig(epochs=4, stop={"every_steps": 5, "window_steps": 10}).stop == PlateauStop(5, 10)
+    with pytest.raises(ValueError, match="must span at least one evaluation"):
+        PlateauStop(every_steps=100, window_steps=50)
+    with pytest.raises(ValueError, match="tolerance"):
+        PlateauStop(tolerance=1.5)

@@ -49,9 +49,8 @@ def held_out_curve(pixels: np.ndarray, shape: tuple, steps: int, every: int, see
     """Pretrain DiEC's UNet on all rows but a held-out tenth -> one dict per evaluation."""
     import torch
 
-    from raycluster.diffusion.objective import build_denoiser, denoising_loss
+    from raycluster.diffusion.objective import build_denoiser
     from raycluster.diffusion.pretrain import pretraining_setup
-    from raycluster.diffusion.unet import to_model_input
     from raycluster.train.loop import epochs_for, make_optimizer, train_epochs
 
     torch.set_num_threads(2)
@@ -59,26 +58,18 @@ def held_out_curve(pixels: np.ndarray, shape: tuple, steps: int, every: int, see
     order = np.random.default_rng(seed).permutation(len(pixels))
     n_held = min(len(pixels) // 10, 1000)
     held, train = torch.as_tensor(pixels[order[:n_held]]), torch.as_tensor(pixels[order[n_held:]])
-    config, optim = pretraining_setup(shape, dict(pretrain["unet"]), {**dict(pretrain["optim"]), "steps": steps},
+    config, optim = pretraining_setup(shape, dict(pretrain["unet"]), {**dict(pretrain["optim"]), "steps": steps, "stop": None},
                                       pretrain["ema_decay"])
     torch.manual_seed(seed)
     model = build_denoiser(config)
     steps_per_epoch = max(1, -(-len(train) // optim.batch_size))
     optim = epochs_for(optim, steps_per_epoch)
-    held_images = to_model_input(held, shape, model.unet.config.sample_size)
     rows, start = [], time.time()
-
-    def held_out_loss() -> float:
-        generator = torch.Generator().manual_seed(1234)   # the same noise at every evaluation
-        model.ema.module.eval()
-        with torch.no_grad():
-            return float(np.mean([denoising_loss(model.ema.module, model.scheduler, held_images, generator).item()
-                                  for _ in range(4)]))
 
     def on_epoch_end(epoch, terms, *_):
         step = (epoch + 1) * steps_per_epoch
         if step // every != epoch * steps_per_epoch // every or epoch + 1 == optim.epochs:
-            rows.append({"step": step, "train_loss": round(terms["loss"], 5), "held_out_loss": round(held_out_loss(), 5)})
+            rows.append({"step": step, "train_loss": round(terms["loss"], 5), "held_out_loss": round(model.held_out_loss(held), 5)})
             print(f"  step {step:>5}  train {terms['loss']:.4f}  held-out {rows[-1]['held_out_loss']:.4f}  "
                   f"({time.time() - start:.0f} s)", flush=True)
 

@@ -58,6 +58,21 @@ class DiffusionPretraining(torch.nn.Module):
     def update_teacher(self) -> None:
         self.ema.update_parameters(self.unet)
 
+    @torch.no_grad()
+    def held_out_loss(self, pixels: torch.Tensor, draws: int = 4, batch_size: int = 1024) -> float:
+        """The EMA UNet's `denoising_loss` on pixel rows (M, C*H*W) it is not trained on, averaged
+        over `draws` noise draws per row; the same draws at every call, so calls compare weights."""
+        from raycluster.diffusion.unet import to_model_input
+
+        unet, generator, total = self.ema.module, torch.Generator().manual_seed(1234), 0.0
+        unet.eval()
+        for _ in range(draws):
+            for start in range(0, len(pixels), batch_size):
+                images = to_model_input(pixels[start:start + batch_size], self.config.image_shape,
+                                        self.unet.config.sample_size)
+                total += denoising_loss(unet, self.scheduler, images, generator).item() * len(images)
+        return total / (draws * len(pixels))
+
 
 def build_denoiser(config: dict) -> DiffusionPretraining:
     from raycluster.config import check_keys

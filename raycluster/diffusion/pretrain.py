@@ -34,7 +34,10 @@ def pretrain_unet(pixels: np.ndarray, image_shape: Sequence[int], output_dir: st
                   storage_path: str = "outputs/pretrain", run_name: str = "pretrain_diffusion", seed: int = 0,
                   ema_decay: float = 0.999, reuse: str = "auto") -> dict:
     """pixels: (N, C*H*W) float32 in [0, 1]. Trains, saves `output_dir/{unet,scheduler}` and
-    returns {"seconds", "final_loss", "epochs"}. unet: UNet2DModel config (default SMALL_UNET)."""
+    returns {"seconds", "final_loss", "epochs", "steps", "stopped_at_step", "held_out_loss"}.
+    unet: UNet2DModel config (default SMALL_UNET). optim["stop"] (`train.loop.PlateauStop`): a
+    random `held_out_rows` of the rows (at most a tenth) are not trained on, and training stops
+    when the denoising loss on them has plateaued; the steps are then a cap."""
     from raycluster.diffusion.objective import build_denoiser
     from raycluster.diffusion.unet import save_unet
     from raycluster.train.run import fit_with_ray_train
@@ -43,14 +46,25 @@ def pretrain_unet(pixels: np.ndarray, image_shape: Sequence[int], output_dir: st
     if pixels.ndim != 2 or pixels.shape[1] != channels * height * width:
         raise ValueError(f"pretrain: rows of width {pixels.shape[1:]} do not match image_shape {list(image_shape)}")
     config, optim = pretraining_setup(image_shape, unet, optim, ema_decay)
-    start = time.time()
+    start, held_out = time.time(), None
+    if optim.stop:
+        order = np.random.default_rng(seed).permutation(len(pixels))
+        n_held = min(optim.stop.held_out_rows, len(pixels) // 10)
+        if n_held < 1:
+            raise ValueError(f"pretrain: optim.stop holds out a tenth of the rows at most, and {len(pixels)} rows have none")
+        held_out, pixels = pixels[np.sort(order[:n_held])], pixels[np.sort(order[n_held:])]
     state = fit_with_ray_train(build_denoiser, config, pixels, optim, train or TrainConfig(), use_gpu, storage_path,
-                               run_name, seed, reuse=reuse)
+                               run_name, seed, reuse=reuse, held_out=held_out)
     model = build_denoiser(state["model_config"])
     model.load_state_dict(state["model"])
     save_unet(model.ema.module, model.scheduler, output_dir)
+    steps_per_epoch = max(1, -(-len(pixels) // optim.batch_size))
+    history = state.get("held_out_history", [])
     summary = {"seconds": time.time() - start, "final_loss": state["metrics"].get("train/loss"),
-               "epochs": state["epoch"] + 1, "output": output_dir}
-    log.warning("pretrained UNet saved to %s (%d epochs, loss %.4f, %.0f s)", output_dir, summary["epochs"],
+               "epochs": state["epoch"] + 1, "steps": (state["epoch"] + 1) * steps_per_epoch,
+               "stopped_at_step": (state["epoch"] + 1) * steps_per_epoch if state.get("stopped") else None,
+               "held_out_loss": history[-1][1] if history else None, "output": output_dir}
+    log.warning("pretrained UNet saved to %s (%d epochs, %d steps%s, loss %.4f, %.0f s)", output_dir, summary["epochs"],
+                summary["steps"], ", stopped on the held-out plateau" if summary["stopped_at_step"] else "",
                 summary["final_loss"] or float("nan"), summary["seconds"])
     return summary

@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, replace
+from collections.abc import Mapping
 from typing import Callable, Optional, Protocol, runtime_checkable
 
 import torch
@@ -65,11 +66,56 @@ class TakesRowColumns(Protocol):
 
 
 @runtime_checkable
+class ScoresHeldOut(Protocol):
+    """A model that scores rows it is not trained on with its own training loss, deterministically
+    (fixed noise): what `PlateauStop` watches."""
+
+    def held_out_loss(self, rows: torch.Tensor) -> float: ...
+
+
+@runtime_checkable
 class KeepsShardState(Protocol):
     """A model with per-row state for its worker's shard (DEC's targets): `run.py` tells it which
     dataset rows are its shard's, and the batch's row ids are positions in that shard."""
 
     def attach_shard(self, shard_rows: torch.Tensor) -> None: ...
+
+
+@dataclass
+class PlateauStop:
+    """Stop when the loss on held-out rows has stopped falling: `steps` (or epochs) is then a cap.
+
+    Every `every_steps` optimizer steps the model scores the held-out rows (`ScoresHeldOut`); training
+    stops at the first evaluation whose loss `window_steps` earlier has not been beaten by more than
+    `tolerance` (relative) since. The caller holds out `held_out_rows` rows (at most a tenth of them)."""
+    every_steps: int = 120
+    window_steps: int = 360
+    tolerance: float = 0.01
+    held_out_rows: int = 1000
+
+    def __post_init__(self):
+        if min(self.every_steps, self.window_steps, self.held_out_rows) < 1 or not 0 <= self.tolerance < 1:
+            raise ValueError(f"optim.stop: every_steps, window_steps and held_out_rows must be positive and tolerance "
+                             f"in [0, 1), got {self}")
+        if self.window_steps < self.every_steps:
+            raise ValueError(f"optim.stop: window_steps ({self.window_steps}) must span at least one evaluation "
+                             f"(every_steps {self.every_steps})")
+
+    def reached(self, history: list) -> bool:
+        """history: [(step, held-out loss), ...] in step order -> whether the loss has plateaued."""
+        if not history:
+            return False
+        last = history[-1][0]
+        earlier = [j for j, (step, _) in enumerate(history) if step <= last - self.window_steps]
+        if not earlier:
+            return False
+        reference = history[earlier[-1]][1]
+        best_since = min(loss for _, loss in history[earlier[-1] + 1:])
+        return reference - best_since <= self.tolerance * reference
+
+    def due(self, step_before: int, step_after: int) -> bool:
+        """Whether an evaluation falls in the steps (step_before, step_after] of one epoch."""
+        return step_after // self.every_steps > step_before // self.every_steps
 
 
 @dataclass
@@ -86,8 +132,11 @@ class OptimConfig:
     weight_decay: float = 0.01
     betas: tuple = (0.9, 0.98)
     grad_clip: float = 4.0         # max gradient norm; 0: no clipping
+    stop: Optional[PlateauStop] = None   # early stop on held-out rows; epochs / steps are then a cap
 
     def __post_init__(self):
+        if isinstance(self.stop, Mapping):   # from a config file
+            self.stop = PlateauStop(**self.stop)
         if self.steps is not None and self.steps < 1:
             raise ValueError(f"optim.steps must be a positive number of optimizer steps, got {self.steps}")
         if self.steps is None and not self.epochs:
@@ -126,7 +175,8 @@ def train_epochs(model, features: torch.Tensor, optim: OptimConfig, optimizer: t
     so gradient all-reduces pair up), warm-up + cosine lr per step, clip, step, teacher update.
     `on_epoch_end(epoch, terms, teacher_clusters, indices)` gets mean loss terms and the teacher's
     first-draw clusters of the points seen (for label-free and, when possible, labelled metrics;
-    None for models without clusters, e.g. a denoiser being pretrained).
+    None for models without clusters, e.g. a denoiser being pretrained); it returns True to stop
+    training there (an early stop, `PlateauStop`).
     `model.on_epoch_start(features, epoch)`, when the model has it, runs at each epoch start
     (DEC refreshes its self-training targets; DiFiC switches its object masks on).
     `row_ids` (N,) int64: ids of this worker's rows, passed to `training_step(batch, row_ids)`
@@ -166,6 +216,6 @@ def train_epochs(model, features: torch.Tensor, optim: OptimConfig, optimizer: t
                 sums[key] = sums.get(key, 0.0) + value
         means = {key: value / steps_per_epoch for key, value in sums.items()}
         means.update(lr=lr, epoch_seconds=time.time() - start)
-        if on_epoch_end is not None:
-            on_epoch_end(epoch, means, torch.cat(clusters).numpy() if clusters else None,
-                         torch.cat(seen).numpy() if seen else None)
+        if on_epoch_end is not None and on_epoch_end(epoch, means, torch.cat(clusters).numpy() if clusters else None,
+                                                     torch.cat(seen).numpy() if seen else None):
+            return

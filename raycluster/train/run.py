@@ -23,7 +23,7 @@ from typing import Callable, Optional
 import numpy as np
 
 from raycluster.config import TrainConfig
-from raycluster.train.loop import KeepsShardState, OptimConfig, TakesRowColumns
+from raycluster.train.loop import KeepsShardState, OptimConfig, ScoresHeldOut, TakesRowColumns
 
 log = logging.getLogger(__name__)
 
@@ -135,6 +135,10 @@ def train_loop_per_worker(config: dict) -> None:
 
     optimizer = make_optimizer(model, optim)
     start_epoch, resumed_from = 0, -1
+    if optim.stop and not isinstance(model, ScoresHeldOut):
+        raise TypeError(f"optim.stop needs a model that scores held-out rows; {type(model).__name__} has no held_out_loss")
+    held_out = torch.from_numpy(ray.get(config["held_out"])).float().to(device) if optim.stop else None
+    history = []   # [(step, held-out loss)] for optim.stop
     checkpoint = ray.train.get_checkpoint()
     if checkpoint:
         with checkpoint.as_directory() as directory:
@@ -142,6 +146,9 @@ def train_loop_per_worker(config: dict) -> None:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         start_epoch = resumed_from = state["epoch"] + 1
+        history = [tuple(pair) for pair in state.get("held_out_history", [])]
+        if state.get("stopped"):   # an early stop is final: a rerun does not train on
+            start_epoch = optim.epochs
         if rank == 0:
             log.warning("resuming from the checkpoint of epoch %d", state["epoch"])
 
@@ -152,21 +159,34 @@ def train_loop_per_worker(config: dict) -> None:
         if teacher_clusters is not None and (labels[seen] >= 0).all():
             scores = supervised_metrics(labels[seen], teacher_clusters)
             metrics.update({"train/teacher_acc": scores["acc"], "train/teacher_nmi": scores["nmi"]})
+        stopped = False
+        if optim.stop and optim.stop.due(epoch * steps_per_epoch, (epoch + 1) * steps_per_epoch):
+            loss = _all_reduce_mean({"held_out_loss": model.held_out_loss(held_out)})["held_out_loss"]
+            history.append(((epoch + 1) * steps_per_epoch, loss))
+            metrics["held_out_loss"] = loss
+            stopped = optim.stop.reached(history) and epoch + 1 < optim.epochs
         metrics = {("train/" + k if "/" not in k else k): v for k, v in metrics.items()}
         metrics["epoch"] = epoch
         metrics["resumed_from_epoch"] = resumed_from
+        metrics["stopped_at_step"] = (epoch + 1) * steps_per_epoch if stopped else -1
         if rank == 0:
             log.warning("epoch %d/%d %s", epoch + 1, optim.epochs,
                         "  ".join(f"{k.split('/')[-1]} {v:.4g}" for k, v in metrics.items() if "epoch" not in k))
             if metrics.get("train/size_entropy", 1.0) < 0.5:   # the pipeline's COLLAPSE_ENTROPY
                 log.warning("WARNING epoch %d: size entropy %.3f: the clusters are collapsing into a few",
                             epoch + 1, metrics["train/size_entropy"])
+            if stopped:
+                log.warning("stopped at step %d of %d: the held-out loss fell by less than %g%% over the last %d "
+                            "steps", metrics["stopped_at_step"], optim.epochs * steps_per_epoch,
+                            100 * optim.stop.tolerance, optim.stop.window_steps)
             with tempfile.TemporaryDirectory() as directory:
                 torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch,
-                            "model_config": config["model_config"]}, os.path.join(directory, STATE_FILE))
+                            "model_config": config["model_config"], "held_out_history": history,
+                            "stopped": stopped}, os.path.join(directory, STATE_FILE))
                 ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(directory))
         else:
             ray.train.report(metrics)
+        return stopped
 
     train_epochs(model, features, optim, optimizer, steps_per_epoch, start_epoch, config["seed"],
                  average_gradients if world > 1 else None, on_epoch_end, row_ids)
@@ -175,7 +195,8 @@ def train_loop_per_worker(config: dict) -> None:
 def fit_with_ray_train(model_factory: Callable, model_config: dict, data, optim: OptimConfig,
                        resources: TrainConfig, use_gpu: bool, storage_path: str, run_name: str, seed: int = 0,
                        labels: Optional[np.ndarray] = None, max_failures: int = 0,
-                       context: Optional[dict] = None, reuse: str = "auto") -> dict:
+                       context: Optional[dict] = None, reuse: str = "auto",
+                       held_out: Optional[np.ndarray] = None) -> dict:
     """Train with TorchTrainer; returns the final checkpoint's state (model, optimizer, epoch,
     model_config) plus `metrics`, the last epoch's reported metrics.
 
@@ -184,6 +205,9 @@ def fit_with_ray_train(model_factory: Callable, model_config: dict, data, optim:
 
     context: {name: numpy array} every worker needs whole (put in the object store once, shared
     by the workers of a node), given to `model.attach_context(**context)`; never checkpointed.
+
+    held_out: (M, F) float32 rows not in `data`, which `optim.stop` watches (`loop.PlateauStop`):
+    every worker scores them with `model.held_out_loss`; training stops when that loss plateaus.
 
     Rerunning with the same storage_path/run_name resumes from the latest checkpoint, when its
     inputs (model config and the files it names, schedule but epochs, seed, rows, context) are the same;
@@ -198,6 +222,8 @@ def fit_with_ray_train(model_factory: Callable, model_config: dict, data, optim:
 
     if not isinstance(data, TrainingData):
         data = ArrayRows(data, labels).training_data()
+    if optim.stop and held_out is None:
+        raise ValueError(f"{run_name}: optim.stop watches held-out rows, and none were given")
 
     run_dir = os.path.join(os.path.abspath(storage_path), run_name)
     # `epochs` is left out: a longer run continues from a shorter one's checkpoints.
@@ -205,7 +231,8 @@ def fit_with_ray_train(model_factory: Callable, model_config: dict, data, optim:
     inputs = {"model_factory": f"{model_factory.__module__}.{model_factory.__qualname__}", "model_config": model_config,
               "files": local_paths_in(model_config), "optim": schedule, "seed": seed,
               "rows": data.fingerprint,
-              "context": {name: array_fingerprint(value) for name, value in (context or {}).items()}}
+              "context": {name: array_fingerprint(value) for name, value in (context or {}).items()},
+              "held_out": array_fingerprint(held_out) if optim.stop else None}
     if not reusable(run_dir, inputs, f"{run_name} checkpoints", reuse):
         write_fingerprint(run_dir, inputs)
 
@@ -216,7 +243,8 @@ def fit_with_ray_train(model_factory: Callable, model_config: dict, data, optim:
         train_loop_per_worker,
         train_loop_config={"model_factory": model_factory, "model_config": model_config, "optim": asdict(optim),
                            "seed": seed, "torch_threads": max(1, math.ceil(resources.cpus_per_worker)),
-                           "context": {name: ray.put(value) for name, value in (context or {}).items()}},
+                           "context": {name: ray.put(value) for name, value in (context or {}).items()},
+                           "held_out": ray.put(held_out) if optim.stop else None},
         scaling_config=ray.train.ScalingConfig(num_workers=resources.num_workers, use_gpu=use_gpu,
                                                resources_per_worker=worker_resources),
         run_config=ray.train.RunConfig(name=run_name, storage_path=os.path.abspath(storage_path),
