@@ -23,7 +23,7 @@ from typing import Callable, Optional
 import numpy as np
 
 from raycluster.config import TrainConfig
-from raycluster.train.loop import KeepsShardState, OptimConfig, ScoresHeldOut, TakesRowColumns
+from raycluster.train.loop import KeepsShardState, OptimConfig, ScoresHeldOut, TakesRowColumns, shared_tensor
 
 log = logging.getLogger(__name__)
 
@@ -137,7 +137,7 @@ def train_loop_per_worker(config: dict) -> None:
     start_epoch, resumed_from = 0, -1
     if optim.stop and not isinstance(model, ScoresHeldOut):
         raise TypeError(f"optim.stop needs a model that scores held-out rows; {type(model).__name__} has no held_out_loss")
-    held_out = torch.from_numpy(ray.get(config["held_out"])).float().to(device) if optim.stop else None
+    held_out = shared_tensor(ray.get(config["held_out"]), torch.float32).to(device) if optim.stop else None
     history = []   # [(step, held-out loss)] for optim.stop
     checkpoint = ray.train.get_checkpoint()
     if checkpoint:
@@ -168,7 +168,6 @@ def train_loop_per_worker(config: dict) -> None:
         metrics = {("train/" + k if "/" not in k else k): v for k, v in metrics.items()}
         metrics["epoch"] = epoch
         metrics["resumed_from_epoch"] = resumed_from
-        metrics["stopped_at_step"] = (epoch + 1) * steps_per_epoch if stopped else -1
         if rank == 0:
             log.warning("epoch %d/%d %s", epoch + 1, optim.epochs,
                         "  ".join(f"{k.split('/')[-1]} {v:.4g}" for k, v in metrics.items() if "epoch" not in k))
@@ -177,7 +176,7 @@ def train_loop_per_worker(config: dict) -> None:
                             epoch + 1, metrics["train/size_entropy"])
             if stopped:
                 log.warning("stopped at step %d of %d: the held-out loss fell by less than %g%% over the last %d "
-                            "steps", metrics["stopped_at_step"], optim.epochs * steps_per_epoch,
+                            "steps", (epoch + 1) * steps_per_epoch, optim.epochs * steps_per_epoch,
                             100 * optim.stop.tolerance, optim.stop.window_steps)
             with tempfile.TemporaryDirectory() as directory:
                 torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch,
