@@ -1,8 +1,8 @@
 """Where does a pretrained denoiser stop learning? The denoising loss on held-out rows over a long schedule.
 
-Study, 2026-12-04. Decision it produced: none yet: DiEC keeps 1,580 steps, which stop before the held-out plateau on both sets and one digits seed at the plateau length scored the same (docs/methods/diec.md, "Pretraining length").
+Study, 2026-12-04. Decision it produced: DiEC's pretraining stops on this held-out plateau (`train.loop.PlateauStop`, `pretrain.optim.stop`; 1%, three evaluations' window) with 3,160 steps as a cap, instead of a fixed 1,580 chosen on MNIST by ACC (docs/methods/diec.md, "Pretraining length").
 
-    python bench/studies/pretrain_plateau.py      # digits and MNIST test, DiEC's UNet, 2 x its 1,580 steps
+    python bench/studies/pretrain_plateau.py      # digits and MNIST test, DiEC's UNet, 3,160 steps (its cap)
 DiEC's pretraining as `experiment=diec_mnist` configures it (its UNet at 16 px, batch 128, lr 1e-3 cosine,
 EMA 0.99; `diffusion.pretrain.pretraining_setup`), run in one process (no Ray) for `--steps` optimizer steps
 on all rows but a held-out tenth (at most 1,000 rows). Every `--every` steps: the training loss (mean of the
@@ -10,7 +10,8 @@ last epoch) and the EMA UNet's denoising loss on the held-out rows (`diffusion.o
 fixed noise draws per row). No labels anywhere. The plateau step is the first evaluation after which the
 held-out loss never falls by more than `--tolerance` (relative) within the next tenth of the schedule.
 Rows (--json): {"bench", "dataset", "seed", "step", "train_loss", "held_out_loss"} per evaluation, and
-{"bench", "dataset", "seed", "steps", "plateau_step", "held_out_at_1580", "held_out_final"} per run.
+{"bench", "dataset", "seed", "steps", "plateau_step", "stop_step", "held_out_at_1580", "held_out_final"} per run
+(stop_step: where DiEC's configured held-out stop ends the same curve).
 """
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ import argparse
 import sys
 import time
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 
@@ -25,6 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # bench/common.py
 from common import append_json_rows  # noqa: E402
 
 SHAPES = {"mnist-test": (1, 28, 28), "digits": (1, 8, 8)}
+FORMER_STEPS = 1580   # DiEC's fixed pretraining length before the held-out stop
 
 
 def diec_pretraining() -> dict:
@@ -43,6 +46,14 @@ def plateau_step(steps: list, losses: list, tolerance: float, window: int) -> in
 
     learning = [j for j in range(len(steps)) if still_learning(j)]
     return steps[learning[-1] + 1] if learning else steps[0]
+
+
+def configured_stop_step(steps: list, losses: list) -> Optional[int]:
+    """Where DiEC's configured held-out stop (`pretrain.optim.stop`) would end this curve; None: never."""
+    from raycluster.train.loop import PlateauStop
+
+    stop, history = PlateauStop(**diec_pretraining()["optim"]["stop"]), list(zip(steps, losses))
+    return next((steps[j - 1] for j in range(1, len(history) + 1) if stop.reached(history[:j])), None)
 
 
 def held_out_curve(pixels: np.ndarray, shape: tuple, steps: int, every: int, seed: int) -> list[dict]:
@@ -81,8 +92,7 @@ def held_out_curve(pixels: np.ndarray, shape: tuple, steps: int, every: int, see
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--datasets", nargs="+", default=["digits", "mnist-test"], choices=sorted(SHAPES))
-    configured = diec_pretraining()["optim"]["steps"]
-    parser.add_argument("--steps", type=int, default=2 * configured)
+    parser.add_argument("--steps", type=int, default=diec_pretraining()["optim"]["steps"])
     parser.add_argument("--every", type=int, default=120, help="steps between evaluations")
     parser.add_argument("--tolerance", type=float, default=0.01, help="relative fall that still counts as learning")
     parser.add_argument("--seed", type=int, default=0)
@@ -98,16 +108,17 @@ def main(argv=None):
         print(f"{dataset}: {len(pixels)} rows, {args.steps} steps", flush=True)
         curve = held_out_curve(np.asarray(pixels, np.float32), SHAPES[dataset], args.steps, args.every, args.seed)
         steps, losses = [r["step"] for r in curve], [r["held_out_loss"] for r in curve]
-        at_configured = min(curve, key=lambda r: abs(r["step"] - configured))["held_out_loss"]
+        at_former = min(curve, key=lambda r: abs(r["step"] - FORMER_STEPS))["held_out_loss"]
         row = {"bench": "pretrain_plateau", "dataset": dataset, "seed": args.seed, "steps": args.steps,
                "plateau_step": plateau_step(steps, losses, args.tolerance, args.steps // 10),
-               "held_out_at_1580": at_configured, "held_out_final": losses[-1]}
+               "stop_step": configured_stop_step(steps, losses), "held_out_at_1580": at_former, "held_out_final": losses[-1]}
         summary.append(row)
         append_json_rows(args.json, [{"bench": "pretrain_plateau", "dataset": dataset, "seed": args.seed, **r}
                                      for r in curve] + [row])
-    print(f"\n{'dataset':<12}{'steps':>7}{'plateau step':>14}{'held-out at 1,580':>19}{'final':>8}")
+    print(f"\n{'dataset':<12}{'steps':>7}{'plateau step':>14}{'stop step':>11}{'held-out at 1,580':>19}{'final':>8}")
     for row in summary:
-        print(f"{row['dataset']:<12}{row['steps']:>7}{row['plateau_step']:>14}{row['held_out_at_1580']:>19.4f}"
+        print(f"{row['dataset']:<12}{row['steps']:>7}{row['plateau_step']:>14}{str(row['stop_step']):>11}"
+              f"{row['held_out_at_1580']:>19.4f}"
               f"{row['held_out_final']:>8.4f}")
     return summary
 

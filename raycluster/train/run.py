@@ -226,12 +226,13 @@ def fit_with_ray_train(model_factory: Callable, model_config: dict, data, optim:
 
     run_dir = os.path.join(os.path.abspath(storage_path), run_name)
     # `epochs` is left out: a longer run continues from a shorter one's checkpoints.
-    schedule = {k: v for k, v in asdict(optim).items() if k != "epochs"}
+    # `stop` only when set: runs without one keep the fingerprints they had before it existed.
+    schedule = {k: v for k, v in asdict(optim).items() if k != "epochs" and not (k == "stop" and v is None)}
     inputs = {"model_factory": f"{model_factory.__module__}.{model_factory.__qualname__}", "model_config": model_config,
               "files": local_paths_in(model_config), "optim": schedule, "seed": seed,
               "rows": data.fingerprint,
               "context": {name: array_fingerprint(value) for name, value in (context or {}).items()},
-              "held_out": array_fingerprint(held_out) if optim.stop else None}
+              **({"held_out": array_fingerprint(held_out)} if optim.stop else {})}
     if not reusable(run_dir, inputs, f"{run_name} checkpoints", reuse):
         write_fingerprint(run_dir, inputs)
 
