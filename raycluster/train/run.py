@@ -178,6 +178,10 @@ def train_loop_per_worker(config: dict) -> None:
                 log.warning("stopped at step %d of %d: the held-out loss fell by less than %g%% over the last %d "
                             "steps", (epoch + 1) * steps_per_epoch, optim.epochs * steps_per_epoch,
                             100 * optim.stop.tolerance, optim.stop.window_steps)
+            elif optim.stop and epoch + 1 == optim.epochs and not optim.stop.reached(history):
+                log.warning("WARNING: training reached its cap of %d steps while the held-out loss was still falling "
+                            "(by more than %g%% in %d steps): a longer cap (optim.steps) may help",
+                            optim.epochs * steps_per_epoch, 100 * optim.stop.tolerance, optim.stop.window_steps)
             with tempfile.TemporaryDirectory() as directory:
                 torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch,
                             "model_config": config["model_config"], "held_out_history": history,
