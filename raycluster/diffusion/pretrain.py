@@ -58,11 +58,10 @@ def pretrain_unet(pixels: np.ndarray, image_shape: Sequence[int], output_dir: st
     model = build_denoiser(state["model_config"])
     model.load_state_dict(state["model"])
     save_unet(model.ema.module, model.scheduler, output_dir)
-    steps_per_epoch = max(1, -(-len(pixels) // optim.batch_size))
     history = state.get("held_out_history", [])
     summary = {"seconds": time.time() - start, "final_loss": state["metrics"].get("train/loss"),
-               "epochs": state["epoch"] + 1, "steps": (state["epoch"] + 1) * steps_per_epoch,
-               "stopped_at_step": (state["epoch"] + 1) * steps_per_epoch if state.get("stopped") else None,
+               "epochs": state["epoch"] + 1, "steps": state["step"],
+               "stopped_at_step": state["step"] if state.get("stopped") else None,
                "held_out_loss": history[-1][1] if history else None, "output": output_dir}
     log.warning("pretrained UNet saved to %s (%d epochs, %d steps%s, loss %.4f, %.0f s)", output_dir, summary["epochs"],
                 summary["steps"], ", stopped on the held-out plateau" if summary["stopped_at_step"] else "",

@@ -159,10 +159,10 @@ def train_loop_per_worker(config: dict) -> None:
         if teacher_clusters is not None and (labels[seen] >= 0).all():
             scores = supervised_metrics(labels[seen], teacher_clusters)
             metrics.update({"train/teacher_acc": scores["acc"], "train/teacher_nmi": scores["nmi"]})
-        stopped = False
-        if optim.stop and optim.stop.due(epoch * steps_per_epoch, (epoch + 1) * steps_per_epoch):
+        stopped, step = False, (epoch + 1) * steps_per_epoch
+        if optim.stop and optim.stop.due(step - steps_per_epoch, step):
             loss = _all_reduce_mean({"held_out_loss": model.held_out_loss(held_out)})["held_out_loss"]
-            history.append(((epoch + 1) * steps_per_epoch, loss))
+            history.append((step, loss))
             metrics["held_out_loss"] = loss
             stopped = optim.stop.reached(history) and epoch + 1 < optim.epochs
         metrics = {("train/" + k if "/" not in k else k): v for k, v in metrics.items()}
@@ -176,7 +176,7 @@ def train_loop_per_worker(config: dict) -> None:
                             epoch + 1, metrics["train/size_entropy"])
             if stopped:
                 log.warning("stopped at step %d of %d: the held-out loss fell by less than %g%% over the last %d "
-                            "steps", (epoch + 1) * steps_per_epoch, optim.epochs * steps_per_epoch,
+                            "steps", step, optim.epochs * steps_per_epoch,
                             100 * optim.stop.tolerance, optim.stop.window_steps)
             elif optim.stop and epoch + 1 == optim.epochs and not optim.stop.reached(history):
                 log.warning("WARNING: training reached its cap of %d steps while the held-out loss was still falling "
@@ -185,7 +185,7 @@ def train_loop_per_worker(config: dict) -> None:
             with tempfile.TemporaryDirectory() as directory:
                 torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch,
                             "model_config": config["model_config"], "held_out_history": history,
-                            "stopped": stopped}, os.path.join(directory, STATE_FILE))
+                            "step": step, "stopped": stopped}, os.path.join(directory, STATE_FILE))
                 ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(directory))
         else:
             ray.train.report(metrics)
