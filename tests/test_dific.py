@@ -115,6 +115,21 @@ def test_mask_pass_stops_after_the_last_cross_attention_and_leaves_training_forw
     assert calls == [1] and all(not r.active and r.stop_at is None for r in model.recorders.values())
 
 
+def test_held_out_loss_is_repeatable_unmasked_and_reads_each_rows_own_word():
+    torch.manual_seed(0)
+    model = build_dific(scratch_config(mask_threshold=0.5))
+    rows = torch.from_numpy(tiny_patterns(10)[0])
+    first = model.held_out_loss(rows, batch_size=4)
+    assert first == model.held_out_loss(rows, batch_size=4) and np.isfinite(first)   # same draws every call
+    model.config.mask_threshold = 0.9
+    assert model.held_out_loss(rows, batch_size=4) == first                          # no mask in it
+    with torch.no_grad():   # a different S* for the same images changes what the UNet is told
+        model.extractor.to_word.weight.mul_(-3.0)
+    assert model.held_out_loss(rows, batch_size=4) != first
+    model.training_step(rows)
+    assert model.training                                       # a training step after it trains again
+
+
 def test_guidance_step_trains_extractor_head_and_scratch_diffusion_model():
     torch.manual_seed(0)
     pixels, _ = tiny_patterns()
@@ -147,6 +162,8 @@ def test_a_typo_in_the_manifold_settings_fails_before_any_training():
     with pytest.raises(ValueError, match=r"unknown manifold setting\(s\) \['n_component'\]"):
         DiFiC(10, manifold={"n_component": 10})
     assert DiFiC(10, manifold={"n_components": 5, "max_points": 1000}).manifold["n_components"] == 5
+    with pytest.raises(ValueError, match="the warm-up's is warmup.stop"):   # guidance has no held-out watch
+        DiFiC(10, optim={"epochs": 2, "stop": {"every_steps": 5}})
 
 
 # -- pretrained mode: a Stable-Diffusion-layout pipeline the test saves itself -------------
@@ -236,7 +253,8 @@ DIGITS_DIFIC = ["method=dific", "data.source.limit=300", "method.image_shape=[1,
                 "down_block_types:[DownBlock2D,CrossAttnDownBlock2D],up_block_types:[CrossAttnUpBlock2D,UpBlock2D]}",
                 "++method.model.text_encoder={hidden_size:16,intermediate_size:32,num_attention_heads:2}",
                 "method.model.extractor.name=test_efficientnet", "method.model.mask_start_epoch=1",
-                "method.warmup.steps=6", "method.warmup.batch_size=100", "method.optim.epochs=2",
+                "method.warmup.steps=30", "method.warmup.batch_size=100", "method.optim.epochs=2",
+                "method.warmup.stop={every_steps:3,window_steps:3,tolerance:0.99,held_out_rows:30}",
                 "method.optim.batch_size=100", "cluster.train.cpus_per_worker=0.5", "method.mask_examples=4"]
 
 
@@ -253,7 +271,9 @@ def test_train_job_outputs_the_warmup_clusters_then_guides_them_reusing_the_warm
     cfg = compose_config(DIGITS_DIFIC)
     summary = run_train(cfg)
     stages = summary["method_stages"]
-    assert stages["warmup_epochs_run"] == 2   # 6 steps of 3 batches (300 rows, batch 100)
+    # 270 rows trained on (30 held out), 3 steps an epoch: tolerance 0.99 stops at the first full window, step 6 of 30
+    assert stages["warmup_epochs_run"] == 2 and stages["warmup_stopped_at_step"] == 6 == stages["warmup_steps"]
+    assert np.isfinite(stages["warmup_held_out_loss"])
     assert stages["input_kept_variance"] == 1.0   # 8x8 images at 8 px: nothing downscaled
     assert "warmup_seconds" in stages and "guidance_seconds" not in stages and set(stages["init_kmeans"]) >= {"acc", "nmi"}
     assert set(stages["init_manifold"]) >= {"acc", "nmi"}    # the default config clusters a UMAP of S*

@@ -1,4 +1,5 @@
 """raycluster.train.loop: the schedule settings every torch method shares."""
+import numpy as np
 import pytest
 
 from raycluster.train.loop import OptimConfig, PlateauStop, epochs_for
@@ -31,3 +32,15 @@ def test_plateau_stop_fires_once_a_whole_window_passes_without_a_real_fall():
         PlateauStop(every_steps=100, window_steps=50)
     with pytest.raises(ValueError, match="tolerance"):
         PlateauStop(tolerance=1.5)
+
+
+def test_hold_out_keeps_a_tenth_at_most_apart_from_training_in_row_order():
+    rows = np.arange(50)[:, None] * np.ones((1, 3))
+    trained, held_out = PlateauStop(held_out_rows=1000).hold_out(rows, seed=0)
+    assert len(held_out) == 5 and len(trained) == 45                      # a tenth: held_out_rows is a ceiling
+    assert sorted(set(trained[:, 0]) | set(held_out[:, 0])) == list(range(50))
+    assert (np.diff(held_out[:, 0]) > 0).all() and (np.diff(trained[:, 0]) > 0).all()
+    assert len(PlateauStop(held_out_rows=2).hold_out(rows, seed=0)[1]) == 2
+    assert (PlateauStop().hold_out(rows, seed=0)[1] == held_out).all()   # the seed decides which
+    with pytest.raises(ValueError, match="9 rows have none"):
+        PlateauStop().hold_out(rows[:9], seed=0)

@@ -48,11 +48,7 @@ def pretrain_unet(pixels: np.ndarray, image_shape: Sequence[int], output_dir: st
     config, optim = pretraining_setup(image_shape, unet, optim, ema_decay)
     start, held_out = time.time(), None
     if optim.stop:
-        order = np.random.default_rng(seed).permutation(len(pixels))
-        n_held = min(optim.stop.held_out_rows, len(pixels) // 10)
-        if n_held < 1:
-            raise ValueError(f"pretrain: optim.stop holds out a tenth of the rows at most, and {len(pixels)} rows have none")
-        held_out, pixels = pixels[np.sort(order[:n_held])], pixels[np.sort(order[n_held:])]
+        pixels, held_out = optim.stop.hold_out(pixels, seed)
     state = fit_with_ray_train(build_denoiser, config, pixels, optim, train or TrainConfig(), use_gpu, storage_path,
                                run_name, seed, reuse=reuse, held_out=held_out)
     model = build_denoiser(state["model_config"])

@@ -87,7 +87,7 @@ class PlateauStop:
 
     Every `every_steps` optimizer steps the model scores the held-out rows (`ScoresHeldOut`); training
     stops at the first evaluation whose loss `window_steps` earlier has not been beaten by more than
-    `tolerance` (relative) since. The caller holds out `held_out_rows` rows (at most a tenth of them)."""
+    `tolerance` (relative) since. The caller keeps the rows `hold_out` picks out of training."""
     every_steps: int = 120
     window_steps: int = 360
     tolerance: float = 0.01
@@ -112,6 +112,17 @@ class PlateauStop:
         reference = history[earlier[-1]][1]
         best_since = min(loss for _, loss in history[earlier[-1] + 1:])
         return reference - best_since <= self.tolerance * reference
+
+    def hold_out(self, rows, seed: int) -> tuple:
+        """rows (N, F) -> (trained on (N - M, F), held out (M, F)), a random M = min(held_out_rows, N // 10)
+        rows of the same seed's draw, both in row order."""
+        import numpy as np
+
+        held = min(self.held_out_rows, len(rows) // 10)
+        if held < 1:
+            raise ValueError(f"optim.stop holds out a tenth of the rows at most, and {len(rows)} rows have none")
+        order = np.random.default_rng(seed).permutation(len(rows))
+        return rows[np.sort(order[held:])], rows[np.sort(order[:held])]
 
     def due(self, step_before: int, step_after: int) -> bool:
         """Whether an evaluation falls in the steps (step_before, step_after] of one epoch."""

@@ -55,6 +55,8 @@ class DiFiC(StartOutput, TorchMethod):
         self.image_shape = tuple(image_shape)
         self.warmup = OptimConfig(**(warmup or {}))   # the distillation stage's schedule
         # self.optim (TorchMethod): the guidance stage's schedule
+        if self.optim.stop:
+            raise ValueError("dific: optim.stop (the guidance stage) is not supported; the warm-up's is warmup.stop")
         self.knn, self.index_spec, self.index_shards = knn, IndexSpec(**(index or {"kind": "flat"})), index_shards
         self.manifold = check_manifold(manifold, "dific")   # kmeans.UMAPKMeans settings; None: k-means on S*
         # Ray Train workers run in their own working directories: paths must be absolute
@@ -65,15 +67,21 @@ class DiFiC(StartOutput, TorchMethod):
         return {**self.model_overrides, "n_clusters": self.n_clusters, "image_shape": self.image_shape}
 
     def _train(self, config: dict, pixels: np.ndarray, optim: OptimConfig, stage: str, labels=None,
-               context: Optional[dict] = None) -> dict:
+               context: Optional[dict] = None, held_out: Optional[np.ndarray] = None) -> dict:
         from raycluster.methods.dific.model import build_dific
         from raycluster.train.run import fit_with_ray_train
 
         start = time.time()
         state = fit_with_ray_train(build_dific, config, pixels, optim, self.train, self.use_gpu, self.work_dir,
-                                   stage, self.seed, labels, self.max_failures, context=context, reuse=self.reuse)
+                                   stage, self.seed, labels, self.max_failures, context=context, reuse=self.reuse,
+                                   held_out=held_out)
         self.stages[f"{stage}_seconds"] = round(time.time() - start, 1)
         self.stages[f"{stage}_epochs_run"] = state["epoch"] + 1   # what `steps` came to on these rows
+        self.stages[f"{stage}_steps"] = state["step"]
+        if optim.stop:
+            self.stages[f"{stage}_stopped_at_step"] = state["step"] if state.get("stopped") else None
+            history = state.get("held_out_history") or [(None, None)]
+            self.stages[f"{stage}_held_out_loss"] = history[-1][1]
         return state
 
     # -- stage 1 -------------------------------------------------------------------------
@@ -93,7 +101,10 @@ class DiFiC(StartOutput, TorchMethod):
         if reusable(directory, inputs, "DiFiC's warm-up model", self.reuse) and os.path.exists(path):
             log.warning("DiFiC: reusing the warm-up model %s (same settings and rows)", path)
             return path
-        state = self._train(config, pixels, self.warmup, "warmup")
+        # with warmup.stop, a random tenth (at most held_out_rows) is kept out of training to watch
+        # for the plateau; every row is still clustered
+        trained, held_out = self.warmup.stop.hold_out(pixels, self.seed) if self.warmup.stop else (pixels, None)
+        state = self._train(config, trained, self.warmup, "warmup", held_out=held_out)
         buffer = io.BytesIO()
         torch.save({"model": state["model"], "model_config": state["model_config"]}, buffer)
         atomic_write_bytes(path, buffer.getvalue())

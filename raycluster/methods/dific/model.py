@@ -310,12 +310,12 @@ class DiFiCModel(torch.nn.Module):
             images = F.interpolate(images, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
         return images if self.vae is not None else pad_to_sample_size(images, self.unet.config.sample_size)
 
-    def latents(self, images: torch.Tensor) -> torch.Tensor:
+    def latents(self, images: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
         """What the UNet denoises: the images themselves, or the VAE's scaled latents."""
         if self.vae is None:
             return images
         with torch.no_grad():
-            return self.vae.encode(images).latent_dist.sample() * self.vae.config.scaling_factor
+            return self.vae.encode(images).latent_dist.sample(generator) * self.vae.config.scaling_factor
 
     # -- the pieces -----------------------------------------------------------------------
     def proxy_words(self, images: torch.Tensor) -> torch.Tensor:
@@ -353,9 +353,17 @@ class DiFiCModel(torch.nn.Module):
         """(B, word_dim) -> (B, K) cluster probabilities of the cosine-prototype head."""
         return torch.softmax(cosine_head_logits(words, self.prototypes, self.config.head_temperature), dim=1)
 
-    def denoising(self, latents: torch.Tensor, context: torch.Tensor, mask: Optional[torch.Tensor]) -> torch.Tensor:
-        noise = torch.randn_like(latents)
-        steps = torch.randint(0, self.scheduler.config.num_train_timesteps, (len(latents),), device=latents.device)
+    def denoising(self, latents: torch.Tensor, context: torch.Tensor, mask: Optional[torch.Tensor],
+                  generator: Optional[torch.Generator] = None) -> torch.Tensor:
+        """The training loss: masked denoising error at uniform t, weighted towards image space; a
+        CPU `generator` fixes the noise and timesteps (held-out scoring), None draws them afresh."""
+        if generator is None:
+            noise = torch.randn_like(latents)
+            steps = torch.randint(0, self.scheduler.config.num_train_timesteps, (len(latents),), device=latents.device)
+        else:
+            noise = torch.randn(latents.shape, generator=generator, dtype=latents.dtype).to(latents.device)
+            steps = torch.randint(0, self.scheduler.config.num_train_timesteps, (len(latents),),
+                                  generator=generator).to(latents.device)
         prediction = self.unet(self.scheduler.add_noise(latents, noise, steps), steps, encoder_hidden_states=context).sample
         errors = masked_denoising_error(noise, prediction, mask)
         if self.config.image_space_max_weight > 0:
@@ -406,6 +414,20 @@ class DiFiCModel(torch.nn.Module):
                              teacher_clusters=anchor_probs.argmax(1).detach())
         terms["loss"] = loss.item()
         return loss, terms
+
+    @torch.no_grad()
+    def held_out_loss(self, pixels: torch.Tensor, draws: int = 4, batch_size: int = 512) -> float:
+        """The denoising loss on pixel rows (M, C*H*W) it is not trained on, each conditioned on its own
+        S*: how much S* of unseen images tells the UNet. Unmasked (the masks move as the attention
+        trains), `draws` noise draws per row, the same draws at every call, so calls compare weights."""
+        self.eval()
+        generator, total = torch.Generator().manual_seed(1234), 0.0
+        device = next(self.parameters()).device
+        for chunk in pixels.split(batch_size):
+            images = self.images(chunk.to(device))
+            latents, context = self.latents(images, generator), self.condition(self.proxy_words(images))
+            total += sum(self.denoising(latents, context, None, generator).item() for _ in range(draws)) * len(chunk)
+        return total / (draws * len(pixels))
 
     # -- inference ------------------------------------------------------------------------
     @torch.no_grad()
