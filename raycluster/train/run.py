@@ -179,8 +179,8 @@ def train_loop_per_worker(config: dict) -> None:
                             "steps", step, optim.epochs * steps_per_epoch,
                             100 * optim.stop.tolerance, optim.stop.window_steps)
             elif optim.stop and epoch + 1 == optim.epochs and not optim.stop.reached(history):
-                log.warning("WARNING: training reached its cap of %d steps while the held-out loss was still falling "
-                            "(by more than %g%% in %d steps): a longer cap (optim.steps) may help",
+                log.warning("WARNING: training reached its cap of %d steps (its `steps` setting) while the held-out "
+                            "loss was still falling (by more than %g%% in %d steps): a longer cap may help",
                             optim.epochs * steps_per_epoch, 100 * optim.stop.tolerance, optim.stop.window_steps)
             with tempfile.TemporaryDirectory() as directory:
                 torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch,
