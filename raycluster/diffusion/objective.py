@@ -8,12 +8,21 @@ from typing import Optional
 import torch
 
 
+def noise_and_timesteps(latents: torch.Tensor, num_train_timesteps: int,
+                        generator: Optional[torch.Generator] = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Gaussian noise shaped like `latents` and uniform timesteps (B,) int64, on latents' device. A CPU
+    `generator` fixes them (drawn on the CPU, then moved: the same draws on any device); None draws
+    afresh on the device."""
+    if generator is None:
+        return torch.randn_like(latents), torch.randint(0, num_train_timesteps, (len(latents),), device=latents.device)
+    noise = torch.randn(latents.shape, generator=generator, dtype=latents.dtype).to(latents.device)
+    return noise, torch.randint(0, num_train_timesteps, (len(latents),), generator=generator).to(latents.device)
+
+
 def denoising_loss(unet, scheduler, images: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
     """DDPM's simple loss: MSE between the noise and the UNet's prediction of it at uniform t.
     images: (B, C, S, S) float in [-1, 1]; returns a scalar. Assumes epsilon prediction."""
-    noise = torch.randn(images.shape, generator=generator, dtype=images.dtype).to(images.device)
-    steps = torch.randint(0, scheduler.config.num_train_timesteps, (len(images),), generator=generator)
-    steps = steps.to(images.device)
+    noise, steps = noise_and_timesteps(images, scheduler.config.num_train_timesteps, generator)
     prediction = unet(scheduler.add_noise(images, noise, steps), steps).sample
     return torch.nn.functional.mse_loss(prediction.float(), noise.float())
 

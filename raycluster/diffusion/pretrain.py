@@ -40,7 +40,7 @@ def pretrain_unet(pixels: np.ndarray, image_shape: Sequence[int], output_dir: st
     when the denoising loss on them has plateaued; the steps are then a cap."""
     from raycluster.diffusion.objective import build_denoiser
     from raycluster.diffusion.unet import save_unet
-    from raycluster.train.run import fit_with_ray_train
+    from raycluster.train.run import fit_with_ray_train, stop_outcome
 
     channels, height, width = image_shape
     if pixels.ndim != 2 or pixels.shape[1] != channels * height * width:
@@ -54,11 +54,8 @@ def pretrain_unet(pixels: np.ndarray, image_shape: Sequence[int], output_dir: st
     model = build_denoiser(state["model_config"])
     model.load_state_dict(state["model"])
     save_unet(model.ema.module, model.scheduler, output_dir)
-    history = state.get("held_out_history", [])
     summary = {"seconds": time.time() - start, "final_loss": state["metrics"].get("train/loss"),
-               "epochs": state["epoch"] + 1, "steps": state["step"],
-               "stopped_at_step": state["step"] if state.get("stopped") else None,
-               "held_out_loss": history[-1][1] if history else None, "output": output_dir}
+               "epochs": state["epoch"] + 1, **stop_outcome(state), "output": output_dir}
     log.warning("pretrained UNet saved to %s (%d epochs, %d steps%s, loss %.4f, %.0f s)", output_dir, summary["epochs"],
                 summary["steps"], ", stopped on the held-out plateau" if summary["stopped_at_step"] else "",
                 summary["final_loss"] or float("nan"), summary["seconds"])

@@ -195,6 +195,14 @@ def train_loop_per_worker(config: dict) -> None:
                  average_gradients if world > 1 else None, on_epoch_end, row_ids)
 
 
+def stop_outcome(state: dict) -> dict:
+    """What a fit's held-out stop did, from its final state: {"steps", "stopped_at_step" (None: ran to
+    the cap), "held_out_loss" (the last evaluation's; None without one)}."""
+    history = state.get("held_out_history", [])
+    return {"steps": state["step"], "stopped_at_step": state["step"] if state.get("stopped") else None,
+            "held_out_loss": history[-1][1] if history else None}
+
+
 def fit_with_ray_train(model_factory: Callable, model_config: dict, data, optim: OptimConfig,
                        resources: TrainConfig, use_gpu: bool, storage_path: str, run_name: str, seed: int = 0,
                        labels: Optional[np.ndarray] = None, max_failures: int = 0,

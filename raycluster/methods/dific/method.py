@@ -69,7 +69,7 @@ class DiFiC(StartOutput, TorchMethod):
     def _train(self, config: dict, pixels: np.ndarray, optim: OptimConfig, stage: str, labels=None,
                context: Optional[dict] = None, held_out: Optional[np.ndarray] = None) -> dict:
         from raycluster.methods.dific.model import build_dific
-        from raycluster.train.run import fit_with_ray_train
+        from raycluster.train.run import fit_with_ray_train, stop_outcome
 
         start = time.time()
         state = fit_with_ray_train(build_dific, config, pixels, optim, self.train, self.use_gpu, self.work_dir,
@@ -77,11 +77,8 @@ class DiFiC(StartOutput, TorchMethod):
                                    held_out=held_out)
         self.stages[f"{stage}_seconds"] = round(time.time() - start, 1)
         self.stages[f"{stage}_epochs_run"] = state["epoch"] + 1   # what `steps` came to on these rows
-        self.stages[f"{stage}_steps"] = state["step"]
-        if optim.stop:
-            self.stages[f"{stage}_stopped_at_step"] = state["step"] if state.get("stopped") else None
-            history = state.get("held_out_history") or [(None, None)]
-            self.stages[f"{stage}_held_out_loss"] = history[-1][1]
+        self.stages.update({f"{stage}_{key}": value for key, value in stop_outcome(state).items()
+                            if optim.stop or key == "steps"})
         return state
 
     # -- stage 1 -------------------------------------------------------------------------

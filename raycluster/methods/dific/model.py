@@ -17,6 +17,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
+from raycluster.diffusion.objective import noise_and_timesteps
 from raycluster.train.loop import shared_tensor
 
 # from-scratch defaults for 28-32 px grayscale images (MNIST); YAML overrides them key by key
@@ -357,13 +358,7 @@ class DiFiCModel(torch.nn.Module):
                   generator: Optional[torch.Generator] = None) -> torch.Tensor:
         """The training loss: masked denoising error at uniform t, weighted towards image space; a
         CPU `generator` fixes the noise and timesteps (held-out scoring), None draws them afresh."""
-        if generator is None:
-            noise = torch.randn_like(latents)
-            steps = torch.randint(0, self.scheduler.config.num_train_timesteps, (len(latents),), device=latents.device)
-        else:
-            noise = torch.randn(latents.shape, generator=generator, dtype=latents.dtype).to(latents.device)
-            steps = torch.randint(0, self.scheduler.config.num_train_timesteps, (len(latents),),
-                                  generator=generator).to(latents.device)
+        noise, steps = noise_and_timesteps(latents, self.scheduler.config.num_train_timesteps, generator)
         prediction = self.unet(self.scheduler.add_noise(latents, noise, steps), steps, encoder_hidden_states=context).sample
         errors = masked_denoising_error(noise, prediction, mask)
         if self.config.image_space_max_weight > 0:
