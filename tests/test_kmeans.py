@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from raycluster.methods.kmeans.method import FaissKMeans
-from raycluster.methods.kmeans.umap import UMAPKMeans
+from raycluster.methods.kmeans.umap import MAX_REFIT_NEIGHBORS, UMAPKMeans, wider_neighborhood
 from raycluster.methods.start import cluster_means, fit_start, manifold_kmeans, manifold_separation, start_clusters
 from raycluster.metrics import cluster_acc, size_entropy
 
@@ -84,6 +84,7 @@ def test_start_clusters_scores_both_starts_and_centres_the_manifold_clusters():
                                               labels=labels)
     assert scores["init_kmeans"]["acc"] < 0.9 < 0.97 < scores["init_manifold"]["acc"]
     assert np.allclose(centers, [vectors[initial == k].mean(0) for k in range(2)], atol=1e-5)
+    assert scores["start_umap_neighbors"] == 15   # no tiny cluster: UMAP's first neighbourhood kept
     plain_centers, none, plain_scores = start_clusters(vectors, 2, labels=np.full(600, -1))
     # unknown labels: no supervised scores, only the start's label-free size entropy
     assert none is None and set(plain_scores) == {"start_size_entropy"} and plain_centers.shape == (2, 2)
@@ -108,6 +109,36 @@ def test_umap_kmeans_predicts_new_rows_through_the_fitted_map():
     assert cluster_acc(labels[600:], clusters) > 0.95 and ((confidence > 0) & (confidence <= 1)).all()
     with pytest.raises(ValueError, match="width 3, fitted on 2"):
         model.predict(np.zeros((2, 3), np.float32))
+
+
+def test_wider_neighborhood_is_a_share_of_the_mean_cluster_size_within_bounds():
+    assert wider_neighborhood(1797, 10, 0.25, 15) == 45          # the 8x8 digits
+    assert wider_neighborhood(10_000, 10, 0.25, 15) == MAX_REFIT_NEIGHBORS
+    assert wider_neighborhood(1000, 100, 0.25, 15) == 15          # small clusters: never narrower than asked
+    assert wider_neighborhood(1797, 10, 0.0, 15) == 15
+
+
+def test_min_cluster_share_refits_umap_once_with_a_wider_neighbourhood():
+    """Ten blobs, two of them touching, and a tight 15-row group far off blob 0: at 15 neighbours
+    UMAP isolates the group and the mixture merges the touching pair to stay at 10. With
+    min_cluster_share the fit is made again at the wider neighbourhood; this group is far enough
+    to survive it, so it is kept (a rare class is not forced into another)."""
+    rng = np.random.default_rng(0)
+    centers = rng.normal(0, 1, (10, 8)) * 8
+    centers[9] = centers[8] + 2.0
+    blobs = np.concatenate([c + rng.normal(0, 1, (100, 8)) for c in centers])
+    group = centers[0] + np.r_[12.0, np.zeros(7)] + rng.normal(0, 0.3, (15, 8))
+    vectors = np.concatenate([blobs, group]).astype(np.float32)
+    settings = {"metric": "euclidean", "clusterer": "gmm", "seed": 0}
+    plain = UMAPKMeans(10, **settings).fit(vectors)
+    assert plain.used_neighbors == 15 and np.bincount(plain.fit_clusters).min() == 15
+    checked = UMAPKMeans(10, min_cluster_share=0.25, **settings).fit(vectors)
+    assert checked.used_neighbors == wider_neighborhood(1015, 10, 0.25, 15) == 26
+    assert np.bincount(checked.fit_clusters).min() == 15
+    balanced = UMAPKMeans(10, min_cluster_share=0.25, **settings).fit(blobs.astype(np.float32))
+    assert balanced.used_neighbors == 15   # no cluster under a quarter of the mean: one fit
+    with pytest.raises(ValueError, match="min_cluster_share must be in"):
+        UMAPKMeans(10, min_cluster_share=1.0)
 
 
 def test_umap_gmm_follows_sheared_blobs_that_kmeans_cuts():

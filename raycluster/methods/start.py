@@ -81,7 +81,8 @@ def fit_start(vectors: np.ndarray, n_clusters: int, seed: int = 0, manifold: Opt
     with `manifold` (UMAPKMeans settings) the start is k-means on a UMAP embedding instead and
     the centres are its clusters' means in `vectors`' space.
     Start: centres (K, D) float32; the manifold clusters (N,) int64 (-1 outside UMAP's sample)
-    or None; {"start_size_entropy": the start's label-free size entropy, and "init_kmeans",
+    or None; {"start_size_entropy": the start's label-free size entropy, "start_umap_neighbors": the
+    UMAP neighbourhood the start kept (with `manifold`; see UMAPKMeans' min_cluster_share), and "init_kmeans",
     "init_manifold": supervised scores when all labels are known}."""
     from raycluster.metrics import size_entropy, supervised_metrics
 
@@ -95,6 +96,7 @@ def fit_start(vectors: np.ndarray, n_clusters: int, seed: int = 0, manifold: Opt
         starter = UMAPKMeans(n_clusters, seed=seed, **manifold).fit(vectors)
         initial = starter.fit_clusters
         centers = cluster_means(vectors, initial, centers)
+        scores["start_umap_neighbors"] = starter.used_neighbors
         if scored:
             sampled = initial >= 0
             scores["init_manifold"] = supervised_metrics(np.asarray(labels)[sampled], initial[sampled])

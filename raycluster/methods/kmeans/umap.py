@@ -8,6 +8,14 @@ from raycluster.methods.kmeans.method import FaissKMeans
 
 
 CLUSTERERS = {"kmeans", "gmm"}   # what clusters the UMAP embedding
+MAX_REFIT_NEIGHBORS = 100        # the wider neighbourhood's bound: UMAP's cost grows with it
+
+
+def wider_neighborhood(n_rows: int, n_clusters: int, min_cluster_share: float, n_neighbors: int) -> int:
+    """The UMAP neighbourhood that cannot isolate a group of under `min_cluster_share` x the mean
+    cluster size n_rows / n_clusters (a group of fewer rows than n_neighbors has to link outside
+    itself): ceil(share x n_rows / n_clusters), at least `n_neighbors`, at most MAX_REFIT_NEIGHBORS."""
+    return int(min(max(n_neighbors, np.ceil(min_cluster_share * n_rows / n_clusters)), MAX_REFIT_NEIGHBORS))
 
 
 class UMAPKMeans(ClusteringMethod):
@@ -26,6 +34,12 @@ class UMAPKMeans(ClusteringMethod):
     which k-means may cut in two while it merges two round neighbours; a full covariance follows
     the blob's shape (docs/methods/kmeans.md). Its cost grows with K x n_components^2:
     for tens of clusters, not thousands;
+    `min_cluster_share` (0: off): a fit whose smallest cluster holds under this share of the mean
+    cluster size is fitted once more with the wider neighbourhood `wider_neighborhood` gives. Why:
+    with K fixed, UMAP at 15 neighbours may isolate a small sub-mode (27 digits written one way)
+    as a cluster of its own and merge two classes to stay at K; a neighbourhood wider than the
+    group links it to the rows nearest it. A cluster that survives the wider fit is kept (a rare class).
+    `used_neighbors` is the neighbourhood of the kept fit (docs/methods/kmeans.md);
     `fit_clusters` (N,) int64 holds the sampled rows' clusters, -1 for the rest; `embedded`
     (n_fitted, n_components) float32, the sampled rows' UMAP coordinates (not saved).
     predict: the vote of the row's `n_neighbors` nearest fitted rows' clusters, weighted
@@ -39,11 +53,14 @@ class UMAPKMeans(ClusteringMethod):
 
     def __init__(self, n_clusters: int, n_components: int = 10, n_neighbors: int = 15, max_points: int = 50_000,
                  metric: str = "cosine", seed: int = 0, use_gpu: bool = False, n_init: int = 10,
-                 balance_tolerance: float = 0.0, clusterer: str = "kmeans"):
+                 balance_tolerance: float = 0.0, clusterer: str = "kmeans", min_cluster_share: float = 0.0):
         super().__init__(n_clusters)
         if clusterer not in CLUSTERERS:
             raise ValueError(f"umap_kmeans: clusterer must be one of {sorted(CLUSTERERS)}, got {clusterer!r}")
-        self.clusterer = clusterer
+        if not 0.0 <= min_cluster_share < 1.0:
+            raise ValueError(f"umap_kmeans: min_cluster_share must be in [0, 1), got {min_cluster_share}")
+        self.clusterer, self.min_cluster_share = clusterer, min_cluster_share
+        self.used_neighbors = None
         self.n_components, self.n_neighbors, self.max_points = n_components, n_neighbors, max_points
         self.metric, self.seed, self.use_gpu = metric, seed, use_gpu
         self.n_init, self.balance_tolerance = n_init, balance_tolerance
@@ -58,14 +75,26 @@ class UMAPKMeans(ClusteringMethod):
         rng = np.random.default_rng(self.seed)
         rows = (np.sort(rng.choice(len(vectors), self.max_points, replace=False)) if len(vectors) > self.max_points
                 else np.arange(len(vectors)))
-        reducer = umap.UMAP(n_neighbors=min(self.n_neighbors, len(rows) - 1), n_components=self.n_components,
-                            min_dist=0.0, metric=self.metric, random_state=self.seed, n_jobs=1)
-        embedded = np.ascontiguousarray(reducer.fit_transform(vectors[rows]), dtype=np.float32)
-        self.fitted_rows, self._index, self.embedded = np.ascontiguousarray(vectors[rows]), None, embedded
+        sample = np.ascontiguousarray(vectors[rows])
+        neighbors = min(self.n_neighbors, len(rows) - 1)
+        embedded, clusters = self._embed_and_cluster(umap, sample, neighbors)
+        smallest = np.bincount(clusters, minlength=self.n_clusters).min()
+        wider = min(wider_neighborhood(len(rows), self.n_clusters, self.min_cluster_share, neighbors), len(rows) - 1)
+        if smallest < self.min_cluster_share * len(rows) / self.n_clusters and wider > neighbors:
+            neighbors = wider
+            embedded, clusters = self._embed_and_cluster(umap, sample, neighbors)
+        self.used_neighbors, self.fitted_rows, self._index, self.embedded = neighbors, sample, None, embedded
         self.fit_clusters = np.full(len(vectors), -1, dtype=np.int64)
-        self.fit_clusters[rows] = self._cluster(embedded)
+        self.fit_clusters[rows] = clusters
         self.fitted_clusters = self.fit_clusters[rows]
         return self
+
+    def _embed_and_cluster(self, umap, sample: np.ndarray, n_neighbors: int) -> tuple[np.ndarray, np.ndarray]:
+        """(n, D) rows -> their (n, n_components) float32 UMAP embedding at `n_neighbors`, and its clusters (n,) int64."""
+        reducer = umap.UMAP(n_neighbors=n_neighbors, n_components=self.n_components, min_dist=0.0,
+                            metric=self.metric, random_state=self.seed, n_jobs=1)
+        embedded = np.ascontiguousarray(reducer.fit_transform(sample), dtype=np.float32)
+        return embedded, self._cluster(embedded)
 
     def _cluster(self, embedded: np.ndarray) -> np.ndarray:
         """(n, n_components) float32 UMAP output -> (n,) int64 clusters by `clusterer`."""
