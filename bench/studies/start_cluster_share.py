@@ -44,16 +44,11 @@ SAMPLES = 3          # digits-sized samples of each MNIST DiEC run
 SAMPLE_ROWS = 1797
 
 
-def smallest_share(clusters: np.ndarray, n_clusters: int) -> float:
-    """(N,) int cluster ids -> the smallest cluster's size over the mean size N / n_clusters."""
-    return float(np.bincount(clusters, minlength=n_clusters).min() * n_clusters / len(clusters))
-
-
 def compare(vectors: np.ndarray, labels: np.ndarray, manifold: dict, seed: int, before: dict | None = None) -> dict:
     """The start on `vectors` (N, D) float32 without the check (min_cluster_share 0) and with
     `manifold`'s -> {"acc_unchecked", "smallest_unchecked", "acc_checked", "smallest_checked",
     "neighbors_checked"} (+ "acc_before": `before`'s settings, if given)."""
-    from raycluster.methods.kmeans.umap import UMAPKMeans
+    from raycluster.methods.kmeans.umap import UMAPKMeans, smallest_cluster_share
     from raycluster.metrics import supervised_metrics
 
     row = {}
@@ -62,7 +57,7 @@ def compare(vectors: np.ndarray, labels: np.ndarray, manifold: dict, seed: int, 
         fitted = UMAPKMeans(10, seed=seed, **settings).fit(vectors)
         row[f"acc_{name}"] = round(supervised_metrics(labels, fitted.fit_clusters)["acc"], 4)
         if name != "before":
-            row[f"smallest_{name}"] = round(smallest_share(fitted.fit_clusters, 10), 3)
+            row[f"smallest_{name}"] = round(smallest_cluster_share(fitted.fit_clusters, 10), 3)
         if name == "checked":
             row["neighbors_checked"] = fitted.used_neighbors
     return row

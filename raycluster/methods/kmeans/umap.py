@@ -18,6 +18,11 @@ def wider_neighborhood(n_rows: int, n_clusters: int, min_cluster_share: float, n
     return int(min(max(n_neighbors, np.ceil(min_cluster_share * n_rows / n_clusters)), MAX_REFIT_NEIGHBORS))
 
 
+def smallest_cluster_share(clusters: np.ndarray, n_clusters: int) -> float:
+    """(N,) int64 cluster ids in [0, n_clusters) -> the smallest cluster's rows over the mean size N / n_clusters."""
+    return float(np.bincount(clusters, minlength=n_clusters).min() * n_clusters / len(clusters))
+
+
 class UMAPKMeans(ClusteringMethod):
     """k-means on a UMAP embedding of the vectors (N2D, McConville et al. 2019, without its
     autoencoder): a baseline on any features, and how DiFiC clusters its warm-up S*.
@@ -36,8 +41,8 @@ class UMAPKMeans(ClusteringMethod):
     for tens of clusters, not thousands;
     `min_cluster_share` (0: off): a fit whose smallest cluster holds under this share of the mean
     cluster size is fitted once more with the wider neighbourhood `wider_neighborhood` gives. Why:
-    with K fixed, UMAP at 15 neighbours may isolate a small sub-mode (27 digits written one way)
-    as a cluster of its own and merge two classes to stay at K; a neighbourhood wider than the
+    with K fixed, UMAP at 15 neighbours may isolate a small sub-mode (a class's rows written one
+    way) as a cluster of its own and merge two classes to stay at K; a neighbourhood wider than the
     group links it to the rows nearest it. A cluster that survives the wider fit is kept (a rare class).
     `used_neighbors` is the neighbourhood of the kept fit (docs/methods/kmeans.md);
     `fit_clusters` (N,) int64 holds the sampled rows' clusters, -1 for the rest; `embedded`
@@ -78,9 +83,8 @@ class UMAPKMeans(ClusteringMethod):
         sample = np.ascontiguousarray(vectors[rows])
         neighbors = min(self.n_neighbors, len(rows) - 1)
         embedded, clusters = self._embed_and_cluster(umap, sample, neighbors)
-        smallest = np.bincount(clusters, minlength=self.n_clusters).min()
         wider = min(wider_neighborhood(len(rows), self.n_clusters, self.min_cluster_share, neighbors), len(rows) - 1)
-        if smallest < self.min_cluster_share * len(rows) / self.n_clusters and wider > neighbors:
+        if smallest_cluster_share(clusters, self.n_clusters) < self.min_cluster_share and wider > neighbors:
             neighbors = wider
             embedded, clusters = self._embed_and_cluster(umap, sample, neighbors)
         self.used_neighbors, self.fitted_rows, self._index, self.embedded = neighbors, sample, None, embedded
