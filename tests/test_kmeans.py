@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from raycluster.methods.kmeans.method import FaissKMeans
-from raycluster.methods.kmeans.umap import MAX_REFIT_NEIGHBORS, UMAPKMeans, wider_neighborhood
+from raycluster.methods.kmeans.umap import MAX_REFIT_NEIGHBORS, UMAPKMeans, map_separation, wider_neighborhood
 from raycluster.methods.start import cluster_means, fit_start, manifold_kmeans, manifold_separation, start_clusters
 from raycluster.metrics import cluster_acc, size_entropy
 
@@ -141,6 +141,28 @@ def test_min_cluster_share_refits_umap_once_with_a_wider_neighbourhood():
         UMAPKMeans(10, min_cluster_share=1.0)
 
 
+def test_umap_restarts_keep_the_seed_whose_clusters_separate_best_in_their_own_map():
+    """Ten blobs, two of them touching: each restart is the one-seed fit at its seed, scored by its
+    clusters' silhouette in its own map; the best-scored one is kept, as fitted at that seed alone."""
+    rng = np.random.default_rng(0)
+    centers = rng.normal(0, 1, (10, 8)) * 8
+    centers[9] = centers[8] + 2.0
+    vectors = np.concatenate([c + rng.normal(0, 1, (60, 8)) for c in centers]).astype(np.float32)
+    settings = {"metric": "euclidean", "clusterer": "gmm", "n_init": 2, "min_cluster_share": 0.25}
+    restarted = UMAPKMeans(10, seed=5, umap_restarts=3, **settings).fit(vectors)
+    scores = []
+    for seed in (5, 6, 7):
+        alone = UMAPKMeans(10, seed=seed, **settings).fit(vectors)
+        scores.append(round(map_separation(alone.embedded, alone.fitted_clusters, seed), 4))
+        if seed == restarted.used_seed:
+            kept = alone
+    assert restarted.restart_separations == scores and restarted.used_seed == 5 + int(np.argmax(scores))
+    assert np.array_equal(restarted.fit_clusters, kept.fit_clusters) and restarted.used_neighbors == kept.used_neighbors
+    assert UMAPKMeans(10, **settings).fit(vectors).restart_separations == []   # one fit: nothing scored
+    with pytest.raises(ValueError, match="umap_restarts must be >= 1"):
+        UMAPKMeans(10, umap_restarts=0)
+
+
 def test_umap_gmm_follows_sheared_blobs_that_kmeans_cuts():
     """scikit-learn's sheared blobs (its k-means assumptions example), given to the clusterers as
     UMAP's output would be: k-means' lowest objective cuts across them, the mixture does not."""
@@ -148,8 +170,8 @@ def test_umap_gmm_follows_sheared_blobs_that_kmeans_cuts():
 
     points, labels = make_blobs(n_samples=900, random_state=170)
     embedded = (points @ np.array([[0.6, -0.6], [-0.4, 0.8]])).astype(np.float32)
-    by_kmeans = UMAPKMeans(3, n_init=5, seed=0)._cluster(embedded)
-    by_mixture = UMAPKMeans(3, n_init=5, seed=0, clusterer="gmm")._cluster(embedded)
+    by_kmeans = UMAPKMeans(3, n_init=5, seed=0)._cluster(embedded, 0)
+    by_mixture = UMAPKMeans(3, n_init=5, seed=0, clusterer="gmm")._cluster(embedded, 0)
     assert cluster_acc(labels, by_mixture) > 0.99 > 0.9 > cluster_acc(labels, by_kmeans)
     with pytest.raises(ValueError, match="clusterer must be one of"):
         UMAPKMeans(3, clusterer="spectral")

@@ -1,6 +1,7 @@
 """DiFiC warm-up: how good S* gets, epoch by epoch, under different object-mask settings.
 
-Study, 2026-11-24. Decision it produced: DiFiC's `mask_threshold` is 0.1.
+Study, 2026-11-24. Decision it produced: DiFiC's `mask_threshold` was 0.1 (a labelled measure), until
+2026-12-05: now 0, the mask with no value to choose (docs/methods/dific.md, "No mask threshold").
 
     python bench/studies/dific_warmup.py                       # the figures behind method.model.mask_threshold
     python bench/studies/dific_warmup.py --variants "t0.3:mask_threshold=0.3" --seed 0 --epochs 30 --json rows.jsonl
@@ -10,8 +11,8 @@ text encoder, masked denoising loss) in this process, without Ray, on the 10,000
 and every `--every` epochs scores S*: the share of each image's 10 nearest neighbours (cosine,
 exact) that carry its label, and k-means ACC on the unit-length S* (as DiFiC clusters it).
 `--epochs` of a `--schedule`-epoch learning-rate schedule (the config's steps, 30 epochs here, by default) are run, so
-early epochs match a full run's. Labels only score S*, but the default config's mask_threshold was
-chosen from this table (a labelled measure on one seed), which the figures in the README say. Each
+early epochs match a full run's. Labels only score S*, but the config's mask_threshold of 2026-11-24 to 12-05 was
+chosen from this table (a labelled measure on one seed). Each
 variant is `name:key=value,...` over `method.model` (DiFiCConfig fields).
 Rows (--json): {"bench", "dataset", "method", "seed", "epoch", "knn_agreement", "kmeans_acc", "mask_mean", "seconds"}.
 """

@@ -8,7 +8,7 @@ from typing import Optional, Union
 import numpy as np
 
 from raycluster.methods.kmeans.method import FaissKMeans
-from raycluster.methods.kmeans.umap import UMAPKMeans
+from raycluster.methods.kmeans.umap import UMAPKMeans, map_separation
 
 
 def manifold_kmeans(vectors: np.ndarray, n_clusters: int, **settings) -> np.ndarray:
@@ -41,11 +41,9 @@ def manifold_separation(embeddings: np.ndarray, n_clusters: int, seed: int = 0, 
     (N,) those clusters): the start fitted on these rows (scaled as DiEC scales its embeddings),
     and how well its clusters separate where they are made. DiEC's search scores every
     (layer, timestep) by it (`tune.layer_timestep.StartScore`, with `manifold` bound)."""
-    from sklearn.metrics import silhouette_score
-
     scaled = embeddings / embedding_scale(embeddings)   # as DiEC.model_config scales
     start = UMAPKMeans(n_clusters, seed=seed, **{**manifold, "max_points": len(embeddings)}).fit(scaled)
-    return float(silhouette_score(start.embedded, start.fitted_clusters)), start.fit_clusters
+    return map_separation(start.embedded, start.fitted_clusters, seed), start.fit_clusters
 
 
 def cluster_means(vectors: np.ndarray, clusters: np.ndarray, fallback: np.ndarray) -> np.ndarray:
@@ -82,7 +80,8 @@ def fit_start(vectors: np.ndarray, n_clusters: int, seed: int = 0, manifold: Opt
     the centres are its clusters' means in `vectors`' space.
     Start: centres (K, D) float32; the manifold clusters (N,) int64 (-1 outside UMAP's sample)
     or None; {"start_size_entropy": the start's label-free size entropy, "start_umap_neighbors": the
-    UMAP neighbourhood the start kept (with `manifold`; see UMAPKMeans' min_cluster_share), and "init_kmeans",
+    UMAP neighbourhood the start kept (with `manifold`; see UMAPKMeans' min_cluster_share), with
+    `manifold.umap_restarts` > 1 "start_umap_seed" and "start_umap_separations", and "init_kmeans",
     "init_manifold": supervised scores when all labels are known}."""
     from raycluster.metrics import size_entropy, supervised_metrics
 
@@ -97,6 +96,8 @@ def fit_start(vectors: np.ndarray, n_clusters: int, seed: int = 0, manifold: Opt
         initial = starter.fit_clusters
         centers = cluster_means(vectors, initial, centers)
         scores["start_umap_neighbors"] = starter.used_neighbors
+        if starter.restart_separations:   # which UMAP seed the start kept, and why (UMAPKMeans' umap_restarts)
+            scores.update(start_umap_seed=starter.used_seed, start_umap_separations=starter.restart_separations)
         if scored:
             sampled = initial >= 0
             scores["init_manifold"] = supervised_metrics(np.asarray(labels)[sampled], initial[sampled])

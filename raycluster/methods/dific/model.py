@@ -180,7 +180,7 @@ class DiFiCConfig:
     beta_schedule: str = "linear"
     image_space_max_weight: float = 5.0       # loss on predicted images, weight clamp (0: plain epsilon loss)
     mask_timestep: int = 300
-    mask_threshold: float = 0.1
+    mask_threshold: float = 0.0              # > 0 zeroes the weakest part of the attention: docs/methods/dific.md
     mask_start_epoch: int = 2                 # object concentration from this epoch (-1: never)
     guidance: bool = False                    # train the clustering head (the guidance stage)
     centers: list = field(default_factory=list)   # (K, word_dim) centres of the warm-up clusters of S*

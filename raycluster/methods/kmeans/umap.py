@@ -23,6 +23,19 @@ def smallest_cluster_share(clusters: np.ndarray, n_clusters: int) -> float:
     return float(np.bincount(clusters, minlength=n_clusters).min() * n_clusters / len(clusters))
 
 
+SEPARATION_ROWS = 10_000   # map_separation's sample: the silhouette costs O(rows^2)
+
+
+def map_separation(embedded: np.ndarray, clusters: np.ndarray, seed: int = 0) -> float:
+    """(n, d) float32 UMAP coordinates, (n,) int64 clusters -> their mean silhouette in that map
+    (on a seeded sample of SEPARATION_ROWS rows past that size): how well the clusters separate where they were made."""
+    from sklearn.metrics import silhouette_score
+
+    sample = min(len(embedded), SEPARATION_ROWS)
+    return float(silhouette_score(embedded, clusters, sample_size=sample if sample < len(embedded) else None,
+                                  random_state=seed))
+
+
 class UMAPKMeans(ClusteringMethod):
     """k-means on a UMAP embedding of the vectors (N2D, McConville et al. 2019, without its
     autoencoder): a baseline on any features, and how DiFiC clusters its warm-up S*.
@@ -45,6 +58,12 @@ class UMAPKMeans(ClusteringMethod):
     way) as a cluster of its own and merge two classes to stay at K; a neighbourhood wider than the
     group links it to the rows nearest it. A cluster that survives the wider fit is kept (a rare class).
     `used_neighbors` is the neighbourhood of the kept fit (docs/methods/kmeans.md);
+    `umap_restarts` (1: off): UMAP, the clusterer and the check run this many times with seeds
+    seed, seed + 1, ... on the same rows, and the fit whose clusters separate best in their own map
+    (`map_separation`: the silhouette DiEC's search ranks cells by) is kept. Why: UMAP's layout
+    depends on its seed, and with K fixed one layout may merge two classes and keep a small mixed
+    cluster where others do not; such a fit separates worse in its own map. `restart_separations`
+    lists each restart's score, `used_seed` the kept one's seed;
     `fit_clusters` (N,) int64 holds the sampled rows' clusters, -1 for the rest; `embedded`
     (n_fitted, n_components) float32, the sampled rows' UMAP coordinates (not saved).
     predict: the vote of the row's `n_neighbors` nearest fitted rows' clusters, weighted
@@ -58,14 +77,18 @@ class UMAPKMeans(ClusteringMethod):
 
     def __init__(self, n_clusters: int, n_components: int = 10, n_neighbors: int = 15, max_points: int = 50_000,
                  metric: str = "cosine", seed: int = 0, use_gpu: bool = False, n_init: int = 10,
-                 balance_tolerance: float = 0.0, clusterer: str = "kmeans", min_cluster_share: float = 0.0):
+                 balance_tolerance: float = 0.0, clusterer: str = "kmeans", min_cluster_share: float = 0.0,
+                 umap_restarts: int = 1):
         super().__init__(n_clusters)
         if clusterer not in CLUSTERERS:
             raise ValueError(f"umap_kmeans: clusterer must be one of {sorted(CLUSTERERS)}, got {clusterer!r}")
         if not 0.0 <= min_cluster_share < 1.0:
             raise ValueError(f"umap_kmeans: min_cluster_share must be in [0, 1), got {min_cluster_share}")
-        self.clusterer, self.min_cluster_share = clusterer, min_cluster_share
-        self.used_neighbors = None
+        if umap_restarts < 1:
+            raise ValueError(f"umap_kmeans: umap_restarts must be >= 1, got {umap_restarts}")
+        self.clusterer, self.min_cluster_share, self.umap_restarts = clusterer, min_cluster_share, umap_restarts
+        self.used_neighbors = self.used_seed = None
+        self.restart_separations = []
         self.n_components, self.n_neighbors, self.max_points = n_components, n_neighbors, max_points
         self.metric, self.seed, self.use_gpu = metric, seed, use_gpu
         self.n_init, self.balance_tolerance = n_init, balance_tolerance
@@ -81,34 +104,45 @@ class UMAPKMeans(ClusteringMethod):
         rows = (np.sort(rng.choice(len(vectors), self.max_points, replace=False)) if len(vectors) > self.max_points
                 else np.arange(len(vectors)))
         sample = np.ascontiguousarray(vectors[rows])
-        neighbors = min(self.n_neighbors, len(rows) - 1)
-        embedded, clusters = self._embed_and_cluster(umap, sample, neighbors)
-        wider = min(wider_neighborhood(len(rows), self.n_clusters, self.min_cluster_share, neighbors), len(rows) - 1)
-        if smallest_cluster_share(clusters, self.n_clusters) < self.min_cluster_share and wider > neighbors:
-            neighbors = wider
-            embedded, clusters = self._embed_and_cluster(umap, sample, neighbors)
-        self.used_neighbors, self.fitted_rows, self._index, self.embedded = neighbors, sample, None, embedded
+        fits = [self._checked_fit(umap, sample, self.seed + restart) for restart in range(self.umap_restarts)]
+        self.restart_separations = [round(fit[0], 4) for fit in fits] if self.umap_restarts > 1 else []
+        best = max(range(len(fits)), key=lambda restart: fits[restart][0])
+        _, embedded, clusters, neighbors, self.kmeans = fits[best]
+        self.used_seed, self.used_neighbors, self.fitted_rows, self._index = self.seed + best, neighbors, sample, None
+        self.embedded = embedded
         self.fit_clusters = np.full(len(vectors), -1, dtype=np.int64)
         self.fit_clusters[rows] = clusters
         self.fitted_clusters = self.fit_clusters[rows]
         return self
 
-    def _embed_and_cluster(self, umap, sample: np.ndarray, n_neighbors: int) -> tuple[np.ndarray, np.ndarray]:
+    def _checked_fit(self, umap, sample: np.ndarray, seed: int) -> tuple:
+        """(n, D) rows -> (map_separation, (n, n_components) float32 UMAP embedding, (n,) int64 clusters,
+        neighbourhood, the FaissKMeans in the map or None) of one fit with UMAP and clusterer seeded `seed`, refitted wider by `min_cluster_share`."""
+        neighbors = min(self.n_neighbors, len(sample) - 1)
+        embedded, clusters = self._embed_and_cluster(umap, sample, neighbors, seed)
+        wider = min(wider_neighborhood(len(sample), self.n_clusters, self.min_cluster_share, neighbors), len(sample) - 1)
+        if smallest_cluster_share(clusters, self.n_clusters) < self.min_cluster_share and wider > neighbors:
+            neighbors = wider
+            embedded, clusters = self._embed_and_cluster(umap, sample, neighbors, seed)
+        separation = map_separation(embedded, clusters, seed) if self.umap_restarts > 1 else 0.0
+        return separation, embedded, clusters, neighbors, self.kmeans
+
+    def _embed_and_cluster(self, umap, sample: np.ndarray, n_neighbors: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
         """(n, D) rows -> their (n, n_components) float32 UMAP embedding at `n_neighbors`, and its clusters (n,) int64."""
         reducer = umap.UMAP(n_neighbors=n_neighbors, n_components=self.n_components, min_dist=0.0,
-                            metric=self.metric, random_state=self.seed, n_jobs=1)
+                            metric=self.metric, random_state=seed, n_jobs=1)
         embedded = np.ascontiguousarray(reducer.fit_transform(sample), dtype=np.float32)
-        return embedded, self._cluster(embedded)
+        return embedded, self._cluster(embedded, seed)
 
-    def _cluster(self, embedded: np.ndarray) -> np.ndarray:
+    def _cluster(self, embedded: np.ndarray, seed: int) -> np.ndarray:
         """(n, n_components) float32 UMAP output -> (n,) int64 clusters by `clusterer`."""
         if self.clusterer == "gmm":
             from sklearn.mixture import GaussianMixture
 
             mixture = GaussianMixture(self.n_clusters, covariance_type="full", n_init=self.n_init,
-                                      random_state=self.seed).fit(embedded)
+                                      random_state=seed).fit(embedded)
             return mixture.predict(embedded).astype(np.int64)   # predict reads the fitted rows, not the mixture
-        self.kmeans = FaissKMeans(self.n_clusters, n_init=self.n_init, seed=self.seed, use_gpu=self.use_gpu,
+        self.kmeans = FaissKMeans(self.n_clusters, n_init=self.n_init, seed=seed, use_gpu=self.use_gpu,
                                   balance_tolerance=self.balance_tolerance).fit(embedded)
         return self.kmeans.predict(embedded)[0]
 
