@@ -79,16 +79,14 @@ def dific_words(run: str, pixels: np.ndarray) -> np.ndarray:
         return unit_rows(model.embed(torch.from_numpy(pixels)).numpy())
 
 
-def main(argv=None):
-    parser = study_parser(__doc__, "DiEC / DiFiC run folders bench/quality.py left", RUNS)
-    args = parser.parse_args(argv)
-
+def saved_runs(args):
+    """Each DiEC / DiFiC run folder of `args.runs` bench/quality.py left -> (run, method, dataset, seed,
+    pixels (N, C*H*W) float32, labels (N,) int64, the method's `manifold` settings); a run missing the
+    stage the studies read is skipped, printed why."""
     from quality import single_dataset
     from raycluster.config import compose
-    from raycluster.methods.diec.model import cell_embeddings
 
     methods = {name: compose([f"method={name}"]).method for name in ("diec", "dific")}
-    rows = []
     for run in args.runs:
         method = "dific" if "/dific/" in run else "diec"
         dataset, seed = run_dataset_seed(run.replace("/dific/", "/diec/"))
@@ -97,7 +95,19 @@ def main(argv=None):
             print(f"skipped {run}: no {needed.name} (run bench/quality.py --methods {method} first)")
             continue
         pixels, labels, _, _ = single_dataset(dataset, args)
-        manifold = dict(methods[method]["manifold"])
+        yield run, method, dataset, seed, pixels, labels, dict(methods[method]["manifold"])
+
+
+def main(argv=None):
+    parser = study_parser(__doc__, "DiEC / DiFiC run folders bench/quality.py left", RUNS)
+    args = parser.parse_args(argv)
+
+    from raycluster.config import compose
+    from raycluster.methods.diec.model import cell_embeddings
+
+    diec = compose(["method=diec"]).method
+    rows = []
+    for run, method, dataset, seed, pixels, labels, manifold in saved_runs(args):
         base = {"bench": "start_cluster_share", "method": method, "dataset": dataset, "seed": seed}
         if method == "dific":
             words = dific_words(run, pixels)
@@ -110,7 +120,7 @@ def main(argv=None):
                 picks["previous search"] = PREVIOUS_CELLS[(dataset, seed)]
             found, embedded = [], {}
             for pick, (layer, timestep) in picks.items():
-                config = cell_config(run, SHAPES[dataset], layer, timestep, methods["diec"])
+                config = cell_config(run, SHAPES[dataset], layer, timestep, diec)
                 _, embeddings, _ = embedded[pick] = cell_embeddings(config, pixels, seed)
                 found.append({**base, "cell": f"{layer} t={timestep}", "pick": pick, "sample": None,
                               "rows": len(embeddings), **compare(embeddings, labels, manifold, seed)})

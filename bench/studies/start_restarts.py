@@ -24,8 +24,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # bench/common.py, bench/quality.py
 from common import append_json_rows  # noqa: E402
-from diec_start_criterion import SHAPES, cell_config, run_dataset_seed, study_parser  # noqa: E402   # bench/studies/
-from start_cluster_share import RUNS, dific_words  # noqa: E402   # bench/studies/
+from diec_start_criterion import SHAPES, cell_config, study_parser  # noqa: E402   # bench/studies/
+from start_cluster_share import RUNS, dific_words, saved_runs  # noqa: E402   # bench/studies/
 
 
 def restart_row(vectors: np.ndarray, labels: np.ndarray, manifold: dict, seed: int, restarts: int) -> dict:
@@ -54,26 +54,17 @@ def main(argv=None):
     parser.add_argument("--restarts", type=int, default=5, help="UMAP seeds per run")
     args = parser.parse_args(argv)
 
-    from quality import single_dataset
     from raycluster.config import compose
     from raycluster.methods.diec.model import cell_embeddings
 
-    methods = {name: compose([f"method={name}"]).method for name in ("diec", "dific")}
+    diec = compose(["method=diec"]).method
     rows = []
-    for run in args.runs:
-        method = "dific" if "/dific/" in run else "diec"
-        dataset, seed = run_dataset_seed(run.replace("/dific/", "/diec/"))
-        needed = Path(run) / ("distilled/model.pt" if method == "dific" else "search/search.json")
-        if not needed.exists():
-            print(f"skipped {run}: no {needed.name} (run bench/quality.py --methods {method} first)")
-            continue
-        pixels, labels, _, _ = single_dataset(dataset, args)
-        manifold = dict(methods[method]["manifold"])
+    for run, method, dataset, seed, pixels, labels, manifold in saved_runs(args):
         if method == "dific":
             vectors = dific_words(run, pixels)
         else:
             search = json.loads((Path(run) / "search" / "search.json").read_text())
-            config = cell_config(run, SHAPES[dataset], search["layer"], search["timestep"], methods["diec"])
+            config = cell_config(run, SHAPES[dataset], search["layer"], search["timestep"], diec)
             _, vectors, _ = cell_embeddings(config, pixels, seed)
         row = {"bench": "start_restarts", "method": method, "dataset": dataset, "seed": seed, "run": run,
                "rows": len(vectors), **restart_row(vectors, labels, manifold, seed, args.restarts)}
