@@ -25,6 +25,13 @@ were never tuned on (TRANSFER: scikit-learn's 8x8 digits, other writers, other s
 size), beside k-means and UMAP + k-means on the same pixels:
 
     python bench/quality.py --protocol transfer --seeds 3
+
+`--idx-dataset NAME=PATH` adds a dataset of yours in MNIST's format (a folder with
+t10k-images-idx3-ubyte[.gz] and t10k-labels-idx1-ubyte[.gz], 28x28 grayscale; K = the number of
+labels): with --protocol transfer the image methods run on it with their MNIST settings, e.g. the
+unseen Fashion-MNIST set that bench/studies/fashion_idx.py writes:
+
+    python bench/quality.py --protocol transfer --datasets fashion-mnist --idx-dataset fashion-mnist=/work/data/fashion-mnist-10k
 Rows (--json): {"bench", "dataset", "method", "seed", "acc", "nmi", "ari", "fit_seconds", ...}.
 """
 from __future__ import annotations
@@ -100,6 +107,17 @@ def load_dataset(name: str, args):
 
 
 def single_dataset(name: str, args):
+    if name in args.idx_dataset:
+        from raycluster.data.builtin import mnist_arrays
+
+        path = args.idx_dataset[name]
+        try:
+            k = len(np.unique(mnist_arrays(path)[1]))
+        except FileNotFoundError as missing:
+            raise Skip(str(missing)) from None
+        return pipeline_features(["data=mnist", f"data.name={name}", f"data.source.path={path}",
+                                  f"data.shards={args.cache_dir}/shards/{name}", f"data.num_clusters={k}",
+                                  "backbone=pixels"], args.cache_dir)
     if name == "imagenet50-dino-vits16":
         import torch
 
@@ -146,7 +164,7 @@ def run_method(method: str, dataset: str, vectors: np.ndarray, labels: np.ndarra
     if not args.keep_stages:
         shutil.rmtree(output_dir, ignore_errors=True)
     experiment = image_experiment(method, dataset, args)
-    shape = [f"method.image_shape={IMAGE_SHAPES[dataset]}"] if experiment else []   # the data's, not MNIST's
+    shape = [f"method.image_shape={IMAGE_SHAPES.get(dataset, [1, 28, 28])}"] if experiment else []   # IDX: 28x28   # the data's, not MNIST's
     cfg = compose([experiment or f"method={method}", f"seed={seed}", f"data.num_clusters={k}",
                    f"output_dir={output_dir}", *shape, *args.method_overrides])
     ensure_ray(None, None)
@@ -171,7 +189,10 @@ def run_method(method: str, dataset: str, vectors: np.ndarray, labels: np.ndarra
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--methods", nargs="+", default=None, choices=METHODS, help="default: every one (transfer: TRANSFER's)")
-    parser.add_argument("--datasets", nargs="+", default=None, choices=DATASETS, help="default: every one (transfer: TRANSFER's)")
+    parser.add_argument("--datasets", nargs="+", default=None, help=f"default: every one (transfer: TRANSFER's); "
+                        f"one of {DATASETS} or a NAME of --idx-dataset")
+    parser.add_argument("--idx-dataset", nargs="*", default=[], metavar="NAME=PATH",
+                        help="a 28x28 dataset of yours in MNIST's IDX format (K = its number of labels)")
     parser.add_argument("--seeds", type=int, default=3, help="run seeds 0 .. N-1")
     parser.add_argument("--seed-ids", type=int, nargs="+", default=None,
                         help="run exactly these seeds, in this order, instead of 0 .. N-1")
@@ -189,6 +210,13 @@ def main(argv=None):
     parser.add_argument("--protocol", default="standard", choices=["standard", "transfer"],
                         help="transfer: the image methods' MNIST settings on data never tuned on (TRANSFER)")
     args = parser.parse_args(argv)
+    idx_datasets = dict(item.split("=", 1) for item in args.idx_dataset if "=" in item)
+    if len(idx_datasets) < len(args.idx_dataset) or set(idx_datasets) & set(DATASETS):
+        parser.error(f"--idx-dataset takes NAME=PATH with a NAME not in {DATASETS}; got {args.idx_dataset}")
+    args.idx_dataset = idx_datasets
+    unknown = [name for name in args.datasets or [] if name not in DATASETS and name not in idx_datasets]
+    if unknown:
+        parser.error(f"unknown --datasets {unknown}: one of {DATASETS} or a NAME given with --idx-dataset")
     transfer = args.protocol == "transfer"
     args.methods = args.methods or (TRANSFER["methods"] if transfer else METHODS)
     args.datasets = args.datasets or (TRANSFER["datasets"] if transfer else DATASETS)

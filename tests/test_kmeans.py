@@ -170,9 +170,10 @@ def test_umap_gmm_follows_sheared_blobs_that_kmeans_cuts():
 
     points, labels = make_blobs(n_samples=900, random_state=170)
     embedded = (points @ np.array([[0.6, -0.6], [-0.4, 0.8]])).astype(np.float32)
-    by_kmeans = UMAPKMeans(3, n_init=5, seed=0)._cluster(embedded, 0)
-    by_mixture = UMAPKMeans(3, n_init=5, seed=0, clusterer="gmm")._cluster(embedded, 0)
+    by_kmeans, kmeans = UMAPKMeans(3, n_init=5, seed=0)._cluster(embedded, 0)
+    by_mixture, no_index = UMAPKMeans(3, n_init=5, seed=0, clusterer="gmm")._cluster(embedded, 0)
     assert cluster_acc(labels, by_mixture) > 0.99 > 0.9 > cluster_acc(labels, by_kmeans)
+    assert no_index is None and np.array_equal(kmeans.predict(embedded)[0], by_kmeans)   # the index that assigns new rows
     with pytest.raises(ValueError, match="clusterer must be one of"):
         UMAPKMeans(3, clusterer="spectral")
 

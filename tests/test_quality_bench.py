@@ -29,3 +29,41 @@ def test_transfer_refuses_the_dataset_its_settings_were_chosen_on(quality, capsy
     with pytest.raises(SystemExit) as stopped:
         quality.main(["--protocol", "transfer", "--datasets", "mnist-test"])
     assert stopped.value.code == 2 and "not mnist-test" in capsys.readouterr().err
+
+
+def test_idx_dataset_option_refuses_bad_forms_before_any_work(quality, capsys):
+    for argv in (["--idx-dataset", "fashion"], ["--idx-dataset", "digits=/somewhere"], ["--datasets", "fashion"]):
+        with pytest.raises(SystemExit) as stopped:
+            quality.main(argv)
+        assert stopped.value.code == 2
+    assert "unknown --datasets ['fashion']" in capsys.readouterr().err
+
+
+def test_an_idx_folder_without_its_files_is_skipped_with_the_reason(quality, tmp_path):
+    args = argparse.Namespace(idx_dataset={"mine": str(tmp_path)}, cache_dir=str(tmp_path / "cache"))
+    with pytest.raises(quality.Skip, match="t10k-images-idx3-ubyte"):
+        quality.single_dataset("mine", args)
+
+
+def test_fashion_idx_writes_a_balanced_mnist_format_set_and_drops_short_rows(monkeypatch, tmp_path, capsys):
+    import json
+
+    import numpy as np
+
+    from raycluster.data.builtin import mnist_arrays
+
+    monkeypatch.syspath_prepend(str(REPO / "bench" / "studies"))
+    import fashion_idx
+
+    clothes = tmp_path / "package" / "src" / "clothes"
+    clothes.mkdir(parents=True)
+    for label in range(10):
+        rows = [[label * 20 + i] * 784 for i in range(4)] + ([[]] if label == 0 else [])
+        (clothes / f"{label}.json").write_text(json.dumps({"data": rows}))
+    fashion_idx.main([str(tmp_path / "package"), str(tmp_path / "idx"), "--per-class", "3"])
+    images, labels = mnist_arrays(str(tmp_path / "idx"))
+    assert images.shape == (30, 28, 28) and np.bincount(labels).tolist() == [3] * 10
+    assert all(images[i].min() // 20 == labels[i] for i in range(30))      # each image kept its own label
+    assert "class 0: skipped 1 rows" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="need >= 5"):
+        fashion_idx.main([str(tmp_path / "package"), str(tmp_path / "idx"), "--per-class", "5"])

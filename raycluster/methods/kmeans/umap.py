@@ -119,32 +119,34 @@ class UMAPKMeans(ClusteringMethod):
         """(n, D) rows -> (map_separation, (n, n_components) float32 UMAP embedding, (n,) int64 clusters,
         neighbourhood, the FaissKMeans in the map or None) of one fit with UMAP and clusterer seeded `seed`, refitted wider by `min_cluster_share`."""
         neighbors = min(self.n_neighbors, len(sample) - 1)
-        embedded, clusters = self._embed_and_cluster(umap, sample, neighbors, seed)
+        embedded, clusters, kmeans = self._embed_and_cluster(umap, sample, neighbors, seed)
         wider = min(wider_neighborhood(len(sample), self.n_clusters, self.min_cluster_share, neighbors), len(sample) - 1)
         if smallest_cluster_share(clusters, self.n_clusters) < self.min_cluster_share and wider > neighbors:
             neighbors = wider
-            embedded, clusters = self._embed_and_cluster(umap, sample, neighbors, seed)
+            embedded, clusters, kmeans = self._embed_and_cluster(umap, sample, neighbors, seed)
         separation = map_separation(embedded, clusters, seed) if self.umap_restarts > 1 else 0.0
-        return separation, embedded, clusters, neighbors, self.kmeans
+        return separation, embedded, clusters, neighbors, kmeans
 
-    def _embed_and_cluster(self, umap, sample: np.ndarray, n_neighbors: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-        """(n, D) rows -> their (n, n_components) float32 UMAP embedding at `n_neighbors`, and its clusters (n,) int64."""
+    def _embed_and_cluster(self, umap, sample: np.ndarray, n_neighbors: int, seed: int) -> tuple:
+        """(n, D) rows -> their (n, n_components) float32 UMAP embedding at `n_neighbors`, and `_cluster`'s
+        (clusters, FaissKMeans or None) of it."""
         reducer = umap.UMAP(n_neighbors=n_neighbors, n_components=self.n_components, min_dist=0.0,
                             metric=self.metric, random_state=seed, n_jobs=1)
         embedded = np.ascontiguousarray(reducer.fit_transform(sample), dtype=np.float32)
-        return embedded, self._cluster(embedded, seed)
+        return (embedded, *self._cluster(embedded, seed))
 
-    def _cluster(self, embedded: np.ndarray, seed: int) -> np.ndarray:
-        """(n, n_components) float32 UMAP output -> (n,) int64 clusters by `clusterer`."""
+    def _cluster(self, embedded: np.ndarray, seed: int) -> tuple:
+        """(n, n_components) float32 UMAP output -> (n,) int64 clusters by `clusterer`, and the fitted
+        FaissKMeans that assigns new rows (None for the mixture: new rows go by their map neighbours)."""
         if self.clusterer == "gmm":
             from sklearn.mixture import GaussianMixture
 
             mixture = GaussianMixture(self.n_clusters, covariance_type="full", n_init=self.n_init,
                                       random_state=seed).fit(embedded)
-            return mixture.predict(embedded).astype(np.int64)   # predict reads the fitted rows, not the mixture
-        self.kmeans = FaissKMeans(self.n_clusters, n_init=self.n_init, seed=seed, use_gpu=self.use_gpu,
-                                  balance_tolerance=self.balance_tolerance).fit(embedded)
-        return self.kmeans.predict(embedded)[0]
+            return mixture.predict(embedded).astype(np.int64), None   # predict reads the fitted rows, not the mixture
+        kmeans = FaissKMeans(self.n_clusters, n_init=self.n_init, seed=seed, use_gpu=self.use_gpu,
+                             balance_tolerance=self.balance_tolerance).fit(embedded)
+        return kmeans.predict(embedded)[0], kmeans
 
     def fit_rows(self, rows, with_labels: bool = False) -> "UMAPKMeans":
         """UMAP sees at most `max_points` rows anyway: read only that sample of the store."""
