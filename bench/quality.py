@@ -251,7 +251,10 @@ def main(argv=None):
               f"features: {note}", flush=True)
         for method in methods:
             if method in IMAGE_METHODS and image_experiment(method, dataset, args) is None:
-                continue   # reads images of one shape: not applicable to this dataset
+                skipped[f"{method} on {label}"] = ("reads images; its experiment config is for "
+                                                   f"{sorted(IMAGE_METHODS[method])} (other 28x28 or 8x8 sets: --protocol transfer)")
+                print(f"SKIPPED {method} on {label}: {skipped[f'{method} on {label}']}", flush=True)
+                continue
             for seed in args.seed_ids if args.seed_ids is not None else range(args.seeds):
                 for name, result in run_method(method, dataset, vectors, labels, k, seed, args, eval_vectors,
                                                eval_labels):
