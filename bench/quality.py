@@ -31,7 +31,7 @@ t10k-images-idx3-ubyte[.gz] and t10k-labels-idx1-ubyte[.gz], 28x28 grayscale; K 
 labels): with --protocol transfer the image methods run on it with their MNIST settings, e.g. the
 unseen Fashion-MNIST set that bench/studies/fashion_idx.py writes:
 
-    python bench/quality.py --protocol transfer --datasets fashion-mnist --idx-dataset fashion-mnist=/work/data/fashion-mnist-10k
+    python bench/quality.py --protocol transfer --datasets fashion-mnist --idx-dataset fashion-mnist=<folder>
 Rows (--json): {"bench", "dataset", "method", "seed", "acc", "nmi", "ari", "fit_seconds", ...}.
 """
 from __future__ import annotations

