@@ -107,11 +107,26 @@ def load_dataset(name: str, args):
     return vectors, labels, vectors, labels, k, note
 
 
+def idx_dataset_item(text: str) -> tuple[str, str]:
+    """--idx-dataset's "NAME=PATH" -> (NAME, PATH); a NAME of DATASETS or no "=" is a usage error."""
+    name, found, path = text.partition("=")
+    if not (found and name and path) or name in DATASETS:
+        raise argparse.ArgumentTypeError(f"takes NAME=PATH with a NAME not in {DATASETS}; got {text!r}")
+    return name, path
+
+
+def add_idx_dataset_option(parser: argparse.ArgumentParser) -> None:
+    """--idx-dataset NAME=PATH ... (a list of (NAME, PATH); `single_dataset` reads them as a dict)."""
+    parser.add_argument("--idx-dataset", nargs="*", default=[], type=idx_dataset_item, metavar="NAME=PATH",
+                        help="a 28x28 dataset of yours in MNIST's IDX format (K = its number of labels)")
+
+
 def single_dataset(name: str, args):
-    if name in args.idx_dataset:
+    idx_datasets = dict(getattr(args, "idx_dataset", None) or {})   # studies without the option have none
+    if name in idx_datasets:
         from raycluster.data.builtin import mnist_arrays
 
-        path = args.idx_dataset[name]
+        path = idx_datasets[name]
         try:
             k = len(np.unique(mnist_arrays(path)[1]))
         except FileNotFoundError as missing:
@@ -192,8 +207,7 @@ def main(argv=None):
     parser.add_argument("--methods", nargs="+", default=None, choices=METHODS, help="default: every one (transfer: TRANSFER's)")
     parser.add_argument("--datasets", nargs="+", default=None, help=f"default: every one (transfer: TRANSFER's); "
                         f"one of {DATASETS} or a NAME of --idx-dataset")
-    parser.add_argument("--idx-dataset", nargs="*", default=[], metavar="NAME=PATH",
-                        help="a 28x28 dataset of yours in MNIST's IDX format (K = its number of labels)")
+    add_idx_dataset_option(parser)
     parser.add_argument("--seeds", type=int, default=3, help="run seeds 0 .. N-1")
     parser.add_argument("--seed-ids", type=int, nargs="+", default=None,
                         help="run exactly these seeds, in this order, instead of 0 .. N-1")
@@ -211,11 +225,8 @@ def main(argv=None):
     parser.add_argument("--protocol", default="standard", choices=["standard", "transfer"],
                         help="transfer: the image methods' MNIST settings on data never tuned on (TRANSFER)")
     args = parser.parse_args(argv)
-    idx_datasets = dict(item.split("=", 1) for item in args.idx_dataset if "=" in item)
-    if len(idx_datasets) < len(args.idx_dataset) or set(idx_datasets) & set(DATASETS):
-        parser.error(f"--idx-dataset takes NAME=PATH with a NAME not in {DATASETS}; got {args.idx_dataset}")
-    args.idx_dataset = idx_datasets
-    unknown = [name for name in args.datasets or [] if name not in DATASETS and name not in idx_datasets]
+    args.idx_dataset = dict(args.idx_dataset)
+    unknown = [name for name in args.datasets or [] if name not in DATASETS and name not in args.idx_dataset]
     if unknown:
         parser.error(f"unknown --datasets {unknown}: one of {DATASETS} or a NAME given with --idx-dataset")
     transfer = args.protocol == "transfer"

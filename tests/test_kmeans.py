@@ -1,9 +1,10 @@
 """raycluster.methods.kmeans: FAISS k-means behind the method interface, and k-means on a UMAP manifold."""
 import numpy as np
 import pytest
+from sklearn.metrics import adjusted_rand_score
 
 from raycluster.methods.kmeans.method import FaissKMeans
-from raycluster.methods.kmeans.umap import MAX_REFIT_NEIGHBORS, UMAPKMeans, map_separation, wider_neighborhood
+from raycluster.methods.kmeans.umap import MAX_REFIT_NEIGHBORS, UMAPKMeans, wider_neighborhood
 from raycluster.methods.start import cluster_means, fit_start, manifold_kmeans, manifold_separation, start_clusters
 from raycluster.metrics import cluster_acc, size_entropy
 
@@ -141,24 +142,36 @@ def test_min_cluster_share_refits_umap_once_with_a_wider_neighbourhood():
         UMAPKMeans(10, min_cluster_share=1.0)
 
 
-def test_umap_restarts_keep_the_seed_whose_clusters_separate_best_in_their_own_map():
-    """Ten blobs, two of them touching: each restart is the one-seed fit at its seed, scored by its
-    clusters' silhouette in its own map; the best-scored one is kept, as fitted at that seed alone."""
+def test_consensus_clusters_keeps_the_rows_most_partitions_put_together():
+    """Three partitions of four groups, relabelled per partition; one merged group 0 into group 1.
+    The consensus recovers the four groups (up to names), and a partition is its own consensus."""
+    from raycluster.methods.kmeans.umap import consensus_clusters
+
+    groups = np.repeat(np.arange(4), 50)
+    partitions = np.stack([(groups + shift) % 4 for shift in range(3)])
+    partitions[1, groups == 0] = partitions[1, groups == 1][0]
+    assert adjusted_rand_score(groups, consensus_clusters(partitions, 4)) == 1.0
+    assert adjusted_rand_score(partitions[1], consensus_clusters(partitions[1:2], 4)) == 1.0
+
+
+def test_umap_restarts_output_the_consensus_of_the_one_seed_fits():
+    """Ten blobs, two of them touching: with umap_restarts=3 the clusters are `consensus_clusters`
+    of the fits at seeds 5, 6, 7 (each as fitted at that seed alone), with each fit's ARI against it."""
+    from raycluster.methods.kmeans.umap import consensus_clusters
+
     rng = np.random.default_rng(0)
     centers = rng.normal(0, 1, (10, 8)) * 8
     centers[9] = centers[8] + 2.0
     vectors = np.concatenate([c + rng.normal(0, 1, (60, 8)) for c in centers]).astype(np.float32)
     settings = {"metric": "euclidean", "clusterer": "gmm", "n_init": 2, "min_cluster_share": 0.25}
     restarted = UMAPKMeans(10, seed=5, umap_restarts=3, **settings).fit(vectors)
-    scores = []
-    for seed in (5, 6, 7):
-        alone = UMAPKMeans(10, seed=seed, **settings).fit(vectors)
-        scores.append(round(map_separation(alone.embedded, alone.fitted_clusters, seed), 4))
-        if seed == restarted.used_seed:
-            kept = alone
-    assert restarted.restart_separations == scores and restarted.used_seed == 5 + int(np.argmax(scores))
-    assert np.array_equal(restarted.fit_clusters, kept.fit_clusters) and restarted.used_neighbors == kept.used_neighbors
-    assert UMAPKMeans(10, **settings).fit(vectors).restart_separations == []   # one fit: nothing scored
+    alone = [UMAPKMeans(10, seed=seed, **settings).fit(vectors) for seed in (5, 6, 7)]
+    partitions = np.stack([fit.fit_clusters for fit in alone])
+    assert np.array_equal(restarted.fit_clusters, consensus_clusters(partitions, 10, 5, 2))
+    assert restarted.restart_agreement == [round(adjusted_rand_score(restarted.fit_clusters, p), 4) for p in partitions]
+    assert restarted.used_neighbors == max(fit.used_neighbors for fit in alone) and restarted.embedded is None
+    assert adjusted_rand_score(np.repeat(np.arange(10), 60), restarted.fit_clusters) > 0.9
+    assert UMAPKMeans(10, **settings).fit(vectors).restart_agreement == []   # one fit: nothing to agree with
     with pytest.raises(ValueError, match="umap_restarts must be >= 1"):
         UMAPKMeans(10, umap_restarts=0)
 
@@ -233,3 +246,5 @@ def test_the_start_criterion_scores_its_own_clusters_in_their_umap_space():
     good, clusters = manifold_separation(separated, 3, manifold=manifold)
     bad, _ = manifold_separation(shuffled, 3, manifold=manifold)
     assert good > 0.5 and good > bad + 0.2 and sorted(np.bincount(clusters)) == [60, 60, 60]
+    # a start with UMAP restarts is scored on one map: the same score as without them
+    assert manifold_separation(separated, 3, manifold={**manifold, "umap_restarts": 3})[0] == good

@@ -45,6 +45,20 @@ def test_an_idx_folder_without_its_files_is_skipped_with_the_reason(quality, tmp
         quality.single_dataset("mine", args)
 
 
+def test_the_studies_over_saved_runs_read_an_idx_dataset_as_the_bench_does(quality, monkeypatch, tmp_path):
+    """A study's --idx-dataset reaches `single_dataset` (a study without it still reads the built-in sets);
+    its pixel rows have the bench's 28x28 shape."""
+    monkeypatch.syspath_prepend(str(REPO / "bench" / "studies"))
+    from diec_start_criterion import image_shape, study_parser
+
+    args = study_parser("doc", "runs", []).parse_args(["--idx-dataset", f"mine={tmp_path}", "--cache-dir", str(tmp_path)])
+    assert args.idx_dataset == [("mine", str(tmp_path))] and image_shape("mine") == [1, 28, 28]
+    with pytest.raises(quality.Skip, match="t10k-images-idx3-ubyte"):
+        quality.single_dataset("mine", args)
+    with pytest.raises(ValueError, match="unknown dataset 'mine'"):
+        quality.single_dataset("mine", argparse.Namespace(cache_dir=str(tmp_path)))
+
+
 def test_fashion_idx_writes_a_balanced_mnist_format_set_and_drops_short_rows(monkeypatch, tmp_path, capsys):
     import json
 

@@ -30,7 +30,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # bench/common.py, bench/quality.py
 from common import append_json_rows  # noqa: E402
-from diec_start_criterion import SHAPES, TIE_TOLERANCE, cell_config, run_dataset_seed, study_parser  # noqa: E402   # bench/studies/, the script's folder
+from diec_start_criterion import TIE_TOLERANCE, cell_config, image_shape, run_dataset_seed, study_parser  # noqa: E402   # bench/studies/, the script's folder
 
 RUNS = [f"outputs/bench/quality/digits/diec/seed{seed}/diec" for seed in (0, 1, 2)]
 SEEDS = 3   # start fits per cell for its stability
@@ -106,7 +106,7 @@ def main(argv=None):
         pixels, labels, _, _ = single_dataset(dataset, args)
         print(f"{dataset} seed {seed}: {run}", flush=True)
         row = {"bench": "diec_cell_signals", "dataset": dataset, "seed": seed,
-               **study_run(run, pixels, labels, SHAPES[dataset], seed, method, args.all_cells_only)}
+               **study_run(run, pixels, labels, image_shape(dataset), seed, method, args.all_cells_only)}
         summary.append(row)
         append_json_rows(args.json, [row])
     columns = [key for key in summary[0] if key not in ("bench", "dataset", "seed")] if summary else []

@@ -29,7 +29,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # bench/common.py, bench/quality.py
 sys.path.insert(0, str(Path(__file__).resolve().parent))        # diec_start_criterion.py
 from common import append_json_rows  # noqa: E402
-from diec_start_criterion import SHAPES, run_dataset_seed, start_by_clusterer, study_parser, trial_config  # noqa: E402
+from diec_start_criterion import image_shape, run_dataset_seed, start_by_clusterer, study_parser, trial_config  # noqa: E402
 
 CRITERION = "manifold_silhouette"
 
@@ -78,7 +78,7 @@ def main(argv=None):
         pixels, labels, _, _ = single_dataset(dataset, args)
         cells = json.loads(search.read_text())["rows"]
         top = sorted(cells, key=lambda c: -c[CRITERION])[:args.top]
-        scores = rescore(run, pixels, SHAPES[dataset], seed, top, args.seeds, method)
+        scores = rescore(run, pixels, image_shape(dataset), seed, top, args.seeds, method)
         noise = criterion_noise(list(scores.values()))
         means = {key: float(np.mean(s)) for key, s in scores.items()}
         picks = {"argmax": choose_cell(cells, CRITERION), "fixed_2pct": choose_cell(cells, CRITERION, 0.02),
@@ -90,7 +90,7 @@ def main(argv=None):
         for rule, pick in picks.items():
             key = (pick["layer"], pick["timestep"])
             if key not in acc:
-                acc[key] = start_by_clusterer(run, pixels, labels, SHAPES[dataset], seed, pick, method, ("gmm",))["gmm"]
+                acc[key] = start_by_clusterer(run, pixels, labels, image_shape(dataset), seed, pick, method, ("gmm",))["gmm"]
             rows.append({"bench": "diec_rescore", "dataset": dataset, "seed": seed, "noise": round(noise, 4),
                          "gap": round(top[0][CRITERION] - top[1][CRITERION], 4), "rule": rule, "layer": key[0],
                          "timestep": key[1], "criterion_mean": round(means.get(key, float("nan")), 4),

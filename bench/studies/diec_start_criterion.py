@@ -32,9 +32,16 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # bench/common.py, bench/quality.py
 from common import append_json_rows  # noqa: E402
+from quality import add_idx_dataset_option  # noqa: E402
 
 RUNS = [f"outputs/bench/quality/{dataset}/diec/seed{seed}/diec" for dataset in ("mnist-test", "digits") for seed in (0, 1, 2)]
-SHAPES = {"mnist-test": [1, 28, 28], "digits": [1, 8, 8]}
+def image_shape(dataset: str) -> list:
+    """(C, H, W) of a dataset's pixel rows, as bench/quality.py runs the image methods on it."""
+    from quality import IDX_SHAPE, IMAGE_SHAPES
+
+    return IMAGE_SHAPES.get(dataset, IDX_SHAPE)
+
+
 CRITERIA = ("silhouette", "chi", "manifold_silhouette")
 # The search's near-tie band when these studies' rows were made (a fixed 2%); DiEC now measures it
 # per search (diec.yaml's tie_tolerance: null, bench/studies/diec_rescore.py).
@@ -52,6 +59,7 @@ def study_parser(doc: str, runs_help: str, runs: list = RUNS) -> argparse.Argume
     parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", nargs="+", default=runs, help=runs_help)
     parser.add_argument("--cache-dir", default="outputs/cache", help="bench/quality.py's shards and embeddings")
+    add_idx_dataset_option(parser)   # runs on a dataset of yours: the --idx-dataset its bench/quality.py run had
     parser.add_argument("--json", default=None)
     return parser
 
@@ -128,7 +136,7 @@ def main(argv=None):
             pixels, labels, _, _ = single_dataset(dataset, args)
         if args.rescore and (Path(run) / "pretrained" / "unet" / "config.json").exists():
             print(f"{dataset} seed {seed}: {run}", flush=True)
-            cells = score_cells(run, pixels, labels, SHAPES[dataset], seed, method)
+            cells = score_cells(run, pixels, labels, image_shape(dataset), seed, method)
         elif not args.rescore and search.exists() and "manifold_silhouette" in json.loads(search.read_text())["rows"][0]:
             cells = json.loads(search.read_text())["rows"]
         else:
@@ -146,7 +154,7 @@ def main(argv=None):
         if args.clusterers:
             for row in rows:
                 if row["criterion"] != "chi":
-                    by = start_by_clusterer(run, pixels, labels, SHAPES[dataset], seed, row, method)
+                    by = start_by_clusterer(run, pixels, labels, image_shape(dataset), seed, row, method)
                     row.update({f"start_acc_{name}": round(acc, 4) for name, acc in by.items()})
         summary += rows
         append_json_rows(args.json, rows)

@@ -31,7 +31,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # bench/common.py, bench/quality.py
 from common import append_json_rows  # noqa: E402
-from diec_start_criterion import SHAPES, cell_config, run_dataset_seed, study_parser  # noqa: E402   # bench/studies/
+from diec_start_criterion import cell_config, image_shape, run_dataset_seed, study_parser  # noqa: E402   # bench/studies/
 
 RUNS = ([f"outputs/bench/quality/{dataset}/diec/seed{seed}/diec" for dataset, seed in
          [("digits", 0), ("digits", 1), ("digits", 2), ("mnist-test", 0), ("mnist-test", 2)]]
@@ -120,7 +120,7 @@ def main(argv=None):
                 picks["previous search"] = PREVIOUS_CELLS[(dataset, seed)]
             found, embedded = [], {}
             for pick, (layer, timestep) in picks.items():
-                config = cell_config(run, SHAPES[dataset], layer, timestep, diec)
+                config = cell_config(run, image_shape(dataset), layer, timestep, diec)
                 _, embeddings, _ = embedded[pick] = cell_embeddings(config, pixels, seed)
                 found.append({**base, "cell": f"{layer} t={timestep}", "pick": pick, "sample": None,
                               "rows": len(embeddings), **compare(embeddings, labels, manifold, seed)})

@@ -36,13 +36,19 @@ def embedding_scale(embeddings: np.ndarray) -> float:
     return float(np.sqrt((embeddings.std(0) ** 2).mean()) + 1e-8)
 
 
+def one_map(manifold: dict) -> dict:
+    """`manifold` fitted once (no `umap_restarts`): what `manifold_separation` scores, since a
+    consensus of several maps has no one map to measure separation in."""
+    return {key: value for key, value in manifold.items() if key != "umap_restarts"}
+
+
 def manifold_separation(embeddings: np.ndarray, n_clusters: int, seed: int = 0, *, manifold: dict) -> tuple[float, np.ndarray]:
     """(N, D) float -> (mean silhouette of UMAPKMeans(**manifold)'s clusters in its UMAP space,
-    (N,) those clusters): the start fitted on these rows (scaled as DiEC scales its embeddings),
+    (N,) those clusters): the start fitted on these rows (scaled as DiEC scales its embeddings, one map: `one_map`),
     and how well its clusters separate where they are made. DiEC's search scores every
     (layer, timestep) by it (`tune.layer_timestep.StartScore`, with `manifold` bound)."""
     scaled = embeddings / embedding_scale(embeddings)   # as DiEC.model_config scales
-    start = UMAPKMeans(n_clusters, seed=seed, **{**manifold, "max_points": len(embeddings)}).fit(scaled)
+    start = UMAPKMeans(n_clusters, seed=seed, **{**one_map(manifold), "max_points": len(embeddings)}).fit(scaled)
     return map_separation(start.embedded, start.fitted_clusters, seed), start.fit_clusters
 
 
@@ -81,7 +87,7 @@ def fit_start(vectors: np.ndarray, n_clusters: int, seed: int = 0, manifold: Opt
     Start: centres (K, D) float32; the manifold clusters (N,) int64 (-1 outside UMAP's sample)
     or None; {"start_size_entropy": the start's label-free size entropy, "start_umap_neighbors": the
     UMAP neighbourhood the start kept (with `manifold`; see UMAPKMeans' min_cluster_share), with
-    `manifold.umap_restarts` > 1 "start_umap_seed" and "start_umap_separations", and "init_kmeans",
+    `manifold.umap_restarts` > 1 "start_umap_agreement" (each fit's ARI with their consensus), and "init_kmeans",
     "init_manifold": supervised scores when all labels are known}."""
     from raycluster.metrics import size_entropy, supervised_metrics
 
@@ -96,8 +102,8 @@ def fit_start(vectors: np.ndarray, n_clusters: int, seed: int = 0, manifold: Opt
         initial = starter.fit_clusters
         centers = cluster_means(vectors, initial, centers)
         scores["start_umap_neighbors"] = starter.used_neighbors
-        if starter.restart_separations:   # which UMAP seed the start kept, and why (UMAPKMeans' umap_restarts)
-            scores.update(start_umap_seed=starter.used_seed, start_umap_separations=starter.restart_separations)
+        if starter.restart_agreement:   # how far each UMAP seed's fit agreed with the consensus (UMAPKMeans' umap_restarts)
+            scores["start_umap_agreement"] = starter.restart_agreement
         if scored:
             sampled = initial >= 0
             scores["init_manifold"] = supervised_metrics(np.asarray(labels)[sampled], initial[sampled])

@@ -104,6 +104,7 @@ class DiEC(StartOutput, TorchMethod):
     def layer_and_timestep(self, pixels: np.ndarray, unet: str, labels=None, force: bool = False) -> tuple[str, int]:
         """(COL, COT): as configured, else a search result made from the same inputs, else (or
         with force) a new search."""
+        from raycluster.methods.start import one_map
         from raycluster.tune.layer_timestep import search_layer_timestep
 
         if self.layer is not None and self.timestep is not None:
@@ -112,7 +113,7 @@ class DiEC(StartOutput, TorchMethod):
         saved = os.path.join(directory, "search.json")
         inputs = {"unet": unet, "unet_files": local_paths_in(unet), "search": self.search, "image_shape": self.image_shape,
                   "n_clusters": self.n_clusters, "pool": self.model_overrides.get("pool", 1), "seed": self.seed,
-                  "manifold": self.manifold, "rows": array_fingerprint(pixels)}
+                  "manifold": one_map(self.manifold) if self.manifold else None, "rows": array_fingerprint(pixels)}
         if not force and reusable(directory, inputs, "DiEC's COL/COT search", self.reuse) and os.path.exists(saved):
             with open(saved) as handle:
                 found = json.load(handle)

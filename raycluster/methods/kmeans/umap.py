@@ -36,6 +36,18 @@ def map_separation(embedded: np.ndarray, clusters: np.ndarray, seed: int = 0) ->
                                   random_state=seed))
 
 
+def consensus_clusters(partitions: np.ndarray, n_clusters: int, seed: int = 0, n_init: int = 10) -> np.ndarray:
+    """(R, N) int64 partitions of the same rows (ids in [0, n_clusters)) -> (N,) int64 consensus
+    partition: k-means on each row's R one-hot memberships concatenated (N, R x n_clusters), i.e. on
+    how many of the R partitions put two rows together (evidence accumulation, Fred & Jain 2005,
+    without its N x N co-association matrix: memory O(N x R x K)). Why: a partition's mistakes
+    (two classes merged, one split) move with UMAP's seed, the rows that belong together do not."""
+    onehot = np.eye(n_clusters, dtype=np.float32)[np.asarray(partitions)]   # (R, N, K)
+    memberships = np.ascontiguousarray(onehot.transpose(1, 0, 2).reshape(len(onehot[0]), -1))
+    kmeans = FaissKMeans(n_clusters, n_init=n_init, seed=seed).fit(memberships)
+    return kmeans.predict(memberships)[0].astype(np.int64)
+
+
 class UMAPKMeans(ClusteringMethod):
     """k-means on a UMAP embedding of the vectors (N2D, McConville et al. 2019, without its
     autoencoder): a baseline on any features, and how DiFiC clusters its warm-up S*.
@@ -57,13 +69,13 @@ class UMAPKMeans(ClusteringMethod):
     with K fixed, UMAP at 15 neighbours may isolate a small sub-mode (a class's rows written one
     way) as a cluster of its own and merge two classes to stay at K; a neighbourhood wider than the
     group links it to the rows nearest it. A cluster that survives the wider fit is kept (a rare class).
-    `used_neighbors` is the neighbourhood of the kept fit (docs/methods/kmeans.md);
+    `used_neighbors` is the neighbourhood of the kept fit (the widest over restarts; docs/methods/kmeans.md);
     `umap_restarts` (1: off): UMAP, the clusterer and the check run this many times with seeds
-    seed, seed + 1, ... on the same rows, and the fit whose clusters separate best in their own map
-    (`map_separation`: the silhouette DiEC's search ranks cells by) is kept. Why: UMAP's layout
-    depends on its seed, and with K fixed one layout may merge two classes and keep a small mixed
-    cluster where others do not; such a fit separates worse in its own map. `restart_separations`
-    lists each restart's score, `used_seed` the kept one's seed;
+    seed, seed + 1, ... on the same rows, and the clusters are their consensus (`consensus_clusters`).
+    Why: UMAP's layout depends on its seed, and with K fixed one layout may merge two classes and
+    split another where others do not; rows that belong together stay together in most layouts.
+    `restart_agreement` lists each fit's adjusted Rand index with the consensus (no labels: how much
+    the seeds agreed); `embedded` and `kmeans` are then None (no one map holds the consensus);
     `fit_clusters` (N,) int64 holds the sampled rows' clusters, -1 for the rest; `embedded`
     (n_fitted, n_components) float32, the sampled rows' UMAP coordinates (not saved).
     predict: the vote of the row's `n_neighbors` nearest fitted rows' clusters, weighted
@@ -87,8 +99,8 @@ class UMAPKMeans(ClusteringMethod):
         if umap_restarts < 1:
             raise ValueError(f"umap_kmeans: umap_restarts must be >= 1, got {umap_restarts}")
         self.clusterer, self.min_cluster_share, self.umap_restarts = clusterer, min_cluster_share, umap_restarts
-        self.used_neighbors = self.used_seed = None
-        self.restart_separations = []
+        self.used_neighbors = None
+        self.restart_agreement = []
         self.n_components, self.n_neighbors, self.max_points = n_components, n_neighbors, max_points
         self.metric, self.seed, self.use_gpu = metric, seed, use_gpu
         self.n_init, self.balance_tolerance = n_init, balance_tolerance
@@ -98,6 +110,7 @@ class UMAPKMeans(ClusteringMethod):
 
     def fit(self, vectors: np.ndarray, labels=None) -> "UMAPKMeans":
         import umap
+        from sklearn.metrics import adjusted_rand_score
 
         vectors = self.check_input(vectors)
         rng = np.random.default_rng(self.seed)
@@ -105,27 +118,31 @@ class UMAPKMeans(ClusteringMethod):
                 else np.arange(len(vectors)))
         sample = np.ascontiguousarray(vectors[rows])
         fits = [self._checked_fit(umap, sample, self.seed + restart) for restart in range(self.umap_restarts)]
-        self.restart_separations = [round(fit[0], 4) for fit in fits] if self.umap_restarts > 1 else []
-        best = max(range(len(fits)), key=lambda restart: fits[restart][0])
-        _, embedded, clusters, neighbors, self.kmeans = fits[best]
-        self.used_seed, self.used_neighbors, self.fitted_rows, self._index = self.seed + best, neighbors, sample, None
-        self.embedded = embedded
+        if len(fits) == 1:
+            self.embedded, clusters, neighbors, self.kmeans = fits[0]
+            self.restart_agreement = []
+        else:   # no one map or k-means holds the consensus
+            partitions = np.stack([fit[1] for fit in fits])
+            clusters = consensus_clusters(partitions, self.n_clusters, self.seed, self.n_init)
+            self.restart_agreement = [round(float(adjusted_rand_score(clusters, partition)), 4) for partition in partitions]
+            self.embedded, self.kmeans, neighbors = None, None, max(fit[2] for fit in fits)
+        self.used_neighbors, self.fitted_rows, self._index = neighbors, sample, None
         self.fit_clusters = np.full(len(vectors), -1, dtype=np.int64)
         self.fit_clusters[rows] = clusters
         self.fitted_clusters = self.fit_clusters[rows]
         return self
 
     def _checked_fit(self, umap, sample: np.ndarray, seed: int) -> tuple:
-        """(n, D) rows -> (map_separation, (n, n_components) float32 UMAP embedding, (n,) int64 clusters,
-        neighbourhood, the FaissKMeans in the map or None) of one fit with UMAP and clusterer seeded `seed`, refitted wider by `min_cluster_share`."""
+        """(n, D) rows -> ((n, n_components) float32 UMAP embedding, (n,) int64 clusters, neighbourhood,
+        the FaissKMeans in the map or None) of one fit with UMAP and clusterer seeded `seed`, refitted
+        wider by `min_cluster_share`."""
         neighbors = min(self.n_neighbors, len(sample) - 1)
         embedded, clusters, kmeans = self._embed_and_cluster(umap, sample, neighbors, seed)
         wider = min(wider_neighborhood(len(sample), self.n_clusters, self.min_cluster_share, neighbors), len(sample) - 1)
         if smallest_cluster_share(clusters, self.n_clusters) < self.min_cluster_share and wider > neighbors:
             neighbors = wider
             embedded, clusters, kmeans = self._embed_and_cluster(umap, sample, neighbors, seed)
-        separation = map_separation(embedded, clusters, seed) if self.umap_restarts > 1 else 0.0
-        return separation, embedded, clusters, neighbors, kmeans
+        return embedded, clusters, neighbors, kmeans
 
     def _embed_and_cluster(self, umap, sample: np.ndarray, n_neighbors: int, seed: int) -> tuple:
         """(n, D) rows -> their (n, n_components) float32 UMAP embedding at `n_neighbors`, and `_cluster`'s
