@@ -32,20 +32,18 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # bench/common.py, bench/quality.py
 from common import append_json_rows  # noqa: E402
-from quality import add_idx_dataset_option  # noqa: E402
+from quality import IDX_SHAPE, IMAGE_SHAPES, add_idx_dataset_option  # noqa: E402
 
 RUNS = [f"outputs/bench/quality/{dataset}/diec/seed{seed}/diec" for dataset in ("mnist-test", "digits") for seed in (0, 1, 2)]
-def image_shape(dataset: str) -> list:
-    """(C, H, W) of a dataset's pixel rows, as bench/quality.py runs the image methods on it."""
-    from quality import IDX_SHAPE, IMAGE_SHAPES
-
-    return IMAGE_SHAPES.get(dataset, IDX_SHAPE)
-
-
 CRITERIA = ("silhouette", "chi", "manifold_silhouette")
 # The search's near-tie band when these studies' rows were made (a fixed 2%); DiEC now measures it
 # per search (diec.yaml's tie_tolerance: null, bench/studies/diec_rescore.py).
 TIE_TOLERANCE = 0.02
+
+
+def image_shape(dataset: str) -> list:
+    """(C, H, W) of a dataset's pixel rows, as bench/quality.py runs the image methods on it."""
+    return IMAGE_SHAPES.get(dataset, IDX_SHAPE)
 
 
 def run_dataset_seed(run: str) -> tuple[str, int]:

@@ -43,7 +43,7 @@ def consensus_clusters(partitions: np.ndarray, n_clusters: int, seed: int = 0, n
     without its N x N co-association matrix: memory O(N x R x K)). Why: a partition's mistakes
     (two classes merged, one split) move with UMAP's seed, the rows that belong together do not."""
     onehot = np.eye(n_clusters, dtype=np.float32)[np.asarray(partitions)]   # (R, N, K)
-    memberships = np.ascontiguousarray(onehot.transpose(1, 0, 2).reshape(len(onehot[0]), -1))
+    memberships = np.ascontiguousarray(onehot.transpose(1, 0, 2).reshape(onehot.shape[1], -1))   # (N, R x K)
     kmeans = FaissKMeans(n_clusters, n_init=n_init, seed=seed).fit(memberships)
     return kmeans.predict(memberships)[0].astype(np.int64)
 
