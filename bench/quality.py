@@ -171,9 +171,9 @@ def run_method(method: str, dataset: str, vectors: np.ndarray, labels: np.ndarra
                eval_vectors: np.ndarray, eval_labels: np.ndarray) -> list:
     """Fit from scratch in `<output-root>/<dataset>/<method>/seed<N>` (emptied first unless
     --keep-stages, kept after: DiEC leaves its heatmaps and UNet there). Returns [(method name, metrics)]: one row, plus
-    `diec_init_kmeans` (k-means on the COL/COT embeddings) and `diec_init_manifold` (k-means on a
-    UMAP of them, DEC's start) for DiEC, `dific_init_kmeans` (k-means on
-    the warm-up S*) and `dific_init_manifold` (k-means on a UMAP of it) for DiFiC."""
+    `diec_init_kmeans` (k-means on the COL/COT embeddings) and `diec_init_manifold` (the start: UMAP +
+    method.manifold.clusterer on them) for DiEC, `dific_init_kmeans` (k-means on the warm-up S*) and
+    `dific_init_manifold` (the start on it) for DiFiC."""
     import shutil
 
     output_dir = os.path.join(args.output_root, dataset, method, f"seed{seed}")
@@ -282,6 +282,8 @@ def main(argv=None):
                     print(f"  {name} seed {seed}: ACC {row['acc']:.4f} NMI {row['nmi']:.4f} ARI {row['ari']:.4f} "
                           f"fit {row['fit_seconds']:.2f}s", flush=True)
     print_table(rows)
+    for line in baseline_gaps(rows):
+        print(line)
     for name, reason in skipped.items():
         print(f"skipped {name}: {reason}")
     print("cludi rows: the CPU recipe (configs/method/cludi.yaml); cludi_paper: the public code's recipe")
@@ -293,9 +295,31 @@ def main(argv=None):
         print(f"{method} rows: configs/experiment/{name}.yaml (--experiment), not the default named below")
     print("dific rows: configs/experiment/dific_mnist.yaml (from scratch: warm-up distillation, then method.output: "
           "the warm-up clusters (default) or the neighbour-guided head from them), fit = that whole pipeline; "
-          "dific_init_kmeans: k-means on S* after the warm-up; dific_init_manifold: k-means on a UMAP of that S* (the "
+          "dific_init_kmeans: k-means on S* after the warm-up; dific_init_manifold: the start on that S*, UMAP + method.manifold.clusterer (the "
           "warm-up clusters)")
     return rows
+
+
+BASELINES = ("umap_kmeans", "kmeans")   # what every other method is measured against, same data, same run
+
+
+def baseline_gaps(rows: list[dict]) -> list[str]:
+    """One line per (dataset, method) that ran beside a baseline of BASELINES in this run: its mean
+    ACC over seeds and how many points it is over (or LOSES to) each baseline's mean ACC."""
+    accs = {}
+    for row in rows:
+        accs.setdefault((row["dataset"], row["method"]), []).append(row["acc"])
+    means = {key: float(np.mean(values)) for key, values in accs.items()}
+    lines = []
+    for (dataset, method), acc in means.items():
+        gaps = [(baseline, acc - means[(dataset, baseline)]) for baseline in BASELINES
+                if baseline != method and (dataset, baseline) in means]
+        if gaps:
+            said = ", ".join(f"{100 * gap:+.1f} points over {baseline}" if gap >= 0 else
+                             f"LOSES to {baseline} by {-100 * gap:.1f} points" for baseline, gap in gaps)
+            seeds = len(accs[(dataset, method)])
+            lines.append(f"{dataset}: {method} ACC {acc:.3f} ({f'mean of {seeds} seeds' if seeds > 1 else '1 seed'}), {said}")
+    return lines
 
 
 def print_table(rows: list[dict]) -> None:

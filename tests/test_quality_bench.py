@@ -81,3 +81,16 @@ def test_fashion_idx_writes_a_balanced_mnist_format_set_and_drops_short_rows(mon
     assert "class 0: skipped 1 rows" in capsys.readouterr().out
     with pytest.raises(SystemExit, match="need >= 5"):
         fashion_idx.main([str(tmp_path / "package"), str(tmp_path / "idx"), "--per-class", "5"])
+
+
+def test_each_method_is_measured_against_the_baselines_that_ran_beside_it(quality):
+    rows = [{"dataset": "digits", "method": method, "acc": acc} for method, acc in
+            [("kmeans", 0.80), ("kmeans", 0.78), ("umap_kmeans", 0.88), ("diec", 0.95), ("dific", 0.86),
+             ("diec_init_kmeans", 0.94)]] + [{"dataset": "other", "method": "diec", "acc": 0.5}]
+    lines = quality.baseline_gaps(rows)
+    assert "digits: diec ACC 0.950 (1 seed), +7.0 points over umap_kmeans, +16.0 points over kmeans" in lines
+    assert "digits: dific ACC 0.860 (1 seed), LOSES to umap_kmeans by 2.0 points, +7.0 points over kmeans" in lines
+    assert "digits: umap_kmeans ACC 0.880 (1 seed), +9.0 points over kmeans" in lines
+    assert "digits: kmeans ACC 0.790 (mean of 2 seeds), LOSES to umap_kmeans by 9.0 points" in lines
+    assert not any(line.startswith("other:") for line in lines)   # no baseline ran on it
+    assert len(lines) == 5   # kmeans against umap_kmeans too, and the init row

@@ -1,5 +1,6 @@
 """Where a clustering head starts (DiEC's DEC centres, DiFiC's prototypes, CLUDI's warm start):
-k-means on the features, or k-means on a UMAP embedding of them."""
+k-means on the features, or `UMAPKMeans` on them: a UMAP embedding and its clusterer (k-means or
+a Gaussian mixture), with its smallest-cluster check and UMAP-seed consensus when set."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -82,8 +83,8 @@ def fit_start(vectors: np.ndarray, n_clusters: int, seed: int = 0, manifold: Opt
     """Where a clustering head starts (DiEC's DEC centres, DiFiC's prototypes), from (N, D) float32.
 
     k-means on `vectors` always runs (its scores are the papers' "k-means on the features" row);
-    with `manifold` (UMAPKMeans settings) the start is k-means on a UMAP embedding instead and
-    the centres are its clusters' means in `vectors`' space.
+    with `manifold` (UMAPKMeans settings) the start is UMAPKMeans' clusters instead (UMAP + its
+    `clusterer`) and the centres are those clusters' means in `vectors`' space.
     Start: centres (K, D) float32; the manifold clusters (N,) int64 (-1 outside UMAP's sample)
     or None; {"start_size_entropy": the start's label-free size entropy, "start_umap_neighbors": the
     UMAP neighbourhood the start kept (with `manifold`; see UMAPKMeans' min_cluster_share), with

@@ -17,7 +17,7 @@ class CLUDI(TorchMethod):
     model: CludiConfig fields except n_clusters / feature_dim (taken from the data);
     optim: OptimConfig fields; train: TrainConfig fields (workers and their resources).
     With `model.warm_start_epochs` > 0 the first epochs' teacher is a label-free clustering of the
-    training rows (spherical k-means; with `manifold`, k-means on a UMAP embedding): from a
+    training rows (spherical k-means; with `manifold`, UMAPKMeans: UMAP + its clusterer): from a
     random start the teacher's DDIM chain gives every point the same cluster, and the student
     can stay there (seen on Lite0 photo features: size entropy 0 from epoch 2).
     input_dim: rows wider than this are first reduced by a PCA fitted on (a sample of) them. The

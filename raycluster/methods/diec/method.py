@@ -154,8 +154,9 @@ class DiEC(StartOutput, TorchMethod):
         """The fine-tune model's config and the initial clusters (N,) int64 (-1: outside UMAP's
         sample), or None. k-means on the COL/COT embeddings of all rows always runs (the bench's
         `init_kmeans` row); without `manifold` its centres start DEC (the paper's start); with it,
-        the clusters of k-means on a UMAP embedding start it: centres are their means in the
-        embedding space, and they are the first `initial_target_epochs`' target."""
+        UMAPKMeans' clusters (UMAP + `manifold.clusterer`) start it: centres are their means in the
+        embedding space, and they are the first `initial_target_epochs`' target (with output=start,
+        those clusters are the output)."""
         import torch
 
         from raycluster.methods.diec.model import cell_embeddings

@@ -6,8 +6,8 @@ fit(pixels) on pixel rows (N, C*H*W) in [0, 1] (`backbone=pixels`):
    `<work_dir>/warmup`, the final weights in `<work_dir>/distilled/model.pt` (reused by a rerun
    when its settings and rows are unchanged, `raycluster.fingerprint`).
 2. Between the stages: S* of every row; the warm-up clusters (k-means on S*, scores in
-   `stages["init_kmeans"]` when labels are given; with `manifold` set, k-means on a UMAP embedding
-   of S*, `stages["init_manifold"]`), whose mean directions are the head's initial prototypes;
+   `stages["init_kmeans"]` when labels are given; with `manifold` set, UMAPKMeans on S*: UMAP +
+   `manifold.clusterer`, `stages["init_manifold"]`), whose mean directions are the head's initial prototypes;
    and the k-NN graph of S* (sharded FAISS index on Ray actors, raycluster.neighbors).
 3. Guidance: the same model plus the clustering head, trained with denoising + neighbour
    consistency + balance, starting from the warm-up weights; every worker holds all pixel rows
@@ -114,8 +114,8 @@ class DiFiC(StartOutput, TorchMethod):
         the k-NN table (N, knn) int64 of S* (None with output=start and no labels: nothing reads it).
 
         k-means on S* always runs (its scores are the paper's "k-means on S*" row); with `manifold`
-        set the clusters and prototypes come from k-means on a UMAP embedding of S* instead, the
-        prototypes being the mean directions of S* in each cluster."""
+        set the clusters and prototypes come from UMAPKMeans on S* instead (UMAP + `manifold.clusterer`),
+        the prototypes being the mean directions of S* in each cluster."""
         import torch
 
         from raycluster.methods.dific.model import build_dific

@@ -49,8 +49,8 @@ def consensus_clusters(partitions: np.ndarray, n_clusters: int, seed: int = 0, n
 
 
 class UMAPKMeans(ClusteringMethod):
-    """k-means on a UMAP embedding of the vectors (N2D, McConville et al. 2019, without its
-    autoencoder): a baseline on any features, and how DiFiC clusters its warm-up S*.
+    """k-means (or a Gaussian mixture) on a UMAP embedding of the vectors (N2D, McConville et al.
+    2019, without its autoencoder): a baseline on any features, and DiEC's and DiFiC's start.
 
     Why: learned features often hold classes as curved, elongated manifolds that k-means in the
     input space cuts across; UMAP (min_dist 0) keeps the k-NN manifold and packs each one tight,
