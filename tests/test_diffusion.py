@@ -129,5 +129,5 @@ def test_kept_variance_says_how_much_a_downscale_blurs_and_warns_when_most_is_lo
     assert kept_variance(smooth[:, None], 16) > 0.9 > 0.5 > kept_variance(fine[:, None], 14)
     assert kept_variance(fine[:, None], 28) == 1.0 and kept_variance(torch.rand(4, 1, 8, 8), 16) == 1.0
     with caplog.at_level("WARNING"):
-        kept = check_input_resolution((fine.flatten(1) + 1) / 2, (1, 28, 28), 14, "diec")
-    assert kept < 0.5 and "keep" in caplog.text and "diec" in caplog.text
+        kept = check_input_resolution((fine.flatten(1) + 1) / 2, (1, 28, 28), 14, "diec", "method.x=32")
+    assert kept < 0.5 and "keep" in caplog.text and "diec" in caplog.text and "(method.x=32)" in caplog.text

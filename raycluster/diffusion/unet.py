@@ -128,9 +128,10 @@ def kept_variance(images: torch.Tensor, size: int) -> float:
     return float(1 - ((images - back) ** 2).sum() / spread.clamp_min(1e-12))
 
 
-def check_input_resolution(pixels, image_shape: Sequence[int], size: int, method: str, rows: int = 2000) -> float:
+def check_input_resolution(pixels, image_shape: Sequence[int], size: int, method: str, setting: str,
+                           rows: int = 2000) -> float:
     """Pixel rows (N, C*H*W) in [0, 1] -> `kept_variance` at `size` px of their first `rows`,
-    logged as a warning, with what to change, when under KEPT_VARIANCE_WARNING."""
+    logged as a warning, naming the override `setting` that sets the size, when under KEPT_VARIANCE_WARNING."""
     import logging
 
     channels, height, width = image_shape
@@ -139,5 +140,6 @@ def check_input_resolution(pixels, image_shape: Sequence[int], size: int, method
     if kept < KEPT_VARIANCE_WARNING:
         logging.getLogger(__name__).warning(
             "%s: at %d px the %dx%d images keep %.2f of their pixel variance (under %.2f): fine detail is blurred "
-            "away; a larger input size keeps more at a higher cost", method, size, height, width, kept, KEPT_VARIANCE_WARNING)
+            "away; a larger input size keeps more, at ~3x the cost per doubling (%s)", method, size, height, width, kept,
+            KEPT_VARIANCE_WARNING, setting)
     return kept

@@ -189,7 +189,8 @@ class DiEC(StartOutput, TorchMethod):
             from raycluster.diffusion.unet import SMALL_UNET, check_input_resolution
 
             size = {**SMALL_UNET, **self.pretrain.get("unet", {})}["sample_size"]
-            self.stages["input_kept_variance"] = check_input_resolution(pixels, self.image_shape, size, "diec")
+            self.stages["input_kept_variance"] = check_input_resolution(
+                pixels, self.image_shape, size, "diec", "method.pretrain.unet.sample_size=32")
         unet = self.pretrained_unet(pixels)
         layer, timestep = self.layer_and_timestep(pixels, unet, labels)
         config, initial = self.model_config(unet, layer, timestep, pixels, labels)

@@ -154,7 +154,8 @@ class DiFiC(StartOutput, TorchMethod):
 
             size = (self.model_overrides.get("image_size")
                     or {**SMALL_CONDITIONAL_UNET, **self.model_overrides.get("unet", {})}["sample_size"])
-            self.stages["input_kept_variance"] = check_input_resolution(pixels, self.image_shape, size, "dific")
+            self.stages["input_kept_variance"] = check_input_resolution(
+                pixels, self.image_shape, size, "dific", "method.model.image_size=32 method.model.unet.sample_size=32")
         warmup = self.distilled(pixels)
         centers, table = self.warmup_clusters(warmup, pixels, labels)
         if self.output == "start":
