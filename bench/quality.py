@@ -29,9 +29,12 @@ size), beside k-means and UMAP + k-means on the same pixels:
 `--idx-dataset NAME=PATH` adds a dataset of yours in MNIST's format (a folder with
 t10k-images-idx3-ubyte[.gz] and t10k-labels-idx1-ubyte[.gz], 28x28 grayscale; K = the number of
 labels): with --protocol transfer the image methods run on it with their MNIST settings, e.g. the
-unseen Fashion-MNIST set that bench/studies/fashion_idx.py writes:
+unseen Fashion-MNIST set that bench/studies/fashion_idx.py writes, or the printed letters of
+bench/studies/glyphs_idx.py (synthetic, from the fonts matplotlib ships):
 
     python bench/quality.py --protocol transfer --datasets fashion-mnist --idx-dataset fashion-mnist=<folder>
+    python bench/quality.py --protocol transfer --datasets glyphs --idx-dataset glyphs=<folder>
+After the table, each method's gap to umap_kmeans and kmeans in the same run (or "LOSES to").
 Rows (--json): {"bench", "dataset", "method", "seed", "acc", "nmi", "ari", "fit_seconds", ...}.
 """
 from __future__ import annotations

@@ -83,6 +83,28 @@ def test_fashion_idx_writes_a_balanced_mnist_format_set_and_drops_short_rows(mon
         fashion_idx.main([str(tmp_path / "package"), str(tmp_path / "idx"), "--per-class", "5"])
 
 
+def test_glyphs_idx_writes_the_same_balanced_letters_for_a_seed_framed_as_mnist(monkeypatch, tmp_path, capsys):
+    import numpy as np
+
+    from raycluster.data.builtin import mnist_arrays
+
+    monkeypatch.syspath_prepend(str(REPO / "bench" / "studies"))
+    import glyphs_idx
+
+    glyphs_idx.main([str(tmp_path / "idx"), "--per-class", "4"])
+    images, labels = mnist_arrays(str(tmp_path / "idx"))
+    assert images.shape == (40, 28, 28) and np.bincount(labels).tolist() == [4] * 10
+    assert ((images > 0).reshape(40, -1).sum(1) >= 20).all()                # every image drew its letter
+    border = np.ones((28, 28), bool)
+    border[2:-2, 2:-2] = False
+    assert images[:, border].mean() < 0.05 * images[:, ~border].mean()     # framed in the middle, as MNIST
+    fonts = [font.stem for font in glyphs_idx.text_fonts()]                  # the faces matplotlib ships
+    assert f"in {len(fonts)} fonts" in capsys.readouterr().out and len(fonts) >= 10 and "DejaVuSans" in fonts
+    again, again_labels, _ = glyphs_idx.make_glyphs(4, 0)
+    np.testing.assert_array_equal(again, images)
+    np.testing.assert_array_equal(again_labels, labels)
+
+
 def test_each_method_is_measured_against_the_baselines_that_ran_beside_it(quality):
     rows = [{"dataset": "digits", "method": method, "acc": acc} for method, acc in
             [("kmeans", 0.80), ("kmeans", 0.78), ("umap_kmeans", 0.88), ("diec", 0.95), ("dific", 0.86),
