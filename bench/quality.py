@@ -298,8 +298,8 @@ def main(argv=None):
         print(f"{method} rows: configs/experiment/{name}.yaml (--experiment), not the default named below")
     print("dific rows: configs/experiment/dific_mnist.yaml (from scratch: warm-up distillation, then method.output: "
           "the warm-up clusters (default) or the neighbour-guided head from them), fit = that whole pipeline; "
-          "dific_init_kmeans: k-means on S* after the warm-up; dific_init_manifold: the start on that S*, UMAP + method.manifold.clusterer (the "
-          "warm-up clusters)")
+          "dific_init_kmeans: k-means on S* after the warm-up; dific_init_manifold: the start on that S*, UMAP + "
+          "method.manifold.clusterer (the warm-up clusters)")
     return rows
 
 
@@ -321,7 +321,8 @@ def baseline_gaps(rows: list[dict]) -> list[str]:
             said = ", ".join(f"{100 * gap:+.1f} points over {baseline}" if gap >= 0 else
                              f"LOSES to {baseline} by {-100 * gap:.1f} points" for baseline, gap in gaps)
             seeds = len(accs[(dataset, method)])
-            lines.append(f"{dataset}: {method} ACC {acc:.3f} ({f'mean of {seeds} seeds' if seeds > 1 else '1 seed'}), {said}")
+            over = f"mean of {seeds} seeds" if seeds > 1 else "1 seed"
+            lines.append(f"{dataset}: {method} ACC {acc:.3f} ({over}), {said}")
     return lines
 
 
