@@ -134,9 +134,9 @@ def single_dataset(name: str, args):
             k = len(np.unique(mnist_arrays(path)[1]))
         except FileNotFoundError as missing:
             raise Skip(str(missing)) from None
+        # data=mnist keeps its shards in <cache_dir>/shards/<data.name>: one folder per IDX set
         return pipeline_features(["data=mnist", f"data.name={name}", f"data.source.path={path}",
-                                  f"data.shards={args.cache_dir}/shards/{name}", f"data.num_clusters={k}",
-                                  "backbone=pixels"], args.cache_dir)
+                                  f"data.num_clusters={k}", "backbone=pixels"], args.cache_dir)
     if name == "imagenet50-dino-vits16":
         import torch
 
@@ -306,13 +306,19 @@ def main(argv=None):
 BASELINES = ("umap_kmeans", "kmeans")   # what every other method is measured against, same data, same run
 
 
+def rows_by_run(rows: list[dict]) -> dict:
+    """Rows -> {(dataset, method): its rows (one per seed)}, in the order they first came."""
+    groups = {}
+    for row in rows:
+        groups.setdefault((row["dataset"], row["method"]), []).append(row)
+    return groups
+
+
 def baseline_gaps(rows: list[dict]) -> list[str]:
     """One line per (dataset, method) that ran beside a baseline of BASELINES in this run: its mean
     ACC over seeds and how many points it is over (or LOSES to) each baseline's mean ACC."""
-    accs = {}
-    for row in rows:
-        accs.setdefault((row["dataset"], row["method"]), []).append(row["acc"])
-    means = {key: float(np.mean(values)) for key, values in accs.items()}
+    groups = rows_by_run(rows)
+    means = {key: float(np.mean([row["acc"] for row in group])) for key, group in groups.items()}
     lines = []
     for (dataset, method), acc in means.items():
         gaps = [(baseline, acc - means[(dataset, baseline)]) for baseline in BASELINES
@@ -320,7 +326,7 @@ def baseline_gaps(rows: list[dict]) -> list[str]:
         if gaps:
             said = ", ".join(f"{100 * gap:+.1f} points over {baseline}" if gap >= 0 else
                              f"LOSES to {baseline} by {-100 * gap:.1f} points" for baseline, gap in gaps)
-            seeds = len(accs[(dataset, method)])
+            seeds = len(groups[(dataset, method)])
             over = f"mean of {seeds} seeds" if seeds > 1 else "1 seed"
             lines.append(f"{dataset}: {method} ACC {acc:.3f} ({over}), {said}")
     return lines
@@ -329,10 +335,7 @@ def baseline_gaps(rows: list[dict]) -> list[str]:
 def print_table(rows: list[dict]) -> None:
     width = max([10] + [len(row["method"]) + 2 for row in rows])
     print(f"\n{'dataset':<36}{'method':<{width}}{'ACC':>16}{'NMI':>16}{'ARI':>16}{'fit s':>9}")
-    groups = {}
-    for row in rows:
-        groups.setdefault((row["dataset"], row["method"]), []).append(row)
-    for (dataset, method), group in groups.items():
+    for (dataset, method), group in rows_by_run(rows).items():
         cells = []
         for key in ("acc", "nmi", "ari"):
             values = np.array([r[key] for r in group])
