@@ -140,6 +140,6 @@ def check_input_resolution(pixels, image_shape: Sequence[int], size: int, method
     if kept < KEPT_VARIANCE_WARNING:
         logging.getLogger(__name__).warning(
             "%s: at %d px the %dx%d images keep %.2f of their pixel variance (under %.2f): fine detail is blurred "
-            "away; a larger input size keeps more, at ~3x the cost per doubling (%s)", method, size, height, width, kept,
+            "away; a larger input size keeps more, at a higher cost per step (%s)", method, size, height, width, kept,
             KEPT_VARIANCE_WARNING, setting)
     return kept
