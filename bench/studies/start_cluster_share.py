@@ -83,7 +83,7 @@ def saved_runs(args):
     """Each DiEC / DiFiC run folder of `args.runs` bench/quality.py left -> (run, method, dataset, seed,
     pixels (N, C*H*W) float32, labels (N,) int64, the method's `manifold` settings); a run missing the
     stage the studies read is skipped, printed why."""
-    from quality import single_dataset
+    from quality import DATASETS, single_dataset
     from raycluster.config import compose
 
     methods = {name: compose([f"method={name}"]).method for name in ("diec", "dific")}
@@ -93,6 +93,9 @@ def saved_runs(args):
         needed = Path(run) / ("distilled/model.pt" if method == "dific" else "search/search.json")
         if not needed.exists():
             print(f"skipped {run}: no {needed.name} (run bench/quality.py --methods {method} first)")
+            continue
+        if dataset not in DATASETS and dataset not in dict(args.idx_dataset):
+            print(f"skipped {run}: {dataset} is not built in (give --idx-dataset {dataset}=<folder>)")
             continue
         pixels, labels, _, _ = single_dataset(dataset, args)
         yield run, method, dataset, seed, pixels, labels, dict(methods[method]["manifold"])
