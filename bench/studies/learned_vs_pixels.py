@@ -116,6 +116,9 @@ def main(argv=None):
     parser.add_argument("--concat", type=int, default=3, help="K > 1: also DiEC's K best cells concatenated, all rows")
     args = parser.parse_args(argv)
 
+    from raycluster.methods.kmeans.umap import UMAPKMeans
+    from raycluster.methods.start import one_map
+
     rows = []
     for run, method, dataset, seed, pixels, labels, manifold in saved_runs(args):
         if args.pixels_knn:   # what DiFiC's logged knn_label_agreement (S*, all rows, cosine) is read against
@@ -128,14 +131,15 @@ def main(argv=None):
         subset = np.random.default_rng(seed).permutation(len(pixels))[:args.subset]   # the search's
         spaces = {"learned": learned_rows(run, method, dataset, seed, pixels[subset]),
                   "pixels": np.ascontiguousarray(pixels[subset], np.float32)}
-        learned, raw = (scored_start(rows, labels[subset], manifold, seed, args.seeds) for rows in spaces.values())
-        metric = manifold.get("metric", "cosine")   # UMAPKMeans' default
+        learned, raw = (scored_start(vectors, labels[subset], manifold, seed, args.seeds)
+                        for vectors in spaces.values())
+        metric = UMAPKMeans(10, **one_map(manifold)).metric   # the start's metric, its default included
         row = {"bench": "learned_vs_pixels", "method": method, "dataset": dataset, "seed": seed, "run": run,
                "learned_criterion": learned[0], "pixels_criterion": raw[0], "learned_acc": learned[1],
                "pixels_acc": raw[1], "pixels_win": raw[0] > learned[0],
                "better_by_acc": "pixels" if raw[1] > learned[1] else "learned",
-               **{f"{name}_knn_agreement": neighbor_agreement(rows, labels[subset], metric)
-                  for name, rows in spaces.items()}}
+               **{f"{name}_knn_agreement": neighbor_agreement(vectors, labels[subset], metric)
+                  for name, vectors in spaces.items()}}
         if args.concat > 1 and method == "diec":
             row.update(concat_row(run, dataset, seed, pixels, labels, manifold, args.concat))
         print("  ".join(f"{k} {v}" for k, v in row.items() if k not in ("bench", "run")), flush=True)
